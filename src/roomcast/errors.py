@@ -1,0 +1,46 @@
+"""Errors, each saying whose fault it is.
+
+::
+
+    RoomcastError
+    ├── ClientError     the client sent something wrong; carries the code and the reply to send
+    ├── Closed          we closed the session or the server (shutdown, quit, too slow)
+    └── Broken          something we depend on failed (store, bus, peer)
+
+The broadcast channel has its own errors (``roomcast.broadcast``): it knows nothing of chat.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Broken", "ClientError", "Closed", "RoomcastError"]
+
+
+class RoomcastError(Exception):
+    """Root of roomcast's own errors."""
+
+
+class ClientError(RoomcastError):
+    """The client sent something wrong. ``code`` is stable; ``message`` is for a human."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.code = code  # stable, machine-readable: "bad_name", "unknown_command", ...
+        self.message = message  # what was wrong and what to do, as a sentence
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Closed(RoomcastError):
+    """We closed the session; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # told to the client and logged
+
+    def __str__(self) -> str:
+        return f"closed: {self.reason}"
+
+
+class Broken(RoomcastError):
+    """A dependency failed (store, bus or peer); the request may be retried."""

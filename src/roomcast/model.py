@@ -1,0 +1,355 @@
+"""Immutable values shared by every layer: names, commands, messages and events.
+
+Everything a client can see is one of these frozen values. The broadcast channel hands the same
+object to every member of a room, so immutability is what keeps receivers isolated from each
+other: one object, many readers, no copies.
+
+Values cannot be built invalid: names are checked on construction, and so are texts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from roomcast.errors import ClientError
+
+__all__ = [
+    "MAX_NAME",
+    "MAX_TEXT",
+    "Action",
+    "Command",
+    "Draft",
+    "Error",
+    "Event",
+    "Info",
+    "Join",
+    "Kind",
+    "Leave",
+    "Message",
+    "Missed",
+    "Nick",
+    "Private",
+    "PrivateDraft",
+    "PrivateMessage",
+    "Quit",
+    "RoomList",
+    "Rooms",
+    "Say",
+    "SetName",
+    "Welcome",
+    "Who",
+    "WhoList",
+    "clean_text",
+    "fold",
+    "room_name",
+    "user_name",
+]
+
+MAX_NAME = 32  # characters in a user or room name (without the '#')
+MAX_TEXT = 4000  # characters in one message's text
+
+_NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME}}}")
+# C0 and C1 control characters and DEL: stripped so nobody can drive another's terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def fold(name: str) -> str:
+    """The key under which a name is unique: names compare case-insensitively."""
+    return name.lower()
+
+
+def user_name(text: str) -> str:
+    """Return ``text`` if it is a valid user name, else raise ``ClientError('bad_name')``."""
+    if not _NAME.fullmatch(text):
+        raise ClientError(
+            "bad_name",
+            f"{text[:40]!r} is not a valid name: use 1-{MAX_NAME} letters, digits, '_', '-' or '.'",
+        )
+    return text
+
+
+def room_name(text: str) -> str:
+    """Return ``text`` as a room name ``#name``, or raise ``bad_room``.
+
+    The '#' is added if missing. Rooms are case-insensitive and always spelled in lower case.
+    """
+    bare = text[1:] if text.startswith("#") else text
+    if not _NAME.fullmatch(bare):
+        raise ClientError(
+            "bad_room",
+            f"{text[:40]!r} is not a valid room: use '#' and 1-{MAX_NAME} letters, digits, "
+            "'_', '-' or '.'",
+        )
+    return "#" + bare.lower()
+
+
+def _strip_controls(text: str) -> str:
+    return _CONTROL.sub("", text.replace("\t", " ")).strip()
+
+
+def clean_text(text: str) -> str:
+    """Strip control characters (tabs become spaces) and check the length; ``bad_text`` if
+    nothing is left or it is too long."""
+    cleaned = _strip_controls(text)
+    if not cleaned:
+        raise ClientError("bad_text", "the message is empty: type some text")
+    if len(cleaned) > MAX_TEXT:
+        raise ClientError(
+            "bad_text", f"the message is {len(cleaned)} characters long; at most {MAX_TEXT}"
+        )
+    return cleaned
+
+
+# --- commands: what a client asks for -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetName:
+    """Choose a name for a new session."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        user_name(self.name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Join:
+    """Join a room (created if new) and make it the current room."""
+
+    room: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "room", room_name(self.room))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leave:
+    """Leave a room; ``None`` means the current room."""
+
+    room: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.room is not None:
+            object.__setattr__(self, "room", room_name(self.room))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Say:
+    """Say ``text`` in a room; ``None`` means the current room."""
+
+    text: str
+    room: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", clean_text(self.text))
+        if self.room is not None:
+            object.__setattr__(self, "room", room_name(self.room))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Action:
+    """An action (``/me waves``) in a room; ``None`` means the current room."""
+
+    text: str
+    room: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", clean_text(self.text))
+        if self.room is not None:
+            object.__setattr__(self, "room", room_name(self.room))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivateMessage:
+    """Send ``text`` to the user ``to`` only."""
+
+    to: str
+    text: str
+
+    def __post_init__(self) -> None:
+        user_name(self.to)
+        object.__setattr__(self, "text", clean_text(self.text))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Nick:
+    """Change this user's name."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        user_name(self.name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Who:
+    """List the members of a room; ``None`` means the current room."""
+
+    room: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.room is not None:
+            object.__setattr__(self, "room", room_name(self.room))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rooms:
+    """List the rooms with their member counts."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Quit:
+    """End the session; the reason is shown to the rooms (cleaned, at most 200 characters)."""
+
+    reason: str = "quit"
+
+    def __post_init__(self) -> None:
+        reason = _strip_controls(self.reason)[:200]
+        object.__setattr__(self, "reason", reason or "quit")
+
+
+Command = SetName | Join | Leave | Say | Action | PrivateMessage | Nick | Who | Rooms | Quit
+
+
+# --- events: what a client sees -----------------------------------------------------------
+
+
+class Kind(StrEnum):
+    """What a room message records."""
+
+    MESSAGE = "message"  # someone said text
+    ACTION = "action"  # /me
+    JOIN = "join"  # sender joined
+    LEAVE = "leave"  # sender left; text is the reason
+    NICK = "nick"  # sender is now known as text
+    QUIT = "quit"  # sender disconnected; text is the reason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Draft:
+    """A room message before the store has given it its sequence number."""
+
+    id: str  # unique across the server
+    room: str  # '#name'
+    sender: str  # user name at the time
+    kind: Kind
+    text: str  # the text (MESSAGE, ACTION), reason (LEAVE, QUIT) or new name (NICK)
+    ts: float  # UTC server time, seconds since the epoch
+
+    def with_seq(self, seq: int) -> Message:
+        """The stored message: this draft under the room's sequence number ``seq``."""
+        return Message(
+            id=self.id,
+            room=self.room,
+            seq=seq,
+            sender=self.sender,
+            kind=self.kind,
+            text=self.text,
+            ts=self.ts,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """One entry of a room's history: every member receives this same object."""
+
+    id: str  # unique across the server
+    room: str  # '#name'
+    seq: int  # the room's gap-free sequence number, from 1
+    sender: str  # user name at the time
+    kind: Kind
+    text: str  # the text (MESSAGE, ACTION), reason (LEAVE, QUIT) or new name (NICK)
+    ts: float  # UTC server time, seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivateDraft:
+    """A private message before the store has given it its sequence number."""
+
+    id: str  # unique across the server
+    sender: str
+    recipient: str
+    kind: Kind  # MESSAGE or ACTION
+    text: str
+    ts: float  # UTC server time, seconds since the epoch
+
+    def with_seq(self, seq: int) -> Private:
+        """The stored private message under the store-wide sequence number ``seq``."""
+        return Private(
+            id=self.id,
+            seq=seq,
+            sender=self.sender,
+            recipient=self.recipient,
+            kind=self.kind,
+            text=self.text,
+            ts=self.ts,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Private:
+    """A private message; both the sender's and the recipient's sessions receive it."""
+
+    id: str  # unique across the server
+    seq: int  # store-wide gap-free sequence number of private messages, from 1
+    sender: str
+    recipient: str
+    kind: Kind  # MESSAGE or ACTION
+    text: str
+    ts: float  # UTC server time, seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome:
+    """The session has a name now."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Info:
+    """A line of information for one session (help, confirmations)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WhoList:
+    """The members of a room."""
+
+    room: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoomList:
+    """The rooms and their member counts, sorted by name."""
+
+    rooms: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Missed:
+    """``count`` messages from ``first_seq`` on could not be delivered and are not kept.
+
+    ``room`` is ``None`` for the user's private messages.
+    """
+
+    room: str | None
+    first_seq: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Error:
+    """A request failed: ``code`` is stable, ``message`` says what was wrong and what to do."""
+
+    code: str
+    message: str
+    fatal: bool = field(default=False)  # the session ends after this error
+
+
+Event = Message | Private | Welcome | Info | WhoList | RoomList | Missed | Error

@@ -1,0 +1,311 @@
+"""The line protocol, sans I/O: what ``nc`` and ``telnet`` speak.
+
+Bytes in (``receive_data``), commands out; events in (``encode``), bytes out. No sockets here:
+the TCP adapter feeds this codec and writes what it returns.
+
+Input is UTF-8 text, one line per command, ended by LF or CRLF. A line that does not start with
+``/`` is said in the current room (before the session has a name, it is the name). ``//text``
+says ``/text``. A line longer than ``max_line`` bytes is refused and dropped up to its end; the
+connection stays usable. A line that is not UTF-8 is refused. A half line at the end of the
+connection is dropped.
+
+Output is one line per event, for humans: ``[#general] alice: hello``. Errors start with
+``! ``, information with ``-- ``. Room messages are rendered once per format by a shared
+``Renderer`` and the same bytes go to every member.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from roomcast.errors import ClientError
+from roomcast.model import (
+    Action,
+    Command,
+    Error,
+    Event,
+    Info,
+    Join,
+    Kind,
+    Leave,
+    Message,
+    Missed,
+    Nick,
+    Private,
+    PrivateMessage,
+    Quit,
+    RoomList,
+    Rooms,
+    Say,
+    SetName,
+    Welcome,
+    Who,
+    WhoList,
+)
+
+__all__ = ["GREETING", "HELP", "LineCodec", "LineTooLong", "Renderer"]
+
+GREETING = "-- welcome to roomcast. what is your name?"
+
+HELP = """\
+-- commands:
+--   text              say text in the current room
+--   /join #room       join a room (it is created if new) and make it current
+--   /leave [#room]    leave a room (the current one by default)
+--   /msg name text    send a private message
+--   /me text          an action: * name text
+--   /nick name        change your name
+--   /who [#room]      who is in a room
+--   /rooms            the rooms and how many are in each
+--   /timestamps on|off  show the time of each message (UTC)
+--   /quit [reason]    leave the server
+--   /help             this list
+--   //text            say text that starts with /"""
+
+
+class LineTooLong(ClientError):
+    """A line was longer than the limit; it was dropped."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("line_too_long", f"line too long (over {limit} bytes): it was dropped")
+
+
+def _usage(text: str) -> ClientError:
+    return ClientError("usage", f"usage: {text}")
+
+
+def _one_arg(arg: str, usage: str) -> str:
+    if not arg or " " in arg:
+        raise _usage(usage)
+    return arg
+
+
+def _two_args(arg: str, usage: str) -> tuple[str, str]:
+    first, _, rest = arg.partition(" ")
+    if not first or not rest.strip():
+        raise _usage(usage)
+    return first, rest
+
+
+def _command(verb: str, arg: str) -> Command:
+    """The hub command for ``/verb arg`` once the session is named."""
+    match verb:
+        case "join":
+            return Join(room=_one_arg(arg, "/join #room"))
+        case "leave" | "part":
+            return Leave(room=_one_arg(arg, "/leave [#room]") if arg else None)
+        case "msg":
+            to, text = _two_args(arg, "/msg name text")
+            return PrivateMessage(to=to, text=text)
+        case "me":
+            if not arg:
+                raise _usage("/me text")
+            return Action(text=arg)
+        case "nick":
+            return Nick(name=_one_arg(arg, "/nick name"))
+        case "who":
+            return Who(room=_one_arg(arg, "/who [#room]") if arg else None)
+        case "rooms" | "list":
+            return Rooms()
+        case "quit":
+            return Quit(reason=arg or "quit")
+    raise ClientError("unknown_command", f"unknown command /{verb[:20]}: type /help")
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M ", time.gmtime(ts))
+
+
+class Renderer:
+    """Renders events as lines. Room messages are cached: one render per message per format.
+
+    One renderer per format (with or without timestamps) is shared by every connection.
+    """
+
+    def __init__(self, *, timestamps: bool = False, cache_size: int = 4096) -> None:
+        self.timestamps = timestamps  # prefix each message with its UTC time
+        self._cache: dict[str, bytes] = {}  # message id -> its rendered line
+        self._cache_size = cache_size  # entries kept; the oldest goes first
+
+    def message(self, m: Message) -> bytes:
+        """The line for room message ``m``, rendered once."""
+        line = self._cache.get(m.id)
+        if line is None:
+            line = self._render_message(m).encode()
+            cache = self._cache
+            if len(cache) >= self._cache_size:
+                del cache[next(iter(cache))]
+            cache[m.id] = line
+        return line
+
+    def _render_message(self, m: Message) -> str:
+        head = f"{_clock(m.ts) if self.timestamps else ''}[{m.room}]"
+        match m.kind:
+            case Kind.MESSAGE:
+                return f"{head} {m.sender}: {m.text}\n"
+            case Kind.ACTION:
+                return f"{head} * {m.sender} {m.text}\n"
+            case Kind.JOIN:
+                return f"{head} --> {m.sender} joined\n"
+            case Kind.LEAVE:
+                return f"{head} <-- {m.sender} left\n"
+            case Kind.QUIT:
+                return f"{head} <-- {m.sender} quit ({m.text})\n"
+            case Kind.NICK:
+                return f"{head} -- {m.sender} is now known as {m.text}\n"
+        raise AssertionError(m.kind)  # pragma: no cover
+
+    def event(self, e: Event) -> bytes:
+        """The line(s) for any event."""
+        if isinstance(e, Message):
+            return self.message(e)
+        return self._render_other(e).encode()
+
+    def _render_other(self, e: Event) -> str:
+        match e:
+            case Private(sender=sender, recipient=recipient, text=text, ts=ts):
+                stamp = _clock(ts) if self.timestamps else ""
+                return f"{stamp}[pm {sender} -> {recipient}] {text}\n"
+            case Welcome(name=name):
+                return f"-- hello {name}. type text to talk, /help for commands.\n"
+            case Info(text=text):
+                return f"-- {text}\n"
+            case WhoList(room=room, names=names):
+                return f"-- {room}: {' '.join(names)} ({len(names)})\n"
+            case RoomList(rooms=rooms):
+                listed = ", ".join(f"{name} ({count})" for name, count in rooms)
+                return f"-- rooms: {listed or 'none'}\n"
+            case Missed(room=room, first_seq=first, count=count):
+                where = room or "your private messages"
+                return (
+                    f"! missed {count} messages of {where} (seq {first}-{first + count - 1}):"
+                    " they are no longer kept\n"
+                )
+            case Error(message=message):
+                return f"! {message}\n"
+        raise AssertionError(e)  # pragma: no cover
+
+
+# --- the codec ----------------------------------------------------------------------------
+
+
+class LineCodec:
+    """Server side of one line-protocol connection.
+
+    ``receive_data`` frames bytes into lines (or framing errors); ``parse`` turns one line into
+    what to hand to the hub (a command) or what to answer at once (an error, help). Lines are
+    parsed one at a time, as they are handled, because the meaning of a plain line depends on
+    whether the name was accepted. ``encode`` renders events to send.
+    """
+
+    def __init__(
+        self,
+        *,
+        plain: Renderer,
+        stamped: Renderer,
+        max_line: int = 4096,
+    ) -> None:
+        self.max_line = max_line  # longest accepted line in bytes, without its end
+        self.named = False  # the hub accepted a name (seen a Welcome go out)
+        self._plain = plain  # shared renderer without timestamps
+        self._stamped = stamped  # shared renderer with timestamps
+        self._renderer = plain  # the one this connection uses
+        self._buffer = bytearray()  # bytes of an unfinished line
+        self._discarding = False  # dropping the rest of a line that was too long
+
+    # -- input --
+
+    def receive_data(self, data: bytes) -> list[str | Error]:
+        """Feed bytes from the peer; return the complete lines, and errors for refused ones."""
+        out: list[str | Error] = []
+        buf = self._buffer
+        buf += data
+        start = 0
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            line = bytes(buf[start:end])
+            start = end + 1
+            if self._discarding:  # the end of a line already refused as too long
+                self._discarding = False
+                continue
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > self.max_line:
+                out.append(self._error(LineTooLong(self.max_line)))
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                out.append(Error(code="bad_utf8", message="invalid UTF-8: send UTF-8 text"))
+                continue
+            if text.strip():
+                out.append(text)
+        del buf[:start]
+        if len(buf) > self.max_line + 1:
+            if not self._discarding:
+                out.append(self._error(LineTooLong(self.max_line)))
+            self._discarding = True
+            buf.clear()
+        return out
+
+    def eof(self) -> None:
+        """The peer closed: a half-sent line is dropped."""
+        self._buffer.clear()
+
+    def parse(self, text: str) -> list[Command | Error | Info]:
+        """One line of text -> a command for the hub, or the replies to send at once."""
+        try:
+            return self._parse(text)
+        except ClientError as e:
+            return [self._error(e)]
+
+    def _parse(self, text: str) -> list[Command | Error | Info]:
+        if not text.startswith("/") or text.startswith("//"):
+            said = text[1:] if text.startswith("//") else text
+            if not self.named:
+                return [SetName(name=said.strip())]
+            return [Say(text=said)]
+        verb, _, arg = text[1:].partition(" ")
+        verb, arg = verb.lower(), arg.strip()
+        if verb == "help":
+            return [Info(text=line.removeprefix("-- ")) for line in HELP.splitlines()]
+        if verb == "timestamps":
+            return [self._timestamps(arg)]
+        if not self.named and verb in ("nick", "name"):
+            return [SetName(name=_one_arg(arg, "/nick name"))]
+        return [_command(verb, arg)]
+
+    def _timestamps(self, arg: str) -> Info:
+        if arg not in ("on", "off"):
+            raise _usage("/timestamps on|off")
+        self._renderer = self._stamped if arg == "on" else self._plain
+        return Info(text=f"timestamps {arg}")
+
+    @staticmethod
+    def _error(e: ClientError) -> Error:
+        return Error(code=e.code, message=e.message)
+
+    # -- output --
+
+    def encode(self, events: Sequence[Event]) -> bytes:
+        """Render events into the bytes to send, one line each."""
+        render = self._renderer
+        parts = []
+        for e in events:
+            if isinstance(e, Message):
+                parts.append(render.message(e))
+            else:
+                if isinstance(e, Welcome):
+                    self.named = True
+                parts.append(render.event(e))
+        return b"".join(parts)
+
+    def greeting(self) -> bytes:
+        """What a new connection is told first."""
+        return (GREETING + "\n").encode()
