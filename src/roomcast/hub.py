@@ -213,7 +213,7 @@ class Session:
         while True:
             if self.state is State.CLOSED:
                 raise Closed(self.close_reason)
-            events = await self._poll(max_count)
+            events = await self.take(max_count)
             if events:
                 return events
             self._wakeup.clear()
@@ -223,7 +223,11 @@ class Session:
                 self._inbox.notify(self._wakeup.set)
             await self._wakeup.wait()
 
-    async def _poll(self, max_count: int) -> list[Event]:
+    async def take(self, max_count: int = 512) -> list[Event]:
+        """Return up to ``max_count`` events that are ready now, without waiting for more.
+
+        May await the store to refill a lag; returns an empty list when nothing is ready.
+        """
         out = self._leftover[:max_count]
         del self._leftover[:max_count]
         for room, rx in list(self._rooms.items()):

@@ -1,0 +1,269 @@
+"""The line codec, without sockets: framing, parsing and rendering."""
+
+from __future__ import annotations
+
+import pytest
+
+from roomcast.model import (
+    Action,
+    Error,
+    Event,
+    Info,
+    Join,
+    Kind,
+    Leave,
+    Message,
+    Missed,
+    Nick,
+    Private,
+    PrivateMessage,
+    Quit,
+    RoomList,
+    Rooms,
+    Say,
+    SetName,
+    Welcome,
+    Who,
+    WhoList,
+)
+from roomcast.wire.line import GREETING, LineCodec, Renderer
+
+TS = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+
+
+def codec(max_line: int = 4096, named: bool = True) -> LineCodec:
+    c = LineCodec(plain=Renderer(), stamped=Renderer(timestamps=True), max_line=max_line)
+    c.named = named
+    return c
+
+
+def message(kind: Kind = Kind.MESSAGE, text: str = "hello", seq: int = 1) -> Message:
+    return Message(
+        id=f"id{seq}", room="#general", seq=seq, sender="alice", kind=kind, text=text, ts=TS
+    )
+
+
+# --- framing ------------------------------------------------------------------------------
+
+
+def test_lines_end_with_lf_or_crlf() -> None:
+    """LF and CRLF both end a line, and the CR is not part of it."""
+    assert codec().receive_data(b"one\ntwo\r\n") == ["one", "two"]
+
+
+def test_a_line_may_arrive_in_pieces() -> None:
+    """Bytes are buffered until the line is complete."""
+    c = codec()
+    assert c.receive_data(b"hel") == []
+    assert c.receive_data(b"lo\nwor") == ["hello"]
+    assert c.receive_data(b"ld\n") == ["world"]
+
+
+def test_blank_lines_are_ignored() -> None:
+    """Empty and whitespace-only lines produce nothing."""
+    assert codec().receive_data(b"\n  \r\n\n") == []
+
+
+def test_a_long_line_is_refused_and_the_next_one_works() -> None:
+    """A line over the limit gets one error, is dropped to its end, and framing recovers."""
+    c = codec(max_line=10)
+    out = c.receive_data(b"x" * 30)
+    assert len(out) == 1 and isinstance(out[0], Error) and out[0].code == "line_too_long"
+    assert c.receive_data(b"y" * 30) == []  # still the same line: no second error
+    assert c.receive_data(b"zz\nok\n") == ["ok"]
+
+
+def test_a_long_line_in_one_chunk_is_refused() -> None:
+    """A complete line over the limit is refused; its neighbours are not."""
+    out = codec(max_line=10).receive_data(b"short\n" + b"x" * 11 + b"\nafter\n")
+    assert out[0] == "short" and out[2] == "after"
+    assert isinstance(out[1], Error) and "over 10 bytes" in out[1].message
+
+
+def test_a_line_exactly_at_the_limit_is_accepted_with_crlf() -> None:
+    """The limit counts the line without its ending."""
+    assert codec(max_line=5).receive_data(b"12345\r\n12345\n") == ["12345", "12345"]
+
+
+def test_invalid_utf8_is_refused() -> None:
+    """Bytes that are not UTF-8 get bad_utf8; the next line is fine."""
+    out = codec().receive_data(b"\xff\xfe\nfine\n")
+    assert isinstance(out[0], Error) and out[0].code == "bad_utf8" and out[1] == "fine"
+
+
+def test_half_a_line_at_eof_is_dropped() -> None:
+    """What is buffered when the peer closes is discarded."""
+    c = codec()
+    c.receive_data(b"half a li")
+    c.eof()
+    assert c.receive_data(b"new\n") == ["new"]
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def test_before_a_name_a_plain_line_is_the_name() -> None:
+    """The first plain line names the session; /nick does too."""
+    c = codec(named=False)
+    assert c.parse("alice") == [SetName(name="alice")]
+    assert c.parse("/nick bob") == [SetName(name="bob")]
+
+
+def test_a_bad_name_is_refused_with_the_rule() -> None:
+    """A name with spaces or symbols gets bad_name explaining the rule."""
+    [error] = codec(named=False).parse("hello world")
+    assert isinstance(error, Error) and error.code == "bad_name" and "1-32 letters" in error.message
+
+
+def test_plain_text_is_said_and_double_slash_escapes() -> None:
+    """Once named, plain lines are said; //text says /text."""
+    c = codec()
+    assert c.parse("hello there") == [Say(text="hello there")]
+    assert c.parse("//shrug") == [Say(text="/shrug")]
+
+
+@pytest.mark.parametrize(
+    ("line", "command"),
+    [
+        ("/join #rust", Join(room="#rust")),
+        ("/JOIN rust", Join(room="#rust")),
+        ("/leave", Leave()),
+        ("/leave #rust", Leave(room="#rust")),
+        ("/part", Leave()),
+        ("/msg bob hi there", PrivateMessage(to="bob", text="hi there")),
+        ("/me waves", Action(text="waves")),
+        ("/nick bob", Nick(name="bob")),
+        ("/who", Who()),
+        ("/who #rust", Who(room="#rust")),
+        ("/rooms", Rooms()),
+        ("/list", Rooms()),
+        ("/quit", Quit()),
+        ("/quit gone fishing", Quit(reason="gone fishing")),
+    ],
+)
+def test_commands(line: str, command: object) -> None:
+    """Each slash command parses to its hub command."""
+    assert codec().parse(line) == [command]
+
+
+@pytest.mark.parametrize(
+    ("line", "usage"),
+    [
+        ("/join", "/join #room"),
+        ("/join a b", "/join #room"),
+        ("/msg bob", "/msg name text"),
+        ("/me", "/me text"),
+        ("/nick", "/nick name"),
+        ("/timestamps maybe", "/timestamps on|off"),
+    ],
+)
+def test_missing_arguments_get_the_usage(line: str, usage: str) -> None:
+    """A command with wrong arguments is answered with its usage."""
+    [error] = codec().parse(line)
+    assert error == Error(code="usage", message=f"usage: {usage}")
+
+
+def test_unknown_command() -> None:
+    """An unknown command says so and points to /help."""
+    [error] = codec().parse("/frobnicate now")
+    assert error == Error(code="unknown_command", message="unknown command /frobnicate: type /help")
+
+
+def test_help_is_answered_by_the_codec() -> None:
+    """/help lists every command as information lines."""
+    lines = codec().parse("/help")
+    assert all(isinstance(i, Info) for i in lines)
+    joined = "\n".join(i.text for i in lines if isinstance(i, Info))
+    for verb in ("/join", "/leave", "/msg", "/me", "/nick", "/who", "/rooms", "/quit", "/help"):
+        assert verb in joined
+
+
+def test_bad_room_name() -> None:
+    """A room name with forbidden characters gets bad_room."""
+    [error] = codec().parse("/join #no*way")
+    assert isinstance(error, Error) and error.code == "bad_room"
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "line"),
+    [
+        (Kind.MESSAGE, "hello", "[#general] alice: hello\n"),
+        (Kind.ACTION, "waves", "[#general] * alice waves\n"),
+        (Kind.JOIN, "", "[#general] --> alice joined\n"),
+        (Kind.LEAVE, "left", "[#general] <-- alice left\n"),
+        (Kind.QUIT, "bye", "[#general] <-- alice quit (bye)\n"),
+        (Kind.NICK, "alicia", "[#general] -- alice is now known as alicia\n"),
+    ],
+)
+def test_room_messages_render_one_line_each(kind: Kind, text: str, line: str) -> None:
+    """Each kind of room message has its own human-readable line."""
+    assert codec().encode([message(kind, text)]) == line.encode()
+
+
+def test_other_events_render() -> None:
+    """Private messages, lists, gaps and errors render as documented."""
+    events: list[Event] = [
+        Private(
+            id="p", seq=1, sender="alice", recipient="bob", kind=Kind.MESSAGE, text="hi", ts=TS
+        ),
+        WhoList(room="#general", names=("alice", "bob")),
+        RoomList(rooms=(("#general", 2), ("#rust", 1))),
+        RoomList(rooms=()),
+        Missed(room="#general", first_seq=10, count=5),
+        Missed(room=None, first_seq=0, count=2),
+        Error(code="x", message="that was wrong"),
+        Info(text="fyi"),
+    ]
+    assert codec().encode(events).decode().splitlines() == [
+        "[pm alice -> bob] hi",
+        "-- #general: alice bob (2)",
+        "-- rooms: #general (2), #rust (1)",
+        "-- rooms: none",
+        "! missed 5 messages of #general (seq 10-14): they are no longer kept",
+        "! missed 2 messages of your private messages (seq 0-1): they are no longer kept",
+        "! that was wrong",
+        "-- fyi",
+    ]
+
+
+def test_welcome_marks_the_codec_named() -> None:
+    """Encoding the Welcome switches plain lines from naming to saying."""
+    c = codec(named=False)
+    assert c.encode([Welcome(name="alice")]).startswith(b"-- hello alice")
+    assert c.parse("hi") == [Say(text="hi")]
+
+
+def test_timestamps_can_be_switched_on_and_off() -> None:
+    """/timestamps on prefixes messages with their UTC time; off removes it."""
+    c = codec()
+    assert c.parse("/timestamps on") == [Info(text="timestamps on")]
+    assert c.encode([message()]) == b"22:13 [#general] alice: hello\n"
+    c.parse("/timestamps off")
+    assert c.encode([message()]) == b"[#general] alice: hello\n"
+
+
+def test_a_message_is_rendered_once_and_shared() -> None:
+    """Two connections get the very same bytes object for one message."""
+    plain, stamped = Renderer(), Renderer(timestamps=True)
+    a = LineCodec(plain=plain, stamped=stamped)
+    b = LineCodec(plain=plain, stamped=stamped)
+    m = message()
+    assert a.encode([m]) == b.encode([m])
+    assert plain.message(m) is plain.message(m)
+
+
+def test_the_render_cache_is_bounded() -> None:
+    """The renderer keeps at most cache_size lines."""
+    r = Renderer(cache_size=3)
+    first = r.message(message(seq=1))
+    for seq in range(2, 10):
+        r.message(message(seq=seq))
+    assert r.message(message(seq=1)) is not first
+
+
+def test_greeting_asks_for_a_name() -> None:
+    """The greeting is one line asking for a name."""
+    assert codec().greeting() == (GREETING + "\n").encode()
