@@ -1,23 +1,45 @@
 """The store interface: the hub's only view of durable storage.
 
-The hub never sees SQL. It talks to a ``Store``; each implementation (``memory``, ``sqlite``,
-later ``postgresql``) lives in its own module, is chosen by URL scheme (``open_store``), and
-translates its driver's exceptions into ``roomcast.errors.Broken`` at this seam.
+The hub never sees SQL. It talks to a ``Store`` (room history and private messages) and to
+``Accounts`` (registered names, memberships, read markers); each implementation (``memory``,
+``sqlite``, later ``postgresql``) provides both, lives in its own module, is chosen by URL
+scheme (``roomcast.store.open_store``), and translates its driver's exceptions into
+``roomcast.errors.Broken`` at this seam.
 
 Sequence numbers: the store gives each room message the room's next gap-free sequence number
 (from 1) when it appends it, and ``append`` returns only once the message is durable, so a
-sender's echo (its acknowledgement) always names a stored message.
+sender's echo (its acknowledgement) always names a stored message. Private messages share one
+store-wide gap-free sequence. Retention cuts only the oldest end of a room's history: the
+messages kept are always ``oldest_seq .. latest_seq`` without holes, and ``latest_seq`` never
+moves back.
+
+Search: a message matches when it contains every word of the query, ignoring case and
+accents. A query word is a whitespace-separated run; only its letters and digits count (its
+other characters separate tokens, so ``a+b`` looks for ``a`` followed by ``b``); a word with
+no letter or digit is ignored, and a query with no word left matches nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from roomcast.model import Draft, Message, Private, PrivateDraft
 
-__all__ = ["Page", "RoomInfo", "Store"]
+__all__ = ["Account", "Accounts", "Page", "RoomInfo", "Storage", "Store", "search_tokens"]
+
+_TOKEN = re.compile(r"[^\W_]+")  # a run of letters and digits: what search can match
+
+
+def search_tokens(text: str) -> tuple[str, ...]:
+    """The words search compares in ``text``: runs of letters and digits, lower case, with
+    accents removed (``"Café au-lait!"`` -> ``("cafe", "au", "lait")``)."""
+    decomposed = unicodedata.normalize("NFD", text)
+    bare = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+    return tuple(t.lower() for t in _TOKEN.findall(bare))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +59,16 @@ class Page:
     messages: tuple[Message, ...]  # in sequence order
     oldest_seq: int  # oldest message still kept: anything below was cut by retention
     latest_seq: int  # newest message in the room
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Account:
+    """A registered name."""
+
+    name: str  # spelled as registered; unique ignoring case
+    password_hash: str  # opaque to the store
+    created: float  # UTC, seconds since the epoch
+    private_read_seq: int  # newest private message this account has read
 
 
 class Store(Protocol):
@@ -60,14 +92,87 @@ class Store(Protocol):
         """Up to ``limit`` messages with ``seq < before``, or ``seq > after``, oldest first.
 
         With neither bound, the newest ``limit`` messages. ``before`` and ``after`` together
-        are a range. The page is always returned in sequence order.
+        are a range. The page is always returned in sequence order. A ``limit`` below 1
+        gives an empty page.
         """
         ...
 
+    async def privates(self, name: str, *, after: int, limit: int) -> Sequence[Private]:
+        """Up to ``limit`` private messages to ``name`` (any case) with ``seq > after``,
+        oldest first."""
+        ...
+
     async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
-        """Up to ``limit`` messages of ``room`` containing ``words``, newest first."""
+        """Up to ``limit`` messages of ``room`` containing ``words``, newest first.
+
+        See the module docstring for what matches; user text is always safe to pass.
+        """
+        ...
+
+    async def retain(
+        self, room: str, *, max_age: float | None, max_count: int | None, now: float
+    ) -> int:
+        """Delete ``room``'s messages older than ``max_age`` seconds at time ``now`` or
+        beyond the newest ``max_count``; return how many were deleted.
+
+        ``None`` means no limit of that kind. Only the oldest end is cut: the cut by age
+        stops at the first message younger than ``max_age``, so a message is never deleted
+        while an older-numbered one is kept. ``oldest_seq`` moves up; ``latest_seq`` stays.
+        """
         ...
 
     async def close(self) -> None:
         """Flush what is pending and release the storage. Idempotent."""
         ...
+
+
+class Accounts(Protocol):
+    """Registered names and what the server remembers for them between sessions.
+
+    Names are compared ignoring case. Read markers only move forward. Writes about an
+    account that does not exist (any more) are ignored, except ``set_password``: a marker
+    flush may race the account's deletion. Every method may raise ``Broken``.
+    """
+
+    async def account(self, name: str) -> Account | None:
+        """The account registered as ``name`` in any case, or ``None``."""
+        ...
+
+    async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
+        """Register ``name``; ``ClientError('name_taken')`` if it is registered in any case.
+
+        The new account has read every private message already stored: its
+        ``private_read_seq`` starts at the newest private sequence number.
+        """
+        ...
+
+    async def set_password(self, name: str, password_hash: str) -> None:
+        """Replace the account's password hash; ``ClientError('no_account')`` if none."""
+        ...
+
+    async def delete_account(self, name: str) -> bool:
+        """Delete the account, its memberships and the private messages sent to it; return
+        whether it existed."""
+        ...
+
+    async def memberships(self, name: str) -> Mapping[str, int]:
+        """The rooms the account is a member of, each with its read marker."""
+        ...
+
+    async def set_membership(self, name: str, room: str, *, read_seq: int | None) -> None:
+        """Join ``room`` with read marker ``read_seq`` (kept if already higher), or leave it
+        when ``read_seq`` is ``None``."""
+        ...
+
+    async def advance_read(self, markers: Mapping[tuple[str, str], int]) -> None:
+        """Move each ``(account, room)`` read marker forward to the given sequence number;
+        markers never move back, and pairs that are not memberships are ignored."""
+        ...
+
+    async def advance_private_read(self, name: str, seq: int) -> None:
+        """Move the account's private read marker forward to ``seq`` (never back)."""
+        ...
+
+
+class Storage(Store, Accounts, Protocol):
+    """Room history and accounts together: what ``open_store`` returns."""

@@ -1,15 +1,19 @@
 """A store that keeps history in memory only: the ephemeral mode, and the hub's tests.
 
-Each room keeps its newest ``keep`` messages; everything is gone when the process ends.
+Each room keeps its newest ``keep`` messages, and the store its newest ``keep`` private
+messages; everything is gone when the process ends. It honours the same contract as the
+durable stores (``tests/store/test_contract.py`` runs against both).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from roomcast.model import Draft, Message, Private, PrivateDraft
-from roomcast.store.base import Page, RoomInfo
+from roomcast.errors import ClientError
+from roomcast.model import Draft, Message, Private, PrivateDraft, fold
+from roomcast.store.base import Account, Page, RoomInfo, search_tokens
 
 __all__ = ["MemoryStore"]
 
@@ -26,22 +30,32 @@ class _Room:
         return self.messages[0].seq if self.messages else self.latest + 1
 
 
+def _contains(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
+    """Whether ``needle`` occurs in ``haystack`` as a contiguous run (a phrase)."""
+    n = len(needle)
+    return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
+
+
 class MemoryStore:
-    """An in-process ``Store``: same contract, no durability."""
+    """An in-process ``Storage``: same contract, no durability."""
 
     def __init__(self, *, keep: int = 10_000) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
-        self._keep = keep  # messages kept per room
+        self._keep = keep  # messages kept per room, and private messages kept
         self._rooms: dict[str, _Room] = {}  # room name -> its history
         self._privates: deque[Private] = deque(maxlen=keep)  # newest private messages
         self._private_seq = 0  # seq of the newest private message
+        self._accounts: dict[str, Account] = {}  # folded name -> account
+        self._memberships: dict[str, dict[str, int]] = {}  # folded name -> room -> read_seq
 
     def _room(self, room: str) -> _Room:
         r = self._rooms.get(room)
         if r is None:
             r = self._rooms[room] = _Room(self._keep)
         return r
+
+    # --- Store ------------------------------------------------------------------------------
 
     async def room(self, room: str) -> RoomInfo:
         r = self._room(room)
@@ -71,18 +85,107 @@ class MemoryStore:
             lo = max(lo, hi - limit)
         else:
             hi = min(hi, lo + limit)
-        held = list(r.messages)
-        picked = tuple(held[lo - oldest : hi - oldest]) if lo < hi else ()
+        held = r.messages
+        picked = tuple(held[i - oldest] for i in range(lo, hi)) if lo < hi else ()
         return Page(room=room, messages=picked, oldest_seq=oldest, latest_seq=r.latest)
 
+    async def privates(self, name: str, *, after: int, limit: int) -> Sequence[Private]:
+        key = fold(name)
+        found = (p for p in self._privates if p.seq > after and fold(p.recipient) == key)
+        return [p for _, p in zip(range(max(limit, 0)), found, strict=False)]
+
     async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
-        terms = words.lower().split()
-        found = [
-            m
-            for m in reversed(self._room(room).messages)
-            if all(t in m.text.lower() for t in terms)
-        ]
-        return found[:limit]
+        phrases = [t for t in map(search_tokens, words.split()) if t]
+        if not phrases or limit < 1:
+            return []
+        found: list[Message] = []
+        for m in reversed(self._room(room).messages):
+            tokens = search_tokens(m.text)
+            if all(_contains(tokens, p) for p in phrases):
+                found.append(m)
+                if len(found) == limit:
+                    break
+        return found
+
+    async def retain(
+        self, room: str, *, max_age: float | None, max_count: int | None, now: float
+    ) -> int:
+        _check_retention(max_age, max_count)
+        r = self._rooms.get(room)
+        if r is None:
+            return 0
+        removed = 0
+        while r.messages and (
+            (max_count is not None and len(r.messages) > max_count)
+            or (max_age is not None and r.messages[0].ts < now - max_age)
+        ):
+            r.messages.popleft()
+            removed += 1
+        return removed
 
     async def close(self) -> None:
         return None
+
+    # --- Accounts ---------------------------------------------------------------------------
+
+    async def account(self, name: str) -> Account | None:
+        return self._accounts.get(fold(name))
+
+    async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
+        key = fold(name)
+        if key in self._accounts:
+            raise ClientError("name_taken", f"the name {name!r} is registered: choose another")
+        account = Account(
+            name=name, password_hash=password_hash, created=now, private_read_seq=self._private_seq
+        )
+        self._accounts[key] = account
+        self._memberships[key] = {}
+        return account
+
+    async def set_password(self, name: str, password_hash: str) -> None:
+        key = fold(name)
+        account = self._accounts.get(key)
+        if account is None:
+            raise ClientError("no_account", f"there is no account named {name!r}")
+        self._accounts[key] = dataclasses.replace(account, password_hash=password_hash)
+
+    async def delete_account(self, name: str) -> bool:
+        key = fold(name)
+        if self._accounts.pop(key, None) is None:
+            return False
+        del self._memberships[key]
+        kept = [p for p in self._privates if fold(p.recipient) != key]
+        self._privates = deque(kept, maxlen=self._keep)
+        return True
+
+    async def memberships(self, name: str) -> Mapping[str, int]:
+        return dict(self._memberships.get(fold(name), {}))
+
+    async def set_membership(self, name: str, room: str, *, read_seq: int | None) -> None:
+        rooms = self._memberships.get(fold(name))
+        if rooms is None:
+            return
+        if read_seq is None:
+            rooms.pop(room, None)
+        else:
+            rooms[room] = max(rooms.get(room, read_seq), read_seq)
+
+    async def advance_read(self, markers: Mapping[tuple[str, str], int]) -> None:
+        for (name, room), seq in markers.items():
+            rooms = self._memberships.get(fold(name))
+            if rooms is not None and room in rooms:
+                rooms[room] = max(rooms[room], seq)
+
+    async def advance_private_read(self, name: str, seq: int) -> None:
+        key = fold(name)
+        account = self._accounts.get(key)
+        if account is not None and seq > account.private_read_seq:
+            self._accounts[key] = dataclasses.replace(account, private_read_seq=seq)
+
+
+def _check_retention(max_age: float | None, max_count: int | None) -> None:
+    """Raise ``ValueError`` for a negative retention limit."""
+    if max_age is not None and max_age < 0:
+        raise ValueError(f"max_age must be at least 0, got {max_age}")
+    if max_count is not None and max_count < 0:
+        raise ValueError(f"max_count must be at least 0, got {max_count}")

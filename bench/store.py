@@ -1,0 +1,301 @@
+"""Benchmarks of the SQLite store, each beside its baseline in the same run.
+
+1. Appends per second: the store's group commit (many senders, each awaiting its ack) against
+   one COMMIT per message on a plain ``sqlite3`` connection with the same schema and pragmas
+   (WAL, ``synchronous=FULL``).
+2. History page latency: 50 messages at the start, middle and end of a room of 1,000,000
+   messages, through the store API (p50/p99), against OFFSET paging (a pager without the
+   ``(room, seq)`` seek) at the middle.
+3. Catch-up: messages per second replayed to one returning client reading pages of 200 with
+   ``history(after=...)``.
+
+Run ``python bench/store.py`` (about 1-2 minutes) or ``--quick`` (a few seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import platform
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from roomcast.model import Draft, Kind
+from roomcast.store.sqlite import SqliteStore
+from roomcast.store.sqlite_schema import configure, migrate
+
+PAGE = 50  # messages in a history page
+CATCH_UP_PAGE = 200  # messages in a catch-up page
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sizes:
+    """How much work each benchmark does."""
+
+    group_messages: int  # appended through the store
+    senders: int  # concurrent senders, each awaiting its ack before sending again
+    single_messages: int  # appended one COMMIT at a time (the baseline)
+    big_room: int  # messages in the history room
+    samples: int  # history pages timed at each position
+    offset_samples: int  # OFFSET pages timed (the slow baseline)
+    catch_up: int  # messages replayed to the returning client
+
+
+FULL = Sizes(
+    group_messages=100_000,
+    senders=200,
+    single_messages=3_000,
+    big_room=1_000_000,
+    samples=1_000,
+    offset_samples=20,
+    catch_up=100_000,
+)
+QUICK = Sizes(
+    group_messages=10_000,
+    senders=100,
+    single_messages=500,
+    big_room=200_000,
+    samples=200,
+    offset_samples=5,
+    catch_up=20_000,
+)
+
+
+def text_of(i: int) -> str:
+    return f"message {i} about topic {i % 97}: the quick brown fox jumps over the lazy dog"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.3f} ms"
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+@contextlib.contextmanager
+def plain(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain connection to ``path`` with the store's schema and pragmas."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        configure(conn)
+        migrate(conn)
+        yield conn
+    finally:
+        conn.close()
+
+
+# --- 1. appends ---------------------------------------------------------------------------
+
+
+async def group_commit(path: Path, sizes: Sizes) -> float:
+    """Appends per second through the store, ``senders`` at a time."""
+    store = await SqliteStore.open(path)
+    per_sender = sizes.group_messages // sizes.senders
+
+    async def sender(n: int) -> None:
+        for i in range(per_sender):
+            await store.append(
+                Draft(
+                    id=f"g{n}-{i}",
+                    room=f"#room{n % 10}",
+                    sender=f"user{n}",
+                    kind=Kind.MESSAGE,
+                    text=text_of(i),
+                    ts=time.time(),
+                )
+            )
+
+    start = time.perf_counter()
+    await asyncio.gather(*(sender(n) for n in range(sizes.senders)))
+    elapsed = time.perf_counter() - start
+    stats = store.statistics()
+    await store.close()
+    total = per_sender * sizes.senders
+    rate = total / elapsed
+    print(
+        f"  group commit   {rate:10,.0f} appends/s  ({total:,} messages, {sizes.senders} senders,"
+        f" {stats.commits:,} commits, {stats.writes / max(stats.commits, 1):.1f} per commit,"
+        f" largest {stats.largest_batch})"
+    )
+    return rate
+
+
+def one_commit_each(path: Path, sizes: Sizes) -> float:
+    """Appends per second with INSERT + COMMIT per message (the baseline)."""
+    with plain(path) as conn:
+        conn.execute("INSERT INTO rooms (name, created) VALUES ('#room', 0)")
+        start = time.perf_counter()
+        for i in range(1, sizes.single_messages + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO messages (id, room, seq, sender, kind, text, ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (f"s{i}", "#room", i, "user", "message", text_of(i), time.time()),
+            )
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+    rate = sizes.single_messages / elapsed
+    print(
+        f"  one commit each{rate:10,.0f} appends/s  ({sizes.single_messages:,} messages,"
+        " plain sqlite3, same schema and pragmas)"
+    )
+    return rate
+
+
+# --- 2. and 3. a big room -------------------------------------------------------------------
+
+
+def build_big_room(path: Path, count: int) -> float:
+    """Bulk-load ``count`` messages into ``#big``; return the seconds it took.
+
+    The search index is left out (the insert trigger is dropped for the load and restored
+    afterwards): history never reads it, and indexing a million texts would dominate the run.
+    """
+    with plain(path) as conn:
+        start = time.perf_counter()
+        conn.execute("PRAGMA synchronous = OFF")
+        (trigger,) = conn.execute(
+            "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = 'messages_indexed'"
+        ).fetchone()
+        conn.execute("BEGIN")
+        conn.execute("DROP TRIGGER messages_indexed")
+        conn.execute(
+            "INSERT INTO rooms (name, created, last_seq) VALUES (?, ?, ?)", ("#big", 0.0, count)
+        )
+        conn.executemany(
+            "INSERT INTO messages (id, room, seq, sender, kind, text, ts)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                (f"b{i}", "#big", i, f"user{i % 50}", "message", text_of(i), 1.7e9 + i)
+                for i in range(1, count + 1)
+            ),
+        )
+        conn.execute(trigger)
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return time.perf_counter() - start
+
+
+async def timed(call: Callable[[], Awaitable[object]], samples: int) -> list[float]:
+    latencies = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        await call()
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+async def history_pages(path: Path, sizes: Sizes) -> None:
+    """p50/p99 of a 50-message page at the start, middle and end of ``#big``."""
+    count = sizes.big_room
+    store = await SqliteStore.open(path)
+    try:
+        middle = count // 2
+        positions: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("start", lambda: store.history("#big", after=0, limit=PAGE)),
+            ("middle", lambda: store.history("#big", before=middle, limit=PAGE)),
+            ("end", lambda: store.history("#big", limit=PAGE)),
+        ]
+        for name, call in positions:
+            await timed(call, 20)  # warm up: reader connections, caches, as on a live server
+            latencies = await timed(call, sizes.samples)
+            print(
+                f"  {name:<6} p50 {ms(statistics.median(latencies))}"
+                f"   p99 {ms(percentile(latencies, 99))}   ({sizes.samples} pages)"
+            )
+    finally:
+        await store.close()
+    with plain(path) as conn:
+        query = (
+            "SELECT id, seq, sender, kind, text, ts FROM messages WHERE room = ?"
+            " ORDER BY seq LIMIT ? OFFSET ?"
+        )
+        latencies = []
+        for _ in range(sizes.offset_samples):
+            start = time.perf_counter()
+            conn.execute(query, ("#big", PAGE, middle)).fetchall()
+            latencies.append(time.perf_counter() - start)
+    print(
+        f"  baseline: OFFSET paging at the middle, plain sqlite3:"
+        f" p50 {ms(statistics.median(latencies))}  ({sizes.offset_samples} pages)"
+    )
+
+
+async def catch_up(path: Path, sizes: Sizes) -> None:
+    """Messages per second replayed to a client that returns ``catch_up`` messages behind."""
+    store = await SqliteStore.open(path)
+    try:
+        after = sizes.big_room - sizes.catch_up
+        replayed = 0
+        pages = 0
+        start = time.perf_counter()
+        while True:
+            page = await store.history("#big", after=after, limit=CATCH_UP_PAGE)
+            if not page.messages:
+                break
+            replayed += len(page.messages)
+            pages += 1
+            after = page.messages[-1].seq
+        elapsed = time.perf_counter() - start
+    finally:
+        await store.close()
+    print(
+        f"  {replayed / elapsed:10,.0f} messages/s  ({replayed:,} messages in {pages:,} pages"
+        f" of {CATCH_UP_PAGE}, {elapsed:.2f} s)"
+    )
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+async def run(sizes: Sizes, where: Path) -> None:
+    print(
+        f"roomcast store benchmark: SQLite {sqlite3.sqlite_version}, Python"
+        f" {platform.python_version()}, WAL + synchronous=FULL, files in {where}"
+    )
+    for name in ["group.db", "single.db", "big.db"]:  # a fresh start in a reused --dir
+        for suffix in ["", "-wal", "-shm"]:
+            (where / (name + suffix)).unlink(missing_ok=True)
+    print("\n1. appends (each acknowledged only once durable)")
+    grouped = await group_commit(where / "group.db", sizes)
+    single = await asyncio.to_thread(one_commit_each, where / "single.db", sizes)
+    print(f"  ratio          {grouped / single:10.1f} x  (group commit / one commit each)")
+
+    big = where / "big.db"
+    print(f"\n2. history: {PAGE}-message pages in a room of {sizes.big_room:,} messages")
+    built = await asyncio.to_thread(build_big_room, big, sizes.big_room)
+    print(f"  (room bulk-loaded in {built:.1f} s, without the search index)")
+    await history_pages(big, sizes)
+
+    print(f"\n3. catch-up: a client returns {sizes.catch_up:,} messages behind")
+    await catch_up(big, sizes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
+    parser.add_argument(
+        "--dir", type=Path, help="where to put the database files (default: a temporary folder)"
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        asyncio.run(run(sizes, args.dir))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="roomcast-bench-") as tmp:
+        asyncio.run(run(sizes, Path(tmp)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

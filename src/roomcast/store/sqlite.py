@@ -1,0 +1,354 @@
+"""The default durable store: one SQLite file in WAL mode, written by one thread in group commits.
+
+Theory of operation
+-------------------
+One **writer thread** owns the only writing connection. Every write (an append, an account
+change, a retention cut) is a job on a queue with an asyncio future. The writer takes the
+first job, then everything else already queued (up to ``max_batch``), runs them all in one
+transaction and commits once; only after COMMIT does it resolve the batch's futures, in queue
+order, with one ``loop.call_soon_threadsafe`` per batch. Under load many appends share one
+commit, so the cost of making them durable is paid once per batch, not once per message.
+
+**Sequence numbers** are assigned inside that transaction from a per-room cache of the latest
+sequence number (loaded from ``rooms.last_seq`` on first use), so they are gap-free and follow
+the queue order; ``UNIQUE(room, seq)`` backs that up. ``rooms.last_seq`` is written once per
+room per batch and never moves back, even when retention deletes every message, so numbers
+are never reused. Private messages take theirs from the ``counters`` row ``private_seq``. The
+writer checks ``PRAGMA data_version`` at the start of each batch and drops its caches when
+another connection has committed since, so a second writer process cannot make them stale.
+
+**Reads** never touch the writer: a small thread pool, one read-only connection per thread,
+each read in its own transaction (a consistent snapshot). WAL lets them run while the writer
+commits. The event loop itself never waits on the disk.
+
+Durability: ``synchronous=FULL``
+--------------------------------
+A sender's echo is its acknowledgement: once ``append`` returns, the message must survive
+anything. In WAL mode ``synchronous=NORMAL`` writes each commit to the WAL file but syncs it
+only at checkpoints: a killed *process* loses nothing (the OS holds the written pages), but a
+power loss or kernel crash can lose the last commits, messages whose senders were already
+told they were stored. ``FULL`` syncs the WAL at every commit, so an acked message survives
+both. Its cost is one fsync per commit, and group commit spreads that over the whole batch.
+
+Search runs FTS5 (``messages_fts``, external content over ``messages.text``); each query
+word is passed as a quoted FTS5 string, so no user text is ever query syntax. The schema and
+its migrations are in ``roomcast.store.sqlite_schema``, the writer in
+``roomcast.store.sqlite_writer``. ``sqlite3.Error`` never leaves these modules: it becomes
+``roomcast.errors.Broken``.
+
+Use: ``store = await SqliteStore.open(path)`` ... ``await store.close()``. The loop that
+calls ``open`` is the one whose futures the writer resolves; use the store from it only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from roomcast.errors import Broken
+from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
+from roomcast.store.base import Account, Page, RoomInfo
+from roomcast.store.sqlite_schema import open_writer
+from roomcast.store.sqlite_writer import STOP, Job, Writer, broken
+
+__all__ = ["SqliteStore", "Statistics"]
+
+T = TypeVar("T")
+
+_MESSAGE_COLUMNS = "id, seq, sender, kind, text, ts"
+_HISTORY_NEWEST = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? AND seq < ? AND seq > ?"
+    " ORDER BY seq DESC LIMIT ?"
+)
+_HISTORY_OLDEST = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? AND seq > ? AND seq < ?"
+    " ORDER BY seq LIMIT ?"
+)
+_ROOM_INFO = (
+    "SELECT last_seq, (SELECT seq FROM messages WHERE room = ? ORDER BY seq LIMIT 1)"
+    " FROM rooms WHERE name = ?"
+)
+_SEARCH = (
+    "SELECT m.id, m.seq, m.sender, m.kind, m.text, m.ts"
+    " FROM messages_fts JOIN messages AS m ON m.serial = messages_fts.rowid"
+    " WHERE messages_fts MATCH ? AND m.room = ? ORDER BY messages_fts.rowid DESC LIMIT ?"
+)
+_PRIVATES = (
+    "SELECT seq, id, sender, recipient, kind, text, ts FROM private_messages"
+    " WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+_NO_SEQ = 2**62  # an upper bound above any sequence number
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Statistics:
+    """What the writer has done since the store was opened (feeds ``/metrics``)."""
+
+    commits: int  # transactions committed by the writer
+    writes: int  # jobs (appends, account changes, ...) in those transactions
+    largest_batch: int  # most jobs in one transaction
+    pending: int  # jobs queued and not yet taken (approximate)
+
+
+def _message(room: str, row: tuple[Any, ...]) -> Message:
+    id_, seq, sender, kind, text, ts = row
+    return Message(id=id_, room=room, seq=seq, sender=sender, kind=Kind(kind), text=text, ts=ts)
+
+
+def _fts_query(words: str) -> str | None:
+    """``words`` as an FTS5 query: each word a quoted string (so it is never syntax), all
+    required; ``None`` when no word has a letter or digit (see ``store.base``)."""
+    quoted = ['"' + w.replace('"', '""') + '"' for w in words.split() if _has_token(w)]
+    return " ".join(quoted) or None
+
+
+def _has_token(word: str) -> bool:
+    return any(c.isalnum() for c in word)
+
+
+# --- the store ----------------------------------------------------------------------------
+
+
+class SqliteStore:
+    """A ``Storage`` in one SQLite file. Open with ``await SqliteStore.open(path)``."""
+
+    def __init__(
+        self, path: Path, conn: sqlite3.Connection, *, max_batch: int, readers: int
+    ) -> None:
+        """Private: use ``open``, which creates and migrates the file off the event loop."""
+        self.path = path  # the database file, absolute
+        self._writer = Writer(conn, max_batch)  # the one writing connection and its thread
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="roomcast-sqlite-reader")
+        self._local = threading.local()  # .conn: each reader thread's own connection
+        self._reader_conns: list[sqlite3.Connection] = []  # every reader connection, to close
+        self._reader_lock = threading.Lock()  # guards _reader_conns
+        self._closing = False  # set by close(): no new work is accepted
+        self._closed: asyncio.Future[None] | None = None  # the shutdown, once started
+        self._writer.thread.start()
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_batch: int = 1000,
+        readers: int = 2,
+        busy_timeout: float = 5.0,
+    ) -> SqliteStore:
+        """Open (creating it and its directories if needed) and migrate the store at ``path``
+        (``~`` is expanded).
+
+        ``max_batch`` caps the jobs in one group commit; ``readers`` is the number of reader
+        threads; ``busy_timeout`` is how many seconds a write waits for a lock held by another
+        process (another program using the file) before failing with ``Broken``. Raises
+        ``Broken`` when the file cannot be used (not a database, newer schema, no permission).
+        """
+        if max_batch < 1 or readers < 1:
+            raise ValueError(f"max_batch and readers must be at least 1: {max_batch}, {readers}")
+        where, conn = await asyncio.to_thread(open_writer, Path(path), busy_timeout)
+        return cls(where, conn, max_batch=max_batch, readers=readers)
+
+    def statistics(self) -> Statistics:
+        """A snapshot of the writer's counters."""
+        w = self._writer
+        return Statistics(
+            commits=w.commits,
+            writes=w.writes,
+            largest_batch=w.largest_batch,
+            pending=w.pending(),
+        )
+
+    async def close(self) -> None:
+        """Let the writer commit everything queued, stop the threads, close the connections.
+
+        Idempotent; afterwards every method raises ``Broken``.
+        """
+        if self._closed is None:
+            self._closing = True
+            self._closed = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(self._closed)
+
+    async def _shut_down(self) -> None:
+        self._writer.put(STOP)
+        await asyncio.to_thread(self._writer.thread.join)
+        await asyncio.to_thread(self._readers.shutdown)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    # --- the two ways to the database ---------------------------------------------------
+
+    async def _write(self, run: Callable[[], T], *, atomic: bool = False) -> T:
+        """Queue ``run`` for the writer; return its result once its batch is committed.
+
+        Cancelling the caller does not withdraw the write: it is committed all the same.
+        """
+        if self._closing:
+            raise Broken("the SQLite store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writer.put(Job(run=run, future=future, atomic=atomic))
+        return await future
+
+    async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``run`` on a reader thread, in one read transaction."""
+        if self._closing:
+            raise Broken("the SQLite store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._in_reader, run)
+
+    def _in_reader(self, run: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = self._connect_reader()
+            conn.execute("BEGIN")
+            try:
+                return run(conn)
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")  # nothing to keep: it only read
+        except sqlite3.Error as e:
+            raise broken(e) from e
+
+    def _connect_reader(self) -> sqlite3.Connection:
+        uri = self.path.as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        with self._reader_lock:
+            self._reader_conns.append(conn)
+        return conn
+
+    # --- Store ------------------------------------------------------------------------------
+
+    async def room(self, room: str) -> RoomInfo:
+        def run(conn: sqlite3.Connection) -> RoomInfo:
+            latest, oldest = _room_info(conn, room)
+            return RoomInfo(room=room, latest_seq=latest, oldest_seq=oldest)
+
+        return await self._read(run)
+
+    async def append(self, draft: Draft) -> Message:
+        return await self._write(functools.partial(self._writer.append, draft))
+
+    async def append_private(self, draft: PrivateDraft) -> Private:
+        return await self._write(functools.partial(self._writer.append_private, draft))
+
+    async def history(
+        self, room: str, *, before: int | None = None, after: int | None = None, limit: int
+    ) -> Page:
+        upper = _NO_SEQ if before is None else before
+        lower = -1 if after is None else after
+
+        def run(conn: sqlite3.Connection) -> Page:
+            latest, oldest = _room_info(conn, room)
+            if limit < 1:
+                rows: list[Any] = []
+            elif after is None:  # the newest `limit` below `before`
+                rows = conn.execute(_HISTORY_NEWEST, (room, upper, lower, limit)).fetchall()
+                rows.reverse()
+            else:  # the oldest `limit` above `after`
+                rows = conn.execute(_HISTORY_OLDEST, (room, lower, upper, limit)).fetchall()
+            messages = tuple(_message(room, row) for row in rows)
+            return Page(room=room, messages=messages, oldest_seq=oldest, latest_seq=latest)
+
+        return await self._read(run)
+
+    async def privates(self, name: str, *, after: int, limit: int) -> Sequence[Private]:
+        def run(conn: sqlite3.Connection) -> list[Private]:
+            rows = conn.execute(_PRIVATES, (name, after, limit)).fetchall()
+            return [
+                Private(id=i, seq=s, sender=f, recipient=r, kind=Kind(k), text=t, ts=ts)
+                for s, i, f, r, k, t, ts in rows
+            ]
+
+        return [] if limit < 1 else await self._read(run)
+
+    async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
+        query = _fts_query(words)
+        if query is None or limit < 1:
+            return []
+
+        def run(conn: sqlite3.Connection) -> list[Message]:
+            rows = conn.execute(_SEARCH, (query, room, limit)).fetchall()
+            return [_message(room, row) for row in rows]
+
+        return await self._read(run)
+
+    async def retain(
+        self, room: str, *, max_age: float | None, max_count: int | None, now: float
+    ) -> int:
+        if max_age is not None and max_age < 0:
+            raise ValueError(f"max_age must be at least 0, got {max_age}")
+        if max_count is not None and max_count < 0:
+            raise ValueError(f"max_count must be at least 0, got {max_count}")
+        cut = functools.partial(self._writer.retain, room, max_age, max_count, now)
+        return await self._write(cut)
+
+    # --- Accounts ---------------------------------------------------------------------------
+
+    async def account(self, name: str) -> Account | None:
+        def run(conn: sqlite3.Connection) -> Account | None:
+            row = conn.execute(
+                "SELECT name, password_hash, created, private_read_seq FROM accounts WHERE key = ?",
+                (fold(name),),
+            ).fetchone()
+            if row is None:
+                return None
+            shown, password_hash, created, private_read_seq = row
+            return Account(
+                name=shown,
+                password_hash=password_hash,
+                created=created,
+                private_read_seq=private_read_seq,
+            )
+
+        return await self._read(run)
+
+    async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
+        create = functools.partial(self._writer.create_account, name, password_hash, now)
+        return await self._write(create)
+
+    async def set_password(self, name: str, password_hash: str) -> None:
+        await self._write(functools.partial(self._writer.set_password, name, password_hash))
+
+    async def delete_account(self, name: str) -> bool:
+        delete = functools.partial(self._writer.delete_account, name)
+        return await self._write(delete, atomic=True)
+
+    async def memberships(self, name: str) -> Mapping[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT room, read_seq FROM memberships WHERE account = ? ORDER BY room",
+                (fold(name),),
+            )
+            return dict(rows.fetchall())
+
+        return await self._read(run)
+
+    async def set_membership(self, name: str, room: str, *, read_seq: int | None) -> None:
+        await self._write(functools.partial(self._writer.set_membership, name, room, read_seq))
+
+    async def advance_read(self, markers: Mapping[tuple[str, str], int]) -> None:
+        rows = [(seq, fold(name), room, seq) for (name, room), seq in markers.items()]
+        if rows:
+            await self._write(functools.partial(self._writer.advance_read, rows), atomic=True)
+
+    async def advance_private_read(self, name: str, seq: int) -> None:
+        await self._write(functools.partial(self._writer.advance_private_read, name, seq))
+
+
+def _room_info(conn: sqlite3.Connection, room: str) -> tuple[int, int]:
+    """``(latest_seq, oldest_seq)`` of ``room``, in the caller's read transaction."""
+    row = conn.execute(_ROOM_INFO, (room, room)).fetchone()
+    if row is None:
+        return 0, 1
+    latest, oldest = row
+    return latest, latest + 1 if oldest is None else oldest

@@ -1,0 +1,149 @@
+"""The SQLite store's schema, its migrations, and how its writing connection is opened.
+
+Search: external-content FTS5
+-----------------------------
+``messages_fts`` indexes ``messages.text`` with ``content='messages'``: the text is stored
+once (in ``messages``), the index can be rebuilt from it (``INSERT INTO messages_fts
+(messages_fts) VALUES ('rebuild')``), and two triggers keep it in step; messages are never
+updated, so insert and delete are all they handle. Its rowid is ``messages.serial``, an
+``INTEGER PRIMARY KEY`` (a plain rowid could be renumbered by VACUUM), which grows with
+insertion and so with each room's sequence: newest-first search walks the index by rowid.
+
+Schema and errors
+-----------------
+``PRAGMA user_version`` is the number of ``MIGRATIONS`` applied; each later migration is
+appended to that tuple, never edited. Every statement takes its values as parameters.
+``open_writer`` raises ``roomcast.errors.Broken``, never ``sqlite3.Error``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+from roomcast.errors import Broken
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "configure", "migrate", "open_writer"]
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    # 1: everything
+    (
+        """CREATE TABLE rooms (
+            name TEXT PRIMARY KEY,  -- '#name', already lower case
+            topic TEXT NOT NULL DEFAULT '',
+            created REAL NOT NULL,
+            last_seq INTEGER NOT NULL DEFAULT 0  -- newest seq ever given; survives retention
+        )""",
+        """CREATE TABLE messages (
+            serial INTEGER PRIMARY KEY,  -- insertion order; the rowid of messages_fts
+            id TEXT NOT NULL UNIQUE,
+            room TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            sender TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            text TEXT NOT NULL,
+            ts REAL NOT NULL,
+            UNIQUE (room, seq)
+        )""",
+        """CREATE VIRTUAL TABLE messages_fts USING fts5(
+            text, content='messages', content_rowid='serial',
+            tokenize='unicode61 remove_diacritics 2'
+        )""",
+        """CREATE TRIGGER messages_indexed AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, text) VALUES (new.serial, new.text);
+        END""",
+        """CREATE TRIGGER messages_unindexed AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, text)
+            VALUES ('delete', old.serial, old.text);
+        END""",
+        """CREATE TABLE private_messages (
+            seq INTEGER PRIMARY KEY,  -- store-wide, gap-free
+            id TEXT NOT NULL UNIQUE,
+            sender TEXT NOT NULL,
+            recipient TEXT NOT NULL COLLATE NOCASE,  -- names are ASCII: NOCASE is fold()
+            kind TEXT NOT NULL,
+            text TEXT NOT NULL,
+            ts REAL NOT NULL
+        )""",
+        "CREATE INDEX private_messages_to ON private_messages (recipient, seq)",
+        """CREATE TABLE accounts (
+            key TEXT PRIMARY KEY,  -- fold(name): names are unique ignoring case
+            name TEXT NOT NULL,  -- as registered
+            password_hash TEXT NOT NULL,
+            created REAL NOT NULL,
+            private_read_seq INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE memberships (
+            account TEXT NOT NULL REFERENCES accounts (key) ON DELETE CASCADE,
+            room TEXT NOT NULL,
+            read_seq INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (account, room)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE counters (
+            name TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "INSERT INTO counters (name, value) VALUES ('private_seq', 0)",
+    ),
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)  # what user_version reads once migrated
+
+
+def configure(conn: sqlite3.Connection) -> None:
+    """The pragmas of the writing connection (the module docstring says why FULL)."""
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if mode != "wal":
+        raise sqlite3.OperationalError(f"cannot use WAL mode (journal_mode is {mode!r})")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the missing ``MIGRATIONS``, each in its own transaction with its version."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")  # version read and migration under one write lock
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version >= SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
+                if version > SCHEMA_VERSION:
+                    raise Broken(
+                        f"the database has schema version {version}, newer than this "
+                        f"roomcast knows ({SCHEMA_VERSION}): upgrade roomcast"
+                    )
+                return
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+            # PRAGMA takes no parameters; this is an int of ours, not user text.
+            conn.execute(f"PRAGMA user_version = {version + 1:d}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+
+def open_writer(given: Path, busy_timeout: float) -> tuple[Path, sqlite3.Connection]:
+    """Create the file (and its directories) if needed, configure and migrate it; return its
+    absolute path (``~`` expanded) and the connection. ``busy_timeout``: seconds to wait for
+    a write lock held by another connection before failing."""
+    path = given
+    try:
+        path = given.expanduser().resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except (OSError, sqlite3.Error) as e:
+        raise Broken(f"cannot open the SQLite store {str(path)!r}: {e}") from e
+    try:
+        configure(conn)
+        migrate(conn)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise Broken(f"cannot use {str(path)!r} as a SQLite store: {e}") from e
+    except BaseException:
+        conn.close()
+        raise
+    return path, conn

@@ -1,0 +1,297 @@
+"""The SQLite store's writer: one thread, one connection, group commits.
+
+See ``roomcast.store.sqlite`` for the theory of operation. The store puts ``Job`` values on
+the writer's queue from the event loop; everything else here runs on the writer thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from roomcast.errors import Broken, ClientError
+from roomcast.model import Draft, Message, Private, PrivateDraft, fold
+from roomcast.store.base import Account
+
+__all__ = ["STOP", "Job", "Writer", "broken"]
+
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, room, seq, sender, kind, text, ts) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_PRIVATE = (
+    "INSERT INTO private_messages (seq, id, sender, recipient, kind, text, ts)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def broken(e: BaseException) -> Broken:
+    """``e`` (a driver error, usually) as the ``Broken`` the store raises; a new instance for
+    each caller, so no two tasks raise (and annotate) the same exception object."""
+    error = Broken(f"the SQLite store failed: {e}")
+    error.__cause__ = e
+    return error
+
+
+@dataclass(slots=True)
+class Job:
+    """One write waiting for the writer: what to run, and whom to tell."""
+
+    run: Callable[[], Any]  # runs on the writer thread, inside the batch's transaction
+    future: asyncio.Future[Any]  # resolved on its loop after COMMIT
+    atomic: bool  # several statements: wrap in a savepoint so a refusal undoes them all
+
+
+STOP: Final = None  # the queue item that tells the writer to finish
+
+
+class Writer:
+    """The only writing connection, its thread and its sequence caches.
+
+    Everything but ``put`` and the counters runs on the writer thread.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, max_batch: int) -> None:
+        self._conn = conn  # the only connection that writes; used by the thread only
+        self._max_batch = max_batch  # most jobs in one transaction
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()  # jobs, then STOP
+        self._room_seq: dict[str, int] = {}  # room -> latest seq, as of this transaction
+        self._dirty: set[str] = set()  # rooms whose last_seq this transaction moved
+        self._private_seq: int | None = None  # latest private seq, once loaded
+        self._private_dirty = False  # whether this transaction moved it
+        self._data_version: int | None = None  # seen after our last commit
+        self.commits = 0  # transactions committed
+        self.writes = 0  # jobs committed
+        self.largest_batch = 0  # most jobs in one committed transaction
+        self.thread = threading.Thread(target=self._run, name="roomcast-sqlite-writer", daemon=True)
+
+    def put(self, job: Job | None) -> None:
+        self._queue.put(job)
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    # --- the thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                batch: list[Job] = []
+                job = self._queue.get()
+                while job is not STOP:
+                    batch.append(job)
+                    if len(batch) >= self._max_batch:
+                        break
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    self._commit(batch)
+                if job is STOP:
+                    return
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA optimize")
+            self._conn.close()
+
+    def _commit(self, batch: list[Job]) -> None:
+        """Run ``batch`` in one transaction, commit, then settle every job's future."""
+        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            (version,) = self._conn.execute("PRAGMA data_version").fetchone()
+            if version != self._data_version:  # someone else wrote: the caches may be stale
+                self._forget()
+                self._data_version = version
+            outcomes = [self._attempt(job) for job in batch]
+            self._flush_counters()
+            self._conn.execute("COMMIT")
+        except Exception as e:  # the transaction is lost: every job in it failed
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            self._forget()
+            outcomes = [(job.future, False, broken(e)) for job in batch]
+        else:
+            self.commits += 1
+            self.writes += len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
+        settle_threadsafe(outcomes)
+
+    def _attempt(self, job: Job) -> tuple[asyncio.Future[Any], bool, Any]:
+        """Run one job; a refusal (``ClientError``, a violated constraint) fails that job
+        alone, any other error fails the whole batch."""
+        if job.atomic:
+            self._conn.execute("SAVEPOINT job")
+        try:
+            value = job.run()
+        except (ClientError, sqlite3.IntegrityError) as e:
+            if job.atomic:
+                self._conn.execute("ROLLBACK TO job")
+                self._conn.execute("RELEASE job")
+            return job.future, False, e if isinstance(e, ClientError) else broken(e)
+        if job.atomic:
+            self._conn.execute("RELEASE job")
+        return job.future, True, value
+
+    def _forget(self) -> None:
+        self._room_seq.clear()
+        self._dirty.clear()
+        self._private_seq = None
+        self._private_dirty = False
+
+    def _flush_counters(self) -> None:
+        if self._dirty:
+            self._conn.executemany(
+                "UPDATE rooms SET last_seq = ? WHERE name = ?",
+                [(self._room_seq[room], room) for room in self._dirty],
+            )
+            self._dirty.clear()
+        if self._private_dirty:
+            self._conn.execute(
+                "UPDATE counters SET value = ? WHERE name = 'private_seq'", (self._private_seq,)
+            )
+            self._private_dirty = False
+
+    def _latest(self, room: str, *, create_at: float | None = None) -> int | None:
+        """The room's latest seq; ``None`` for an unknown room unless ``create_at`` is given,
+        which creates it (created at that time)."""
+        seq = self._room_seq.get(room)
+        if seq is None:
+            row = self._conn.execute("SELECT last_seq FROM rooms WHERE name = ?", (room,))
+            found = row.fetchone()
+            if found is not None:
+                seq = self._room_seq[room] = found[0]
+            elif create_at is not None:
+                self._conn.execute(
+                    "INSERT INTO rooms (name, created) VALUES (?, ?)", (room, create_at)
+                )
+                seq = self._room_seq[room] = 0
+        return seq
+
+    def _latest_private(self) -> int:
+        if self._private_seq is None:
+            row = self._conn.execute("SELECT value FROM counters WHERE name = 'private_seq'")
+            (self._private_seq,) = row.fetchone()
+        return self._private_seq
+
+    # --- jobs: each runs inside the batch's transaction ---------------------------------
+
+    def append(self, d: Draft) -> Message:
+        seq = (self._latest(d.room, create_at=d.ts) or 0) + 1
+        self._conn.execute(
+            INSERT_MESSAGE, (d.id, d.room, seq, d.sender, d.kind.value, d.text, d.ts)
+        )
+        self._room_seq[d.room] = seq  # only once the row is in
+        self._dirty.add(d.room)
+        return d.with_seq(seq)
+
+    def append_private(self, d: PrivateDraft) -> Private:
+        seq = self._latest_private() + 1
+        self._conn.execute(
+            INSERT_PRIVATE, (seq, d.id, d.sender, d.recipient, d.kind.value, d.text, d.ts)
+        )
+        self._private_seq = seq
+        self._private_dirty = True
+        return d.with_seq(seq)
+
+    def retain(self, room: str, max_age: float | None, max_count: int | None, now: float) -> int:
+        latest = self._latest(room)
+        if latest is None:
+            return 0
+        cut = 1  # delete seq < cut
+        if max_count is not None:
+            cut = max(cut, latest - max_count + 1)
+        if max_age is not None:
+            row = self._conn.execute(
+                "SELECT seq FROM messages WHERE room = ? AND ts >= ? ORDER BY seq LIMIT 1",
+                (room, now - max_age),
+            ).fetchone()
+            cut = max(cut, latest + 1 if row is None else row[0])
+        if cut <= 1:
+            return 0
+        done = self._conn.execute("DELETE FROM messages WHERE room = ? AND seq < ?", (room, cut))
+        return done.rowcount
+
+    def create_account(self, name: str, password_hash: str, now: float) -> Account:
+        key = fold(name)
+        if self._conn.execute("SELECT 1 FROM accounts WHERE key = ?", (key,)).fetchone():
+            raise ClientError("name_taken", f"the name {name!r} is registered: choose another")
+        account = Account(
+            name=name,
+            password_hash=password_hash,
+            created=now,
+            private_read_seq=self._latest_private(),
+        )
+        self._conn.execute(
+            "INSERT INTO accounts (key, name, password_hash, created, private_read_seq)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key, name, password_hash, now, account.private_read_seq),
+        )
+        return account
+
+    def set_password(self, name: str, password_hash: str) -> None:
+        done = self._conn.execute(
+            "UPDATE accounts SET password_hash = ? WHERE key = ?", (password_hash, fold(name))
+        )
+        if done.rowcount == 0:
+            raise ClientError("no_account", f"there is no account named {name!r}")
+
+    def delete_account(self, name: str) -> bool:
+        key = fold(name)
+        self._conn.execute("DELETE FROM memberships WHERE account = ?", (key,))
+        self._conn.execute("DELETE FROM private_messages WHERE recipient = ?", (key,))
+        done = self._conn.execute("DELETE FROM accounts WHERE key = ?", (key,))
+        return done.rowcount > 0
+
+    def set_membership(self, name: str, room: str, read_seq: int | None) -> None:
+        if read_seq is None:
+            self._conn.execute(
+                "DELETE FROM memberships WHERE account = ? AND room = ?", (fold(name), room)
+            )
+            return
+        self._conn.execute(
+            "INSERT INTO memberships (account, room, read_seq)"
+            " SELECT key, ?, ? FROM accounts WHERE key = ?"
+            " ON CONFLICT (account, room) DO UPDATE"
+            " SET read_seq = max(read_seq, excluded.read_seq)",
+            (room, read_seq, fold(name)),
+        )
+
+    def advance_read(self, markers: list[tuple[int, str, str, int]]) -> None:
+        self._conn.executemany(
+            "UPDATE memberships SET read_seq = ? WHERE account = ? AND room = ? AND read_seq < ?",
+            markers,
+        )
+
+    def advance_private_read(self, name: str, seq: int) -> None:
+        self._conn.execute(
+            "UPDATE accounts SET private_read_seq = ? WHERE key = ? AND private_read_seq < ?",
+            (seq, fold(name), seq),
+        )
+
+
+def settle_threadsafe(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Hand the outcomes to each future's loop, in order, one wake-up per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(_settle, items)
+
+
+def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in items:
+        if future.done():  # the caller was cancelled; the write stands all the same
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
