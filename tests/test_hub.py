@@ -7,31 +7,44 @@ import itertools
 
 import pytest
 
+from roomcast.auth import Cost, Passwords
 from roomcast.errors import Closed
-from roomcast.hub import GENERAL, Hub, Limits, Session, State
+from roomcast.hub import GENERAL, Hub, Limits
 from roomcast.model import (
     Action,
     Error,
     Event,
+    FetchHistory,
+    History,
     Info,
     Join,
     Kind,
     Leave,
+    Login,
+    Logout,
     Message,
     Missed,
     Nick,
     Private,
     PrivateMessage,
     Quit,
+    Register,
+    RoomEntry,
     RoomList,
     Rooms,
     Say,
+    Search,
+    SearchResults,
     SetName,
+    Summary,
     Welcome,
     Who,
     WhoList,
 )
+from roomcast.session import Session, State
 from roomcast.store import MemoryStore
+
+CHEAP = Cost(time_cost=1, memory_cost=1024, parallelism=1)  # real argon2id, test-sized
 
 
 class FakeClock:
@@ -54,6 +67,7 @@ def make_hub(
     ids = itertools.count(1)
     hub = Hub(
         store or MemoryStore(),
+        passwords=Passwords(CHEAP),
         limits=Limits(**limits),
         clock=clock,
         new_id=lambda: f"m{next(ids)}",
@@ -297,7 +311,9 @@ async def test_empty_rooms_are_dropped_and_keep_their_sequence() -> None:
     alice = await named(hub, "alice")
     await hub.handle(alice, Join(room="#tmp"))
     await hub.handle(alice, Leave(room="#tmp"))
-    assert await hub.handle(alice, Rooms()) == [RoomList(rooms=((GENERAL, 1),))]
+    assert await hub.handle(alice, Rooms()) == [
+        RoomList(rooms=(RoomEntry(name=GENERAL, members=1),))
+    ]
     await hub.handle(alice, Join(room="#tmp"))
     joins = [e for e in await ready(alice) if isinstance(e, Message) and e.room == "#tmp"]
     assert [m.seq for m in joins] == [1, 2, 3]
@@ -310,7 +326,13 @@ async def test_rooms_lists_member_counts() -> None:
     await hub.handle(bob, Join(room="#b"))
     await hub.handle(alice, Join(room="#a"))
     assert await hub.handle(alice, Rooms()) == [
-        RoomList(rooms=(("#a", 1), ("#b", 1), (GENERAL, 2)))
+        RoomList(
+            rooms=(
+                RoomEntry(name="#a", members=1),
+                RoomEntry(name="#b", members=1),
+                RoomEntry(name=GENERAL, members=2),
+            )
+        )
     ]
 
 
@@ -474,3 +496,252 @@ async def test_lagging_private_messages_are_reported() -> None:
     got = await ready(bob)
     assert got[0] == Missed(room=None, first_seq=0, count=3)
     assert [e.text for e in got if isinstance(e, Private)] == ["3", "4"]
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+
+async def registered(hub: Hub, name: str, password: str = "correct horse") -> Session:
+    session = await named(hub, name)
+    [info] = await hub.handle(session, Register(password=password))
+    assert isinstance(info, Info) and info.text.startswith(f"registered {name}")
+    return session
+
+
+async def login(
+    hub: Hub, name: str, password: str = "correct horse"
+) -> tuple[Session, list[Event]]:
+    session = hub.connect(f"10.0.0.1:{name}")
+    replies = await hub.handle(session, Login(name=name, password=password))
+    return session, replies
+
+
+async def test_a_registered_name_cannot_be_taken_by_a_guest() -> None:
+    """Once registered, the name is refused to guests even when its owner is away."""
+    hub, _ = make_hub()
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    guest = hub.connect("peer")
+    [error] = await hub.handle(guest, SetName(name="ALICE"))
+    assert isinstance(error, Error) and error.code == "registered"
+    assert "/login alice" in error.message
+
+
+async def test_registering_twice_or_with_a_short_password_is_refused() -> None:
+    """A second register and a password under 8 characters get clear errors."""
+    hub, _ = make_hub()
+    alice = await named(hub, "alice")
+    [error] = await hub.handle(alice, Register(password="short"))
+    assert isinstance(error, Error) and error.code == "bad_password"
+    await hub.handle(alice, Register(password="long enough"))
+    [error] = await hub.handle(alice, Register(password="long enough"))
+    assert isinstance(error, Error) and error.code == "registered"
+
+
+async def test_login_with_the_wrong_password_is_refused_and_throttled() -> None:
+    """Wrong passwords get bad_login; after five a name must wait; time lifts it."""
+    hub, clock = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    for _ in range(5):
+        _, [error] = await login(hub, "alice", "wrong password")
+        assert isinstance(error, Error) and error.code == "bad_login"
+    _, [error] = await login(hub, "alice")
+    assert isinstance(error, Error) and error.code == "throttled"
+    clock.advance(301)
+    _, replies = await login(hub, "alice")
+    assert replies[0] == Welcome(name="alice")
+
+
+async def test_failed_logins_are_throttled_per_address_too() -> None:
+    """One address guessing many names is stopped after twenty failures."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    for i in range(20):
+        _, [error] = await login(hub, f"user{i}", "wrong password")
+        assert isinstance(error, Error) and error.code == "bad_login"
+    _, [error] = await login(hub, "user99", "wrong password")
+    assert isinstance(error, Error) and error.code == "throttled"
+
+
+async def test_an_unknown_name_fails_like_a_wrong_password() -> None:
+    """Login does not tell whether the name exists."""
+    hub, _ = make_hub()
+    _, [error] = await login(hub, "nobody")
+    assert error == Error(code="bad_login", message="wrong name or password")
+
+
+async def test_registered_names_cannot_nick() -> None:
+    """A registered user keeps its name."""
+    hub, _ = make_hub()
+    alice = await registered(hub, "alice")
+    [error] = await hub.handle(alice, Nick(name="alicia"))
+    assert isinstance(error, Error) and error.code == "registered"
+
+
+async def test_returning_user_gets_summaries_then_missed_messages_in_order() -> None:
+    """On login each room gives a summary line, then what was said while away, in order."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Join(room="#rust"))
+    await ready(alice)
+    await hub.handle(alice, Quit(reason="lunch"))
+    bob = await named(hub, "bob")
+    await hub.handle(bob, Join(room="#rust"))
+    for i in range(3):
+        await hub.handle(bob, Say(text=f"g{i}", room=GENERAL))
+        await hub.handle(bob, Say(text=f"r{i}", room="#rust"))
+    session, replies = await login(hub, "alice")
+    assert replies == [Welcome(name="alice")]
+    got = await ready(session)
+    general = [e for e in got if getattr(e, "room", None) == GENERAL]
+    assert isinstance(general[0], Summary) and general[0].room == GENERAL
+    # bob joined, 3 messages: 4 missed (alice's own quit is read)
+    assert (general[0].missed, general[0].replayed) == (4, 4)
+    assert texts(general) == ["g0", "g1", "g2"]
+    rust = [e for e in got if getattr(e, "room", None) == "#rust"]
+    assert isinstance(rust[0], Summary) and texts(rust) == ["r0", "r1", "r2"]
+    assert set(session.rooms) == {GENERAL, "#rust"}
+
+
+async def test_replay_is_capped_and_points_to_history() -> None:
+    """Past the cap, the latest messages are replayed and the summary says how many."""
+    hub, _ = make_hub(rate=1000, burst=1000, replay_cap=5)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    bob = await named(hub, "bob")
+    for i in range(20):
+        await hub.handle(bob, Say(text=str(i)))
+    session, _ = await login(hub, "alice")
+    got = await ready(session)
+    [summary] = [e for e in got if isinstance(e, Summary)]
+    assert (summary.missed, summary.replayed) == (21, 5)
+    assert texts(got) == ["15", "16", "17", "18", "19"]
+
+
+async def test_private_messages_wait_for_an_away_user() -> None:
+    """A private message to a registered user who is away is delivered at login, in order."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    bob = await named(hub, "bob")
+    for i in range(3):
+        [info] = await hub.handle(bob, PrivateMessage(to="alice", text=f"p{i}"))
+        assert info == Info(text="alice is away: they will get it when they log in")
+    session, _ = await login(hub, "alice")
+    got = await ready(session)
+    assert [e.text for e in got if isinstance(e, Private)] == ["p0", "p1", "p2"]
+    await hub.handle(session, Quit())
+    session, _ = await login(hub, "alice")
+    assert [e for e in await ready(session) if isinstance(e, Private)] == []
+
+
+async def test_read_markers_persist_and_unread_counts_show() -> None:
+    """What reached the client is not replayed again; /rooms shows unread counts."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    bob = await named(hub, "bob")
+    await hub.handle(bob, Say(text="seen"))
+    await ready(alice)
+    await hub.flush_markers()
+    await hub.handle(bob, Say(text="unseen"))
+    [rooms] = await hub.handle(alice, Rooms())
+    assert isinstance(rooms, RoomList)
+    assert [r.unread for r in rooms.rooms] == [1]
+    await hub.disconnect(alice, "connection lost")
+    session, _ = await login(hub, "alice")
+    assert texts(await ready(session)) == ["unseen"]
+
+
+async def test_every_session_of_an_account_gets_the_messages() -> None:
+    """Two connections of one account both receive room and private messages."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    laptop, _ = await login(hub, "alice")
+    phone, _ = await login(hub, "alice")
+    for s in (laptop, phone):
+        await ready(s)
+    bob = await named(hub, "bob")
+    await hub.handle(bob, Say(text="hi all"))
+    await hub.handle(bob, PrivateMessage(to="alice", text="psst"))
+    for s in (laptop, phone):
+        got = await ready(s)
+        assert texts(got) == ["hi all"]
+        assert [e.text for e in got if isinstance(e, Private)] == ["psst"]
+    assert hub.online == 2
+
+
+async def test_logout_keeps_the_connection_without_a_name() -> None:
+    """After logout the session is NEW again and can pick a guest name."""
+    hub, _ = make_hub()
+    alice = await registered(hub, "alice")
+    [info] = await hub.handle(alice, Logout())
+    assert isinstance(info, Info) and alice.state is State.NEW
+    replies = await hub.handle(alice, SetName(name="guest1"))
+    assert replies[0] == Welcome(name="guest1")
+
+
+# --- history and search -------------------------------------------------------------------
+
+
+async def say_many(hub: Hub, session: Session, count: int) -> None:
+    for i in range(count):
+        await hub.handle(session, Say(text=f"m{i}"))
+
+
+async def test_history_pages_before_after_and_around() -> None:
+    """History pages any room by sequence number, oldest first within a page."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await named(hub, "alice")  # seq 1 is the join
+    await say_many(hub, alice, 20)  # seq 2-21
+    [page] = await hub.handle(alice, FetchHistory(limit=3))
+    assert isinstance(page, History) and [m.seq for m in page.messages] == [19, 20, 21]
+    [page] = await hub.handle(alice, FetchHistory(before=10, limit=3))
+    assert isinstance(page, History) and [m.seq for m in page.messages] == [7, 8, 9]
+    [page] = await hub.handle(alice, FetchHistory(after=10, limit=3))
+    assert isinstance(page, History) and [m.seq for m in page.messages] == [11, 12, 13]
+    [page] = await hub.handle(alice, FetchHistory(around=10, limit=4))
+    assert isinstance(page, History) and [m.seq for m in page.messages] == [8, 9, 10, 11]
+    assert page.latest_seq == 21 and page.capped is None
+
+
+async def test_history_is_capped_with_a_note() -> None:
+    """Asking for a billion messages gets the cap, and says so."""
+    hub, _ = make_hub(history_cap=5)
+    alice = await named(hub, "alice")
+    [page] = await hub.handle(alice, FetchHistory(limit=10**9))
+    assert isinstance(page, History) and page.capped == 5
+
+
+async def test_search_finds_words_newest_first() -> None:
+    """Search returns the matching messages of a room, newest first."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await named(hub, "alice")
+    for text in ("the borrow checker", "lunch?", "Borrow again"):
+        await hub.handle(alice, Say(text=text))
+    [found] = await hub.handle(alice, Search(room=None, words="borrow"))
+    assert isinstance(found, SearchResults)
+    assert [m.text for m in found.messages] == ["Borrow again", "the borrow checker"]
+
+
+async def test_join_since_replays_then_goes_live_without_seam() -> None:
+    """join since N replays everything after N, then live messages, each exactly once."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await named(hub, "alice")
+    await say_many(hub, alice, 10)  # #general seq 2-11
+    bob = await named(hub, "bob")
+    await hub.handle(bob, Join(room=GENERAL, since=5))
+    await hub.handle(alice, Say(text="live"))
+    got = [e for e in await ready(bob) if isinstance(e, Message)]
+    assert [m.seq for m in got] == list(range(6, got[-1].seq + 1))
+    assert got[-1].text == "live"
+
+
+async def test_retention_cuts_history_and_says_where() -> None:
+    """Retention by count drops the oldest messages; history reports the cut."""
+    hub, _ = make_hub(rate=1000, burst=1000, retain_count=5)
+    alice = await named(hub, "alice")
+    await say_many(hub, alice, 10)
+    assert await hub.apply_retention() == 6
+    [page] = await hub.handle(alice, FetchHistory(limit=50))
+    assert isinstance(page, History) and page.oldest_seq == 7
+    assert [m.seq for m in page.messages] == [7, 8, 9, 10, 11]

@@ -17,7 +17,8 @@ class Config:
 
     host: str = "127.0.0.1"  # address the listeners bind
     port: int = 7777  # line-protocol (nc, telnet) port
-    store: str = "memory:"  # where history is kept: memory:
+    data_dir: str = ""  # where the default SQLite file lives; "" = the user's data directory
+    store: str = ""  # "" = sqlite in data_dir; or memory:, sqlite:PATH
     loop: str = "auto"  # event loop: auto (uvloop when installed), uvloop or asyncio
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     max_line: int = 4096  # bytes in one line of the line protocol
@@ -26,6 +27,19 @@ class Config:
     ring_capacity: int = 1024  # messages each room's broadcast ring holds
     rate: float = 10.0  # commands per second per connection, sustained
     burst: int = 30  # commands per connection at once before the rate applies
+
+    def store_url(self, environ: Mapping[str, str] = os.environ) -> str:
+        """The store to open: ``store`` if set, else ``roomcast.db`` in the data directory."""
+        if self.store:
+            return self.store
+        return f"sqlite:{os.path.join(self.data_path(environ), 'roomcast.db')}"
+
+    def data_path(self, environ: Mapping[str, str] = os.environ) -> str:
+        """``data_dir`` if set, else ``$XDG_DATA_HOME/roomcast`` (``~/.local/share/roomcast``)."""
+        if self.data_dir:
+            return os.path.expanduser(self.data_dir)
+        base = environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+        return os.path.join(base, "roomcast")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Config:

@@ -1,18 +1,23 @@
-"""The chat core: users, rooms and sessions; commands in, events out. No sockets, no SQL.
+"""The chat core: the rules. Commands in, events out. No sockets, no SQL.
 
 Rules
 -----
-A session is one connection. It starts NEW, becomes ACTIVE once it has a name, and ends
-CLOSED. What each state accepts is the table ``_ACCEPTS`` below; any other command gets one
-precise error ("expected a name first, got Join").
+A session is one connection. It starts NEW, becomes ACTIVE once it has a name (a guest name,
+or a registered one after login), and ends CLOSED. What each state accepts is the table
+``_ACCEPTS`` below; any other command gets one precise error ("expected a name first, got
+Join").
 
-    NEW     SetName -> ACTIVE; Quit -> CLOSED
-    ACTIVE  Join Leave Say Action PrivateMessage Nick Who Rooms; Quit -> CLOSED
+    NEW     SetName Login -> ACTIVE; Quit -> CLOSED
+    ACTIVE  Join Leave Say Action PrivateMessage Nick Who Rooms Register FetchHistory Search;
+            Logout -> NEW; Quit -> CLOSED
     CLOSED  nothing
 
-Names are unique case-insensitively among online users. Every named session joins
-``#general``. Room membership belongs to the user: every session of a user is in the same
-rooms; the current room (where plain text goes) belongs to the session.
+Names are unique case-insensitively among online users, and a guest cannot take a registered
+name. Every new guest joins ``#general``. Room membership belongs to the user (all its
+sessions are in the same rooms); the current room, where plain text goes, to the session.
+A registered user's memberships and read markers persist: on login it is put back in its
+rooms and gets, for each, a summary and the messages it missed (the newest ``replay_cap``),
+then its private messages sent while it was away.
 
 Data flow
 ---------
@@ -20,12 +25,11 @@ Every room is a broadcast channel of ``Message`` values. A room message is built
 ``Draft``, stored (the store gives it the room's next sequence number and returns once it is
 durable), then sent into the room's channel: every member's session holds a receiver on it,
 so the sender gets its own message back like everyone else, and that echo is its
-acknowledgement. Private messages go through a per-user channel the same way.
+acknowledgement. Private messages go through a per-user channel the same way; to a registered
+user who is away, they are only stored.
 
-``Hub.handle`` returns only the replies meant for the calling session (errors, lists); what
-the session receives from rooms and other users comes out of ``Session.receive``, in batches.
-A session whose receiver lagged behind its room's ring is refilled from the store, in order,
-before it reads on from the ring; what the store no longer holds is reported as ``Missed``.
+``Hub.handle`` returns the replies meant for the calling session (errors, lists, history);
+what the session receives from rooms and other users comes out of ``Session.receive``.
 """
 
 from __future__ import annotations
@@ -33,61 +37,75 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
 
-from roomcast.broadcast import Closed as ChannelClosed
-from roomcast.broadcast import Empty, Lagged, Receiver, Sender, channel
-from roomcast.errors import Broken, ClientError, Closed
+from roomcast.auth import Passwords, Throttle, check_password
+from roomcast.broadcast import Sender, channel
+from roomcast.errors import Broken, ClientError
 from roomcast.model import (
     Action,
     Command,
     Draft,
     Error,
     Event,
+    FetchHistory,
+    History,
     Info,
     Join,
     Kind,
     Leave,
+    Login,
+    Logout,
     Message,
-    Missed,
     Nick,
     Private,
     PrivateDraft,
     PrivateMessage,
     Quit,
+    Register,
+    RoomEntry,
     RoomList,
     Rooms,
     Say,
+    Search,
+    SearchResults,
     SetName,
+    Summary,
     Welcome,
     Who,
     WhoList,
     fold,
 )
-from roomcast.store.base import Store
+from roomcast.session import Room, Session, State, User
+from roomcast.store.base import Storage
 
-__all__ = ["GENERAL", "Hub", "Limits", "Session", "State"]
+__all__ = ["GENERAL", "Hub", "Limits"]
 
 log = logging.getLogger("roomcast.hub")
 
-GENERAL = "#general"  # the room every named session joins
-
-
-class State(Enum):
-    """Where a session stands."""
-
-    NEW = "new"  # connected, no name yet
-    ACTIVE = "active"  # named; may chat
-    CLOSED = "closed"  # ended; accepts nothing
-
+GENERAL = "#general"  # the room every new guest joins
 
 _ACCEPTS: dict[State, tuple[type, ...]] = {
-    State.NEW: (SetName, Quit),
-    State.ACTIVE: (Join, Leave, Say, Action, PrivateMessage, Nick, Who, Rooms, Quit),
+    State.NEW: (SetName, Login, Quit),
+    State.ACTIVE: (
+        Join,
+        Leave,
+        Say,
+        Action,
+        PrivateMessage,
+        Nick,
+        Who,
+        Rooms,
+        Register,
+        Logout,
+        FetchHistory,
+        Search,
+        Quit,
+    ),
     State.CLOSED: (),
 }
 
@@ -102,49 +120,18 @@ class Limits:
     burst: int = 30  # commands a session may send at once before the rate applies
     max_rooms: int = 50  # rooms one user may be in
     refill_page: int = 500  # messages fetched from the store per read when refilling a gap
+    replay_cap: int = 200  # missed messages per room replayed at login (older: history)
+    history_cap: int = 500  # messages per history or search answer
+    login_failures: int = 5  # failed logins per name in login_window
+    address_failures: int = 20  # failed logins per address in login_window
+    login_window: float = 300.0  # seconds a failed login counts
+    retain_age: float | None = None  # seconds a room message is kept; None: forever
+    retain_count: int | None = None  # messages kept per room; None: all
 
 
 def _new_id() -> str:
     """A random 96-bit message id, URL-safe (16 characters)."""
     return base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
-
-
-# --- rooms and users ----------------------------------------------------------------------
-
-
-class _Room:
-    """A room: its broadcast channel and its members."""
-
-    __slots__ = ("appending", "members", "name", "tx")
-
-    def __init__(self, name: str, tx: Sender[Message]) -> None:
-        self.name = name  # '#name'
-        self.tx = tx  # the room's channel; the hub holds the only sender
-        self.members: dict[str, _User] = {}  # folded name -> user
-        self.appending = 0  # messages being stored, not yet sent: the room must stay open
-
-    def send(self, message: Message) -> None:
-        if message.seq != self.tx.next_seq:
-            # The store assigns sequence numbers; the ring must follow them exactly.
-            raise Broken(
-                f"{self.name}: store gave seq {message.seq}, room expected {self.tx.next_seq}"
-            )
-        self.tx.send(message)
-
-
-class _User:
-    """An online user: one name, one or more sessions, the rooms it is in."""
-
-    __slots__ = ("inbox", "name", "rooms", "sessions")
-
-    def __init__(self, name: str, inbox: Sender[Private]) -> None:
-        self.name = name  # as the user spelled it
-        self.inbox = inbox  # the user's private-message channel
-        self.rooms: dict[str, _Room] = {}  # room name -> room, in join order
-        self.sessions: list[Session] = []  # open sessions of this user
-
-
-# --- sessions -----------------------------------------------------------------------------
 
 
 class _Bucket:
@@ -167,184 +154,39 @@ class _Bucket:
         return False
 
 
-class Session:
-    """One connection's view of the hub: its state, its receivers, and what it has to read.
-
-    Transports call ``Hub.handle`` with each command and write out what ``receive`` returns.
-    """
-
-    def __init__(self, hub: Hub, peer: str, bucket: _Bucket) -> None:
-        self.hub = hub  # the hub this session belongs to
-        self.peer = peer  # the remote address, for logs
-        self.state = State.NEW
-        self.user: _User | None = None  # set once named
-        self.current: str | None = None  # room that plain text goes to
-        self.close_reason = ""  # why it was closed, once CLOSED
-        self._bucket = bucket  # flood control
-        self._rooms: dict[str, Receiver[Message]] = {}  # room name -> receiver
-        self._inbox: Receiver[Private] | None = None  # the user's private messages
-        self._refill: dict[str, tuple[int, int]] = {}  # room -> (next seq, end seq) to refill
-        self._leftover: list[Event] = []  # read from rooms just left, not yet delivered
-        self._wakeup = asyncio.Event()  # set when any receiver has something
-
-    @property
-    def name(self) -> str | None:
-        """The user's name, once it has one."""
-        return None if self.user is None else self.user.name
-
-    @property
-    def rooms(self) -> list[str]:
-        """The rooms this session is in, in join order."""
-        return list(self._rooms)
-
-    def backlog(self) -> int:
-        """How many messages wait for this session in its rooms' rings."""
-        total = sum(len(rx) for rx in self._rooms.values())
-        return total + (len(self._inbox) if self._inbox is not None else 0)
-
-    # -- receiving --
-
-    async def receive(self, max_count: int = 512) -> list[Event]:
-        """Wait until something is ready for this session, then return up to ``max_count``.
-
-        Room messages come in sequence order per room, every message once: a receiver that
-        lagged is refilled from the store first. Raises ``Closed`` once the session is closed.
-        """
-        while True:
-            if self.state is State.CLOSED:
-                raise Closed(self.close_reason)
-            events = await self.take(max_count)
-            if events:
-                return events
-            self._wakeup.clear()
-            for rx in self._rooms.values():
-                rx.notify(self._wakeup.set)
-            if self._inbox is not None:
-                self._inbox.notify(self._wakeup.set)
-            await self._wakeup.wait()
-
-    async def take(self, max_count: int = 512) -> list[Event]:
-        """Return up to ``max_count`` events that are ready now, without waiting for more.
-
-        May await the store to refill a lag; returns an empty list when nothing is ready.
-        """
-        out = self._leftover[:max_count]
-        del self._leftover[:max_count]
-        for room, rx in list(self._rooms.items()):
-            if len(out) >= max_count:
-                break
-            if room in self._refill:
-                await self._refill_from_store(room, out, max_count)
-                continue
-            try:
-                _, values = rx.try_recv_many(max_count - len(out))
-            except Lagged as lag:
-                self._refill[room] = (lag.first_missed_seq, lag.next_seq)
-                await self._refill_from_store(room, out, max_count)
-                continue
-            except (Empty, ChannelClosed):
-                continue
-            out.extend(values)
-        if self._inbox is not None and len(out) < max_count:
-            try:
-                _, privates = self._inbox.try_recv_many(max_count - len(out))
-            except Lagged as lag:
-                out.append(Missed(room=None, first_seq=lag.first_missed_seq, count=lag.count))
-            except (Empty, ChannelClosed):
-                pass
-            else:
-                out.extend(privates)
-        return out
-
-    async def _refill_from_store(self, room: str, out: list[Event], max_count: int) -> None:
-        """Append the next page of ``room``'s missed range to ``out``."""
-        first, end = self._refill[room]
-        limit = min(max_count - len(out), self.hub.limits.refill_page, end - first)
-        if limit <= 0:
-            return
-        page = await self.hub.store.history(room, after=first - 1, before=end, limit=limit)
-        if page.oldest_seq > first:  # retention cut part of the range: say exactly what
-            lost = min(page.oldest_seq, end) - first
-            out.append(Missed(room=room, first_seq=first, count=lost))
-            first += lost
-        out.extend(page.messages)
-        if page.messages:
-            first = page.messages[-1].seq + 1
-        elif first < end:  # the store holds nothing more of the range
-            out.append(Missed(room=room, first_seq=first, count=end - first))
-            first = end
-        if first >= end:
-            del self._refill[room]
-        else:
-            self._refill[room] = (first, end)
-
-    # -- bookkeeping used by the hub --
-
-    def _subscribe(self, room: _Room) -> None:
-        self._rooms[room.name] = room.tx.subscribe()
-        self._wakeup.set()  # the writer re-arms on the new receiver
-
-    def _unsubscribe(self, room: str) -> None:
-        rx = self._rooms.pop(room, None)
-        if rx is not None:  # keep what was said up to the leave: the member still sees it
-            while True:
-                try:
-                    self._leftover += rx.try_recv_many(len(rx) or 1)[1]
-                except Lagged as lag:
-                    self._leftover.append(
-                        Missed(room=room, first_seq=lag.first_missed_seq, count=lag.count)
-                    )
-                except (Empty, ChannelClosed):
-                    break
-            rx.close()
-            self._wakeup.set()
-        self._refill.pop(room, None)
-        if self.current == room:
-            self.current = next(reversed(self._rooms), None)
-
-    def _close(self, reason: str) -> None:
-        self.state = State.CLOSED
-        self.close_reason = reason
-        for rx in self._rooms.values():
-            rx.close()
-        self._rooms.clear()
-        if self._inbox is not None:
-            self._inbox.close()
-        self._wakeup.set()
-
-    def __repr__(self) -> str:
-        return f"<Session {self.peer} {self.state.value} {self.name or '-'}>"
-
-
-# --- the hub ------------------------------------------------------------------------------
-
-
 class Hub:
     """All rooms and online users of one server process."""
 
     def __init__(
         self,
-        store: Store,
+        store: Storage,
         *,
+        passwords: Passwords | None = None,
         limits: Limits | None = None,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = _new_id,
     ) -> None:
-        self.store = store  # durable history; assigns sequence numbers
-        self.limits = limits or Limits()
+        self.store = store  # durable history and accounts; assigns sequence numbers
+        self.passwords = passwords or Passwords()
+        self.limits = limits = limits or Limits()
         self._clock = clock  # wall-clock seconds (UTC epoch); injected for tests
         self._new_id = new_id  # message id generator
-        self._rooms: dict[str, _Room] = {}  # room name -> room with members
-        self._users: dict[str, _User] = {}  # folded name -> online user
+        self._rooms: dict[str, Room] = {}  # room name -> room with online members
+        self._users: dict[str, User] = {}  # folded name -> online user
         self._sessions: set[Session] = set()  # every open session
+        self._buckets: dict[Session, _Bucket] = {}  # flood control per session
         self._room_lock = asyncio.Lock()  # serializes room creation (it reads the store)
+        window = limits.login_window
+        self._name_throttle = Throttle(limits.login_failures, window, clock)
+        self._address_throttle = Throttle(limits.address_failures, window, clock)
 
     # -- sessions --
 
     def connect(self, peer: str) -> Session:
-        """Open a session for a new connection from ``peer``."""
-        session = Session(self, peer, _Bucket(self.limits.rate, self.limits.burst, self._clock()))
+        """Open a session for a new connection from ``peer`` ("host:port")."""
+        session = Session(peer, self.store, refill_page=self.limits.refill_page)
         self._sessions.add(session)
+        self._buckets[session] = _Bucket(self.limits.rate, self.limits.burst, self._clock())
         return session
 
     async def handle(self, session: Session, command: Command) -> list[Event]:
@@ -355,7 +197,7 @@ class Hub:
         try:
             if not isinstance(command, _ACCEPTS[session.state]):
                 raise self._illegal(session, command)
-            if not session._bucket.take(self._clock()):
+            if not self._buckets[session].take(self._clock()):
                 raise ClientError("flood", "you are sending too fast: wait a moment, then retry")
             return await self._dispatch(session, command)
         except ClientError as e:
@@ -371,16 +213,18 @@ class Hub:
         got = type(command).__name__
         if session.state is State.NEW:
             return ClientError("no_name", f"expected a name first, got {got}: choose a name")
-        if session.state is State.ACTIVE and isinstance(command, SetName):
-            return ClientError("has_name", "you already have a name: use nick to change it")
+        if session.state is State.ACTIVE and isinstance(command, SetName | Login):
+            return ClientError("has_name", f"you already have a name, got {got}: log out first")
         return ClientError("closed", f"the session is closed, got {got}")
 
     async def _dispatch(self, session: Session, command: Command) -> list[Event]:
         match command:
             case SetName(name=name):
                 return await self._set_name(session, name)
-            case Join(room=room):
-                return await self._join(session, room)
+            case Login(name=name, password=password):
+                return await self._login(session, name, password)
+            case Join(room=room, since=since):
+                return await self._join(session, room, since)
             case Leave(room=room):
                 return await self._leave(session, self._room_of(session, room))
             case Say(text=text, room=room):
@@ -390,14 +234,22 @@ class Hub:
                 await self._say(session, self._room_of(session, room), Kind.ACTION, text)
                 return []
             case PrivateMessage(to=to, text=text):
-                await self._private(session, to, text)
-                return []
+                return await self._private(session, to, text)
             case Nick(name=name):
                 return await self._nick(session, name)
             case Who(room=room):
                 return self._who(self._room_of(session, room, member=False))
             case Rooms():
-                return [self.room_list()]
+                return [self.room_list(session.user)]
+            case Register(password=password):
+                return await self._register(session, password)
+            case FetchHistory():
+                return await self._history(session, command)
+            case Search(room=room, words=words, limit=limit):
+                return await self._search(session, room, words, limit)
+            case Logout():
+                await self._detach(session, "logged out")
+                return [Info(text="logged out: choose a name, or /login name password")]
             case Quit(reason=reason):
                 await self.disconnect(session, reason)
                 return [Info(text="goodbye")]
@@ -407,22 +259,28 @@ class Hub:
         """End ``session``; a user's last session leaving tells its rooms it quit."""
         if session.state is State.CLOSED:
             return
-        user = session.user
-        session._close(reason)
+        await self._detach(session, reason)
+        session.close(reason)
         self._sessions.discard(session)
-        if user is None:
-            return
-        user.sessions.remove(session)
-        if user.sessions:
+        self._buckets.pop(session, None)
+
+    async def _detach(self, session: Session, reason: str) -> None:
+        """Take the session away from its user; the user's last session going quits it."""
+        user = session.user
+        session.detach()
+        if user is None or user.sessions:
             return
         del self._users[fold(user.name)]
         user.inbox.close()
         for room in list(user.rooms.values()):
             try:
-                await self._publish(room, user.name, Kind.QUIT, reason)
+                quit_message = await self._publish(room, user.name, Kind.QUIT, reason)
+                if user.marks.get(room.name) == quit_message.seq - 1:  # all read: so is this
+                    user.mark(room.name, quit_message.seq)
             except Broken:
                 log.exception("could not store the quit of %s in %s", user.name, room.name)
-            self._remove_member(user, room)
+            self._remove_member(user, room, forget_marks=False)
+        await self._flush(user)
         log.info("quit name=%s peer=%s reason=%s", user.name, session.peer, reason)
 
     async def close(self, reason: str = "server shutting down") -> None:
@@ -435,58 +293,171 @@ class Hub:
 
     # -- queries --
 
-    def room_list(self) -> RoomList:
-        """Every room with its member count, sorted by name."""
-        return RoomList(
-            rooms=tuple(sorted((name, len(r.members)) for name, r in self._rooms.items()))
-        )
+    def room_list(self, user: User | None = None) -> RoomList:
+        """Every room with online members, sorted, with unread counts for ``user``'s rooms."""
+        entries = []
+        for name, room in sorted(self._rooms.items()):
+            unread = None
+            if user is not None and user.registered and name in user.rooms:
+                unread = max(0, room.tx.next_seq - 1 - user.marks.get(name, 0))
+            entries.append(RoomEntry(name=name, members=len(room.members), unread=unread))
+        return RoomList(rooms=tuple(entries))
 
     @property
     def online(self) -> int:
         """How many users are online."""
         return len(self._users)
 
-    # -- commands --
+    # -- names and accounts --
 
     async def _set_name(self, session: Session, name: str) -> list[Event]:
-        if fold(name) in self._users:
-            raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
-        inbox: Sender[Private]
-        inbox, first_rx = channel(self.limits.inbox_capacity)
-        first_rx.close()
-        user = _User(name, inbox)
+        await self._check_free(name)
+        user = User(name, self._inbox(), registered=False)
         self._users[fold(name)] = user
-        user.sessions.append(session)
-        session.user = user
-        session._inbox = inbox.subscribe()
-        session.state = State.ACTIVE
+        session.attach(user)
         log.info("named name=%s peer=%s", name, session.peer)
         replies: list[Event] = [Welcome(name=name)]
-        replies += await self._join(session, GENERAL)
+        replies += await self._join(session, GENERAL, None)
         return replies
 
-    async def _join(self, session: Session, name: str) -> list[Event]:
+    async def _check_free(self, name: str) -> None:
+        """Raise unless a guest may take ``name`` (online check first, then accounts)."""
+        if fold(name) in self._users:
+            raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
+        account = await self.store.account(name)
+        if account is not None:
+            raise ClientError(
+                "registered",
+                f"{account.name!r} is registered: /login {account.name} <password>,"
+                " or pick another name",
+            )
+        if fold(name) in self._users:  # taken while the store answered
+            raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
+
+    def _inbox(self) -> Sender[Private]:
+        inbox: Sender[Private]
+        inbox, first = channel(self.limits.inbox_capacity)
+        first.close()
+        return inbox
+
+    async def _register(self, session: Session, password: str) -> list[Event]:
+        user = self._user(session)
+        if user.registered:
+            raise ClientError("registered", f"{user.name} is registered already")
+        check_password(password)
+        password_hash = await self.passwords.hash(password)
+        await self.store.create_account(user.name, password_hash, now=self._clock())
+        user.registered = True
+        for room in user.rooms.values():
+            user.mark(room.name, room.tx.next_seq - 1)
+            await self.store.set_membership(user.name, room.name, read_seq=room.tx.next_seq - 1)
+        log.info("registered name=%s peer=%s", user.name, session.peer)
+        return [
+            Info(
+                text=f"registered {user.name}: next time, /login {user.name} <password> brings"
+                " you back to your rooms and what you missed"
+            )
+        ]
+
+    async def _login(self, session: Session, name: str, password: str) -> list[Event]:
+        keys = (fold(name), session.address)
+        wait = max(self._name_throttle.wait(keys[0]), self._address_throttle.wait(keys[1]))
+        if wait > 0:
+            raise ClientError(
+                "throttled", f"too many failed logins: try again in {math.ceil(wait)} s"
+            )
+        account = await self.store.account(name)
+        if account is None or not await self.passwords.verify(account.password_hash, password):
+            self._name_throttle.fail(keys[0])
+            self._address_throttle.fail(keys[1])
+            log.warning("failed login name=%s peer=%s", name, session.peer)
+            raise ClientError("bad_login", "wrong name or password")
+        self._name_throttle.clear(keys[0])
+        if session.state is not State.NEW:  # logged in elsewhere while verifying
+            raise ClientError("has_name", "you already have a name: log out first")
+        user = self._users.get(fold(account.name))
+        if user is not None and not user.registered:
+            raise ClientError("name_taken", f"a guest is using {account.name!r} now: try later")
+        returning = user is None
+        if user is None:
+            user = User(account.name, self._inbox(), registered=True)
+            user.private_mark = account.private_read_seq
+            self._users[fold(account.name)] = user
+        session.attach(user)
+        log.info("login name=%s peer=%s", account.name, session.peer)
+        replies: list[Event] = [Welcome(name=account.name)]
+        memberships = dict(await self.store.memberships(account.name))
+        if not memberships:
+            replies += await self._join(session, GENERAL, None)
+        for room_name, read_seq in memberships.items():
+            replies += await self._enter(session, user, room_name, read_seq, announce=returning)
+        await self._replay_privates(session, user)
+        return replies
+
+    async def _enter(
+        self, session: Session, user: User, name: str, read_seq: int, *, announce: bool
+    ) -> list[Event]:
+        """Put a logged-in session in one of its user's rooms and replay what it missed."""
+        room = await self._open_room(name)
+        if session.state is not State.ACTIVE:
+            return []
+        if name not in user.rooms:
+            user.rooms[name] = room
+            room.members[fold(user.name)] = user
+        live = session.subscribe(name, room.tx)
+        session.current = session.current or name
+        read = max(read_seq, user.marks.get(name, 0))
+        user.marks.setdefault(name, read)
+        missed = live - 1 - read
+        if missed > 0:
+            replayed = min(missed, self.limits.replay_cap)
+            first = live - replayed
+            summary = Summary(room=name, missed=missed, replayed=replayed, first_seq=first)
+            session.replay(name, first, summary)
+        if announce:
+            await self._publish(room, user.name, Kind.JOIN, "")
+        return []
+
+    async def _replay_privates(self, session: Session, user: User) -> None:
+        cap = self.limits.replay_cap
+        privates = await self.store.privates(user.name, after=user.private_mark, limit=cap)
+        if privates:
+            session.deliver(list(privates))
+            user.mark_private(privates[-1].seq)
+
+    # -- rooms --
+
+    async def _join(self, session: Session, name: str, since: int | None) -> list[Event]:
         user = self._user(session)
         room = user.rooms.get(name)
         if room is not None:
             session.current = name
+            if since is not None:
+                session.replay(name, since + 1)
             return [Info(text=f"you are in {name}")]
         if len(user.rooms) >= self.limits.max_rooms:
             raise ClientError(
                 "too_many_rooms", f"you are in {len(user.rooms)} rooms, the most allowed: leave one"
             )
         room = await self._open_room(name)
-        if not user.sessions:  # quit while the room was being opened
-            raise ClientError("closed", "the session is closed")
+        if session.user is not user:  # logged out or closed while the store answered
+            return []
+        if name in user.rooms:  # another session of the user joined it meanwhile
+            return await self._join(session, name, since)
         user.rooms[name] = room
         room.members[fold(user.name)] = user
         for s in user.sessions:
-            s._subscribe(room)
+            s.subscribe(name, room.tx)
         session.current = name
-        await self._publish(room, user.name, Kind.JOIN, "")
-        return [self._who(room)[0]]
+        if since is not None:
+            session.replay(name, since + 1)
+        joined = await self._publish(room, user.name, Kind.JOIN, "")
+        if user.registered:
+            user.mark(name, joined.seq - 1)
+            await self.store.set_membership(user.name, name, read_seq=joined.seq - 1)
+        return self._who(room)
 
-    async def _open_room(self, name: str) -> _Room:
+    async def _open_room(self, name: str) -> Room:
         room = self._rooms.get(name)
         if room is not None:
             return room
@@ -497,23 +468,27 @@ class Hub:
                 tx: Sender[Message]
                 tx, rx = channel(self.limits.ring_capacity, first_seq=info.latest_seq + 1)
                 rx.close()
-                room = self._rooms[name] = _Room(name, tx)
+                room = self._rooms[name] = Room(name, tx)
             return room
 
-    async def _leave(self, session: Session, room: _Room) -> list[Event]:
+    async def _leave(self, session: Session, room: Room) -> list[Event]:
         user = self._user(session)
         await self._publish(room, user.name, Kind.LEAVE, "left")
-        self._remove_member(user, room)
+        self._remove_member(user, room, forget_marks=True)
+        if user.registered:
+            await self.store.set_membership(user.name, room.name, read_seq=None)
         return [Info(text=f"you left {room.name}")]
 
-    def _remove_member(self, user: _User, room: _Room) -> None:
+    def _remove_member(self, user: User, room: Room, *, forget_marks: bool) -> None:
         user.rooms.pop(room.name, None)
+        if forget_marks:
+            user.marks.pop(room.name, None)
         room.members.pop(fold(user.name), None)
         for s in user.sessions:
-            s._unsubscribe(room.name)
+            s.unsubscribe(room.name)
         self._drop_if_unused(room)
 
-    def _drop_if_unused(self, room: _Room) -> None:
+    def _drop_if_unused(self, room: Room) -> None:
         """Forget an empty room (its history stays in the store); #general always stays."""
         if room.members or room.appending or room.name == GENERAL:
             return
@@ -521,10 +496,12 @@ class Hub:
             del self._rooms[room.name]
         room.tx.close()
 
-    async def _say(self, session: Session, room: _Room, kind: Kind, text: str) -> None:
+    # -- messages --
+
+    async def _say(self, session: Session, room: Room, kind: Kind, text: str) -> None:
         await self._publish(room, self._user(session).name, kind, text)
 
-    async def _publish(self, room: _Room, sender: str, kind: Kind, text: str) -> None:
+    async def _publish(self, room: Room, sender: str, kind: Kind, text: str) -> Message:
         draft = Draft(
             id=self._new_id(), room=room.name, sender=sender, kind=kind, text=text, ts=self._clock()
         )
@@ -536,31 +513,46 @@ class Hub:
         if not room.tx.closed:
             room.send(message)
         self._drop_if_unused(room)
+        return message
 
-    async def _private(self, session: Session, to: str, text: str) -> None:
+    async def _private(self, session: Session, to: str, text: str) -> list[Event]:
         user = self._user(session)
         recipient = self._users.get(fold(to))
-        if recipient is None:
-            raise ClientError("no_such_user", f"nobody named {to!r} is online: check /who")
+        if recipient is not None:
+            to_name = recipient.name
+        else:
+            account = await self.store.account(to)
+            if account is None:
+                raise ClientError(
+                    "no_such_user", f"nobody named {to!r} is online or registered: check /who"
+                )
+            to_name = account.name
         draft = PrivateDraft(
             id=self._new_id(),
             sender=user.name,
-            recipient=recipient.name,
+            recipient=to_name,
             kind=Kind.MESSAGE,
             text=text,
             ts=self._clock(),
         )
         private = await self.store.append_private(draft)
-        if not recipient.inbox.closed:
+        recipient = self._users.get(fold(to_name))  # may have come or gone meanwhile
+        if recipient is not None and not recipient.inbox.closed:
             recipient.inbox.send(private)
         if recipient is not user and not user.inbox.closed:
             user.inbox.send(private)
+        if recipient is None:
+            return [Info(text=f"{to_name} is away: they will get it when they log in")]
+        return []
 
     async def _nick(self, session: Session, name: str) -> list[Event]:
         user = self._user(session)
         old = user.name
-        holder = self._users.get(fold(name))
-        if holder is not None and holder is not user:
+        if user.registered:
+            raise ClientError("registered", "a registered name cannot change: register another")
+        if fold(name) != fold(old):
+            await self._check_free(name)
+        if session.user is not user or user.name != old:  # changed while the store answered
             raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
         del self._users[fold(old)]
         self._users[fold(name)] = user
@@ -571,25 +563,114 @@ class Hub:
         log.info("nick old=%s new=%s", old, name)
         return [Info(text=f"you are now known as {name}")]
 
-    def _who(self, room: _Room) -> list[Event]:
+    def _who(self, room: Room) -> list[Event]:
         names = tuple(sorted((u.name for u in room.members.values()), key=fold))
         return [WhoList(room=room.name, names=names)]
 
+    # -- history --
+
+    def _capped(self, limit: int) -> tuple[int, int | None]:
+        cap = self.limits.history_cap
+        return (cap, cap) if limit > cap else (limit, None)
+
+    async def _history(self, session: Session, command: FetchHistory) -> list[Event]:
+        room = self._room_name(session, command.room)
+        limit, capped = self._capped(command.limit)
+        if command.around is not None:
+            older = await self.store.history(room, before=command.around, limit=limit // 2)
+            newer = await self.store.history(
+                room, after=command.around - 1, limit=limit - len(older.messages)
+            )
+            messages = older.messages + newer.messages
+            page = newer
+        else:
+            page = await self.store.history(
+                room, before=command.before, after=command.after, limit=limit
+            )
+            messages = page.messages
+        return [
+            History(
+                room=room,
+                messages=messages,
+                oldest_seq=page.oldest_seq,
+                latest_seq=page.latest_seq,
+                capped=capped,
+            )
+        ]
+
+    async def _search(
+        self, session: Session, room: str | None, words: str, limit: int
+    ) -> list[Event]:
+        name = self._room_name(session, room)
+        limit, capped = self._capped(limit)
+        found = await self.store.search(name, words, limit=limit)
+        return [SearchResults(room=name, words=words, messages=tuple(found), capped=capped)]
+
+    # -- upkeep --
+
+    async def flush_markers(self) -> None:
+        """Write every registered user's moved read markers to the store, in one batch."""
+        for user in list(self._users.values()):
+            await self._flush(user)
+
+    async def _flush(self, user: User) -> None:
+        if not (user.registered and user.dirty):
+            return
+        user.dirty = False
+        try:
+            await self.store.advance_read({(user.name, r): s for r, s in user.marks.items()})
+            await self.store.advance_private_read(user.name, user.private_mark)
+        except Broken:
+            user.dirty = True
+            log.exception("could not write the read markers of %s", user.name)
+
+    async def apply_retention(self) -> int:
+        """Cut every room's history to the retention limits; return how many were removed."""
+        age, count = self.limits.retain_age, self.limits.retain_count
+        if age is None and count is None:
+            return 0
+        removed = 0
+        for room in await self.store.rooms():
+            removed += await self.store.retain(
+                room, max_age=age, max_count=count, now=self._clock()
+            )
+        if removed:
+            log.info("retention removed %d messages", removed)
+        return removed
+
+    async def maintain(self, *, flush_every: float = 1.0, retain_every: float = 3600.0) -> None:
+        """Run forever: flush read markers every ``flush_every`` s, retention every
+        ``retain_every`` s. Cancel it to stop."""
+        loop = asyncio.get_running_loop()
+        next_retention = loop.time()
+        while True:
+            await self.flush_markers()
+            if loop.time() >= next_retention:
+                next_retention = loop.time() + retain_every
+                try:
+                    await self.apply_retention()
+                except Broken:
+                    log.exception("retention failed")
+            await asyncio.sleep(flush_every)
+
     # -- lookups --
 
-    def _user(self, session: Session) -> _User:
+    def _user(self, session: Session) -> User:
         if session.user is None:  # pragma: no cover - the state table prevents it
             raise ClientError("no_name", "expected a name first: choose a name")
         return session.user
 
-    def _room_of(self, session: Session, name: str | None, *, member: bool = True) -> _Room:
+    def _room_name(self, session: Session, name: str | None) -> str:
+        if name is not None:
+            return name
+        if session.current is None:
+            raise ClientError("no_room", "you are in no room: join one first")
+        return session.current
+
+    def _room_of(self, session: Session, name: str | None, *, member: bool = True) -> Room:
         """The room named (or the session's current room), checking membership if asked."""
-        if name is None:
-            name = session.current
-            if name is None:
-                raise ClientError("no_room", "you are in no room: join one first")
-        user = self._user(session)
-        room = user.rooms.get(name)
+        name = self._room_name(session, name)
+        room = self._user(session).rooms.get(name)
         if room is not None:
             return room
         if member:

@@ -23,10 +23,14 @@ __all__ = [
     "Draft",
     "Error",
     "Event",
+    "FetchHistory",
+    "History",
     "Info",
     "Join",
     "Kind",
     "Leave",
+    "Login",
+    "Logout",
     "Message",
     "Missed",
     "Nick",
@@ -34,10 +38,15 @@ __all__ = [
     "PrivateDraft",
     "PrivateMessage",
     "Quit",
+    "Register",
+    "RoomEntry",
     "RoomList",
     "Rooms",
     "Say",
+    "Search",
+    "SearchResults",
     "SetName",
+    "Summary",
     "Welcome",
     "Who",
     "WhoList",
@@ -117,12 +126,19 @@ class SetName:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Join:
-    """Join a room (created if new) and make it the current room."""
+    """Join a room (created if new) and make it the current room.
+
+    With ``since``, first replay the room's messages after sequence number ``since`` (the last
+    one the client saw), then go live: no duplicate, no hole.
+    """
 
     room: str
+    since: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "room", room_name(self.room))
+        if self.since is not None and self.since < 0:
+            raise ClientError("bad_seq", f"since must be 0 or more, got {self.since}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,6 +217,71 @@ class Rooms:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Register:
+    """Register the session's current (guest) name with a password."""
+
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Login:
+    """Become the registered user ``name``."""
+
+    name: str
+    password: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        user_name(self.name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Logout:
+    """End this session's login; the connection stays, without a name."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchHistory:
+    """A page of a room's history (any room; ``None`` means the current one).
+
+    At most one of ``before``, ``after``, ``around`` (sequence numbers); none means the newest.
+    """
+
+    room: str | None = None
+    before: int | None = None
+    after: int | None = None
+    around: int | None = None
+    limit: int = 50
+
+    def __post_init__(self) -> None:
+        if self.room is not None:
+            object.__setattr__(self, "room", room_name(self.room))
+        bounds = [b for b in (self.before, self.after, self.around) if b is not None]
+        if len(bounds) > 1:
+            raise ClientError("bad_history", "give at most one of before, after or around")
+        if any(b < 0 for b in bounds):
+            raise ClientError("bad_seq", "sequence numbers are 0 or more")
+        if self.limit < 1:
+            raise ClientError("bad_history", f"the limit must be 1 or more, got {self.limit}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Search:
+    """Messages of a room containing every word of ``words``, newest first."""
+
+    room: str | None
+    words: str
+    limit: int = 50
+
+    def __post_init__(self) -> None:
+        if self.room is not None:
+            object.__setattr__(self, "room", room_name(self.room))
+        if not self.words.strip():
+            raise ClientError("bad_search", "give some words to search for")
+        if self.limit < 1:
+            raise ClientError("bad_search", f"the limit must be 1 or more, got {self.limit}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Quit:
     """End the session; the reason is shown to the rooms (cleaned, at most 200 characters)."""
 
@@ -211,7 +292,23 @@ class Quit:
         object.__setattr__(self, "reason", reason or "quit")
 
 
-Command = SetName | Join | Leave | Say | Action | PrivateMessage | Nick | Who | Rooms | Quit
+Command = (
+    SetName
+    | Join
+    | Leave
+    | Say
+    | Action
+    | PrivateMessage
+    | Nick
+    | Who
+    | Rooms
+    | Register
+    | Login
+    | Logout
+    | FetchHistory
+    | Search
+    | Quit
+)
 
 
 # --- events: what a client sees -----------------------------------------------------------
@@ -325,10 +422,54 @@ class WhoList:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RoomList:
-    """The rooms and their member counts, sorted by name."""
+class RoomEntry:
+    """One line of a room list."""
 
-    rooms: tuple[tuple[str, int], ...]
+    name: str
+    members: int  # online members
+    unread: int | None = None  # for a registered member: messages after its read marker
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoomList:
+    """The rooms, sorted by name."""
+
+    rooms: tuple[RoomEntry, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Summary:
+    """On login: ``missed`` messages of ``room`` came while the user was away.
+
+    ``replayed`` of them (the newest) follow; when fewer than ``missed``, older ones are in
+    the history from ``first_seq`` back.
+    """
+
+    room: str
+    missed: int
+    replayed: int
+    first_seq: int  # sequence number of the first replayed message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class History:
+    """A page of a room's history, oldest first."""
+
+    room: str
+    messages: tuple[Message, ...]
+    oldest_seq: int  # oldest message still kept: older ones were cut by retention
+    latest_seq: int  # newest message of the room
+    capped: int | None = None  # the limit asked for was over the cap and cut to this
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SearchResults:
+    """Messages of ``room`` containing ``words``, newest first."""
+
+    room: str
+    words: str
+    messages: tuple[Message, ...]
+    capped: int | None = None  # the limit asked for was over the cap and cut to this
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -352,4 +493,16 @@ class Error:
     fatal: bool = field(default=False)  # the session ends after this error
 
 
-Event = Message | Private | Welcome | Info | WhoList | RoomList | Missed | Error
+Event = (
+    Message
+    | Private
+    | Welcome
+    | Info
+    | WhoList
+    | RoomList
+    | Summary
+    | History
+    | SearchResults
+    | Missed
+    | Error
+)

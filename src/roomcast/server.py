@@ -7,45 +7,43 @@ import logging
 from roomcast.config import Config
 from roomcast.hub import Hub, Limits
 from roomcast.net.tcp import LineServer, TcpLimits
-from roomcast.store import MemoryStore, Store
+from roomcast.store import Storage, open_store
 
-__all__ = ["Server", "open_store"]
+__all__ = ["Server"]
 
 log = logging.getLogger("roomcast.server")
 
 
-def open_store(url: str) -> Store:
-    """The store a URL names: ``memory:`` keeps history in this process only."""
-    if url == "memory:":
-        return MemoryStore()
-    raise ValueError(f"unknown store {url!r}: use memory:")
-
-
 class Server:
-    """One roomcast process: a store, a hub, and the line listener."""
+    """One roomcast process: a store, a hub, and the line listener.
+
+    Its parts exist once ``start`` has returned.
+    """
+
+    store: Storage
+    hub: Hub
+    line: LineServer
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = open_store(config.store)
+
+    async def start(self) -> None:
+        """Open the store and start listening."""
+        cfg = self.config
+        url = cfg.store_url()
+        self.store = await open_store(url)
         self.hub = Hub(
             self.store,
-            limits=Limits(ring_capacity=config.ring_capacity, rate=config.rate, burst=config.burst),
+            limits=Limits(ring_capacity=cfg.ring_capacity, rate=cfg.rate, burst=cfg.burst),
         )
         self.line = LineServer(
             self.hub,
             limits=TcpLimits(
-                max_line=config.max_line,
-                high_water=config.high_water,
-                stall_timeout=config.stall_timeout,
+                max_line=cfg.max_line, high_water=cfg.high_water, stall_timeout=cfg.stall_timeout
             ),
         )
-
-    async def start(self) -> None:
-        """Start listening."""
-        await self.line.start(self.config.host, self.config.port)
-        log.info(
-            "listening line=%s:%d store=%s", self.config.host, self.line.port, self.config.store
-        )
+        await self.line.start(cfg.host, cfg.port)
+        log.info("listening line=%s:%d store=%s", cfg.host, self.line.port, url)
 
     async def stop(self, reason: str = "server shutting down") -> None:
         """Stop accepting, tell every client, close them, then close the hub and the store."""

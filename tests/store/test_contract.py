@@ -153,6 +153,14 @@ async def test_history_of_an_unknown_room_is_empty(store: Storage) -> None:
 # --- room info and retention --------------------------------------------------------------
 
 
+async def test_rooms_lists_every_room_written_to(store: Storage) -> None:
+    """rooms() names each room that has had a message, sorted; reading creates none."""
+    await store.room("#read-only")
+    await fill(store, "#b", 1)
+    await fill(store, "#a", 2)
+    assert list(await store.rooms()) == ["#a", "#b"]
+
+
 async def test_room_info(store: Storage) -> None:
     """``room`` tells the newest and oldest sequence numbers, also for an unknown room."""
     unknown = await store.room("#empty")

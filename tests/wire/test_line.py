@@ -8,20 +8,29 @@ from roomcast.model import (
     Action,
     Error,
     Event,
+    FetchHistory,
+    History,
     Info,
     Join,
     Kind,
     Leave,
+    Login,
+    Logout,
     Message,
     Missed,
     Nick,
     Private,
     PrivateMessage,
     Quit,
+    Register,
+    RoomEntry,
     RoomList,
     Rooms,
     Say,
+    Search,
+    SearchResults,
     SetName,
+    Summary,
     Welcome,
     Who,
     WhoList,
@@ -139,6 +148,17 @@ def test_plain_text_is_said_and_double_slash_escapes() -> None:
         ("/list", Rooms()),
         ("/quit", Quit()),
         ("/quit gone fishing", Quit(reason="gone fishing")),
+        ("/join #rust since 42", Join(room="#rust", since=42)),
+        ("/register s3cret-pass", Register(password="s3cret-pass")),
+        ("/login alice s3cret pass", Login(name="alice", password="s3cret pass")),
+        ("/logout", Logout()),
+        ("/history", FetchHistory()),
+        ("/history #rust 20", FetchHistory(room="#rust", limit=20)),
+        ("/history #rust before 100", FetchHistory(room="#rust", before=100)),
+        ("/history after 7 5", FetchHistory(after=7, limit=5)),
+        ("/history #rust around 9", FetchHistory(room="#rust", around=9)),
+        ("/search #rust borrow checker", Search(room="#rust", words="borrow checker")),
+        ("/search lifetimes", Search(room=None, words="lifetimes")),
     ],
 )
 def test_commands(line: str, command: object) -> None:
@@ -149,8 +169,13 @@ def test_commands(line: str, command: object) -> None:
 @pytest.mark.parametrize(
     ("line", "usage"),
     [
-        ("/join", "/join #room"),
-        ("/join a b", "/join #room"),
+        ("/join", "/join #room [since seq]"),
+        ("/join a b", "/join #room [since seq]"),
+        ("/join #a since x", "/join #room [since seq]"),
+        ("/login alice", "/login name password"),
+        ("/history #a before", "/history [#room] [before|after|around seq] [count]"),
+        ("/history 1 2", "/history [#room] [before|after|around seq] [count]"),
+        ("/search #a", "/search [#room] words"),
         ("/msg bob", "/msg name text"),
         ("/me", "/me text"),
         ("/nick", "/nick name"),
@@ -210,7 +235,12 @@ def test_other_events_render() -> None:
             id="p", seq=1, sender="alice", recipient="bob", kind=Kind.MESSAGE, text="hi", ts=TS
         ),
         WhoList(room="#general", names=("alice", "bob")),
-        RoomList(rooms=(("#general", 2), ("#rust", 1))),
+        RoomList(
+            rooms=(
+                RoomEntry(name="#general", members=2),
+                RoomEntry(name="#rust", members=1, unread=5),
+            )
+        ),
         RoomList(rooms=()),
         Missed(room="#general", first_seq=10, count=5),
         Missed(room=None, first_seq=0, count=2),
@@ -220,7 +250,7 @@ def test_other_events_render() -> None:
     assert codec().encode(events).decode().splitlines() == [
         "[pm alice -> bob] hi",
         "-- #general: alice bob (2)",
-        "-- rooms: #general (2), #rust (1)",
+        "-- rooms: #general (2), #rust (1, 5 unread)",
         "-- rooms: none",
         "! missed 5 messages of #general (seq 10-14): they are no longer kept",
         "! missed 2 messages of your private messages (seq 0-1): they are no longer kept",
@@ -229,11 +259,9 @@ def test_other_events_render() -> None:
     ]
 
 
-def test_welcome_marks_the_codec_named() -> None:
-    """Encoding the Welcome switches plain lines from naming to saying."""
-    c = codec(named=False)
-    assert c.encode([Welcome(name="alice")]).startswith(b"-- hello alice")
-    assert c.parse("hi") == [Say(text="hi")]
+def test_welcome_greets_by_name() -> None:
+    """The Welcome line greets the user and points to /help."""
+    assert codec().encode([Welcome(name="alice")]).startswith(b"-- hello alice")
 
 
 def test_timestamps_can_be_switched_on_and_off() -> None:
@@ -267,3 +295,32 @@ def test_the_render_cache_is_bounded() -> None:
 def test_greeting_asks_for_a_name() -> None:
     """The greeting is one line asking for a name."""
     assert codec().greeting() == (GREETING + "\n").encode()
+
+
+def test_login_summary_history_and_search_render() -> None:
+    """Summaries, history pages and search results render with seq, date and time."""
+    old = message(seq=3)
+    events: list[Event] = [
+        Summary(room="#general", missed=3, replayed=3, first_seq=1),
+        Summary(room="#general", missed=300, replayed=200, first_seq=101),
+        History(room="#general", messages=(old,), oldest_seq=1, latest_seq=9),
+        History(room="#general", messages=(), oldest_seq=5, latest_seq=4),
+        History(room="#general", messages=(old,), oldest_seq=3, latest_seq=3, capped=500),
+        SearchResults(room="#general", words="hello", messages=(old,)),
+    ]
+    assert codec().encode(events).decode().splitlines() == [
+        "-- #general: 3 new since you left",
+        "-- #general: 300 new since you left; the latest 200 follow"
+        " (older: /history #general before 101)",
+        "-- history of #general: seq 3-3",
+        "3 2023-11-14 22:13 [#general] alice: hello",
+        "-- older: /history #general before 3",
+        "-- history of #general: no messages",
+        "-- messages of #general before seq 5 are no longer kept",
+        "-- history of #general: seq 3-3",
+        "3 2023-11-14 22:13 [#general] alice: hello",
+        "-- limited to 500 messages",
+        "-- messages of #general before seq 3 are no longer kept",
+        "-- search of #general for 'hello': 1 found: seq 3-3",
+        "3 2023-11-14 22:13 [#general] alice: hello",
+    ]

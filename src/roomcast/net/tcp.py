@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from roomcast.errors import Closed
-from roomcast.hub import Hub, Session, State
+from roomcast.hub import Hub
 from roomcast.model import Error, Event, Info
+from roomcast.session import Session, State
 from roomcast.wire.line import LineCodec, Renderer
 
 __all__ = ["LineServer", "TcpLimits"]
@@ -119,6 +120,7 @@ class _Connection(asyncio.Protocol):
                         self._write([item])  # answered by the codec itself
                     else:
                         self._write(await self._server.hub.handle(session, item))
+                        self._codec.named = session.state is State.ACTIVE
                 if session.state is State.CLOSED:
                     self.close()
                     return

@@ -78,6 +78,10 @@ class Store(Protocol):
         """Where ``room``'s history stands (a room never written to has ``latest_seq`` 0)."""
         ...
 
+    async def rooms(self) -> Sequence[str]:
+        """The names of every room the store has a record of, sorted."""
+        ...
+
     async def append(self, draft: Draft) -> Message:
         """Store ``draft`` under its room's next sequence number; return once it is durable."""
         ...

@@ -61,6 +61,9 @@ class MemoryStore:
         r = self._room(room)
         return RoomInfo(room=room, latest_seq=r.latest, oldest_seq=r.oldest)
 
+    async def rooms(self) -> Sequence[str]:
+        return sorted(name for name, r in self._rooms.items() if r.latest)
+
     async def append(self, draft: Draft) -> Message:
         r = self._room(draft.room)
         r.latest += 1

@@ -235,6 +235,12 @@ class SqliteStore:
 
         return await self._read(run)
 
+    async def rooms(self) -> Sequence[str]:
+        def run(conn: sqlite3.Connection) -> list[str]:
+            return [name for (name,) in conn.execute("SELECT name FROM rooms ORDER BY name")]
+
+        return await self._read(run)
+
     async def append(self, draft: Draft) -> Message:
         return await self._write(functools.partial(self._writer.append, draft))
 

@@ -25,20 +25,28 @@ from roomcast.model import (
     Command,
     Error,
     Event,
+    FetchHistory,
+    History,
     Info,
     Join,
     Kind,
     Leave,
+    Login,
+    Logout,
     Message,
     Missed,
     Nick,
     Private,
     PrivateMessage,
     Quit,
+    Register,
     RoomList,
     Rooms,
     Say,
+    Search,
+    SearchResults,
     SetName,
+    Summary,
     Welcome,
     Who,
     WhoList,
@@ -52,12 +60,18 @@ HELP = """\
 -- commands:
 --   text              say text in the current room
 --   /join #room       join a room (it is created if new) and make it current
+--   /join #room since N   join and first replay what came after message N
 --   /leave [#room]    leave a room (the current one by default)
 --   /msg name text    send a private message
 --   /me text          an action: * name text
 --   /nick name        change your name
 --   /who [#room]      who is in a room
 --   /rooms            the rooms and how many are in each
+--   /history [#room] [before|after|around N] [count]   a page of history
+--   /search [#room] words   find messages containing every word
+--   /register password   keep your name, rooms and missed messages
+--   /login name password   come back as a registered name
+--   /logout           end the login; the connection stays
 --   /timestamps on|off  show the time of each message (UTC)
 --   /quit [reason]    leave the server
 --   /help             this list
@@ -88,11 +102,50 @@ def _two_args(arg: str, usage: str) -> tuple[str, str]:
     return first, rest
 
 
+def _seq(text: str, usage: str) -> int:
+    if not text.isdigit():
+        raise _usage(usage)
+    return int(text)
+
+
+def _join(arg: str) -> Join:
+    usage = "/join #room [since seq]"
+    words = arg.split()
+    if len(words) == 1:
+        return Join(room=words[0])
+    if len(words) == 3 and words[1] == "since":
+        return Join(room=words[0], since=_seq(words[2], usage))
+    raise _usage(usage)
+
+
+def _room_and_rest(arg: str) -> tuple[str | None, str]:
+    if arg.startswith("#"):
+        room, _, rest = arg.partition(" ")
+        return room, rest.strip()
+    return None, arg
+
+
+def _history(arg: str) -> FetchHistory:
+    usage = "/history [#room] [before|after|around seq] [count]"
+    room, rest = _room_and_rest(arg)
+    words = rest.split()
+    bounds: dict[str, int] = {}
+    if words and words[0] in ("before", "after", "around"):
+        if len(words) < 2:
+            raise _usage(usage)
+        bounds[words[0]] = _seq(words[1], usage)
+        words = words[2:]
+    if len(words) > 1:
+        raise _usage(usage)
+    limit = _seq(words[0], usage) if words else 50
+    return FetchHistory(room=room, limit=limit, **bounds)
+
+
 def _command(verb: str, arg: str) -> Command:
     """The hub command for ``/verb arg`` once the session is named."""
     match verb:
         case "join":
-            return Join(room=_one_arg(arg, "/join #room"))
+            return _join(arg)
         case "leave" | "part":
             return Leave(room=_one_arg(arg, "/leave [#room]") if arg else None)
         case "msg":
@@ -108,6 +161,20 @@ def _command(verb: str, arg: str) -> Command:
             return Who(room=_one_arg(arg, "/who [#room]") if arg else None)
         case "rooms" | "list":
             return Rooms()
+        case "register":
+            return Register(password=_one_arg(arg, "/register password"))
+        case "login":
+            name, password = _two_args(arg, "/login name password")
+            return Login(name=name, password=password.strip())
+        case "logout":
+            return Logout()
+        case "history":
+            return _history(arg)
+        case "search":
+            room, words = _room_and_rest(arg)
+            if not words:
+                raise _usage("/search [#room] words")
+            return Search(room=room, words=words)
         case "quit":
             return Quit(reason=arg or "quit")
     raise ClientError("unknown_command", f"unknown command /{verb[:20]}: type /help")
@@ -142,8 +209,8 @@ class Renderer:
             cache[m.id] = line
         return line
 
-    def _render_message(self, m: Message) -> str:
-        head = f"{_clock(m.ts) if self.timestamps else ''}[{m.room}]"
+    def _render_message(self, m: Message, *, clock: bool = True) -> str:
+        head = f"{_clock(m.ts) if self.timestamps and clock else ''}[{m.room}]"
         match m.kind:
             case Kind.MESSAGE:
                 return f"{head} {m.sender}: {m.text}\n"
@@ -158,6 +225,30 @@ class Renderer:
             case Kind.NICK:
                 return f"{head} -- {m.sender} is now known as {m.text}\n"
         raise AssertionError(m.kind)  # pragma: no cover
+
+    def _listing(
+        self,
+        title: str,
+        room: str | None,
+        messages: Sequence[Message],
+        oldest: int | None,
+        capped: int | None,
+    ) -> str:
+        """A header, then one line per message with its seq and UTC date and time."""
+        if messages:
+            lines = [f"-- {title}: seq {messages[0].seq}-{messages[-1].seq}"]
+        else:
+            lines = [f"-- {title}: no messages"]
+        for m in messages:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m.ts))
+            lines.append(f"{m.seq} {stamp} {self._render_message(m, clock=False)}".rstrip("\n"))
+        if capped is not None:
+            lines.append(f"-- limited to {capped} messages")
+        if room is not None and messages and messages[0].seq > (oldest or 1):
+            lines.append(f"-- older: /history {room} before {messages[0].seq}")
+        elif oldest is not None and oldest > 1 and (not messages or messages[0].seq <= oldest):
+            lines.append(f"-- messages of {room} before seq {oldest} are no longer kept")
+        return "\n".join(lines) + "\n"
 
     def event(self, e: Event) -> bytes:
         """The line(s) for any event."""
@@ -177,8 +268,23 @@ class Renderer:
             case WhoList(room=room, names=names):
                 return f"-- {room}: {' '.join(names)} ({len(names)})\n"
             case RoomList(rooms=rooms):
-                listed = ", ".join(f"{name} ({count})" for name, count in rooms)
+                listed = ", ".join(
+                    f"{r.name} ({r.members}{f', {r.unread} unread' if r.unread else ''})"
+                    for r in rooms
+                )
                 return f"-- rooms: {listed or 'none'}\n"
+            case Summary(room=room, missed=missed, replayed=replayed, first_seq=first):
+                line = f"-- {room}: {missed} new since you left"
+                if replayed < missed:
+                    line += (
+                        f"; the latest {replayed} follow (older: /history {room} before {first})"
+                    )
+                return line + "\n"
+            case History(room=room, messages=messages, oldest_seq=oldest, capped=capped):
+                return self._listing(f"history of {room}", room, messages, oldest, capped)
+            case SearchResults(room=room, words=words, messages=messages, capped=capped):
+                title = f"search of {room} for {words!r}: {len(messages)} found"
+                return self._listing(title, None, messages, None, capped)
             case Missed(room=room, first_seq=first, count=count):
                 where = room or "your private messages"
                 return (
@@ -210,7 +316,7 @@ class LineCodec:
         max_line: int = 4096,
     ) -> None:
         self.max_line = max_line  # longest accepted line in bytes, without its end
-        self.named = False  # the hub accepted a name (seen a Welcome go out)
+        self.named = False  # the session has a name: plain lines are said, not names
         self._plain = plain  # shared renderer without timestamps
         self._stamped = stamped  # shared renderer with timestamps
         self._renderer = plain  # the one this connection uses
@@ -301,8 +407,6 @@ class LineCodec:
             if isinstance(e, Message):
                 parts.append(render.message(e))
             else:
-                if isinstance(e, Welcome):
-                    self.named = True
                 parts.append(render.event(e))
         return b"".join(parts)
 

@@ -1,0 +1,328 @@
+"""The online state of the chat core: rooms, users and sessions. No sockets, no SQL.
+
+The hub (``roomcast.hub``) holds the rules and changes this state; this module holds the
+state and the delivery side: what one connection reads.
+
+A ``Session`` holds one receiver per joined room plus one on its user's private-message
+channel, and turns them into batches of events (``receive``, ``take``). It guarantees that
+every room message reaches it once and in order:
+
+- a receiver that lagged behind its room's ring is refilled from the store by sequence number,
+  page by page, before the session reads on from the ring;
+- what the store no longer holds (retention) is reported exactly, as ``Missed``;
+- a replay asked for (login catch-up, ``join since``) is the same refill, started on purpose,
+  so there is no seam between replay and live: the receiver was subscribed first and the
+  replay ends exactly where it starts.
+
+For a registered user the session also advances the user's read markers as messages are
+handed to the transport; the hub writes them to the store in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from enum import Enum
+
+from roomcast.broadcast import Closed as ChannelClosed
+from roomcast.broadcast import Empty, Lagged, Receiver, Sender
+from roomcast.errors import Broken, Closed
+from roomcast.model import Event, Message, Missed, Private
+from roomcast.store.base import Store
+
+__all__ = ["Room", "Session", "State", "User"]
+
+
+class State(Enum):
+    """Where a session stands."""
+
+    NEW = "new"  # connected, no name yet
+    ACTIVE = "active"  # named (guest) or logged in; may chat
+    CLOSED = "closed"  # ended; accepts nothing
+
+
+class Room:
+    """A room: its broadcast channel and its online members."""
+
+    __slots__ = ("appending", "members", "name", "tx")
+
+    def __init__(self, name: str, tx: Sender[Message]) -> None:
+        self.name = name  # '#name'
+        self.tx = tx  # the room's channel; the hub holds the only sender
+        self.members: dict[str, User] = {}  # folded name -> user
+        self.appending = 0  # messages being stored, not yet sent: the room must stay open
+
+    def send(self, message: Message) -> None:
+        """Broadcast a stored message; its seq must be the channel's next."""
+        if message.seq != self.tx.next_seq:
+            # The store assigns sequence numbers; the ring must follow them exactly.
+            raise Broken(
+                f"{self.name}: store gave seq {message.seq}, room expected {self.tx.next_seq}"
+            )
+        self.tx.send(message)
+
+
+class User:
+    """An online user: one name, one or more sessions, the rooms it is in."""
+
+    __slots__ = (
+        "dirty",
+        "inbox",
+        "marks",
+        "name",
+        "private_mark",
+        "registered",
+        "rooms",
+        "sessions",
+    )
+
+    def __init__(self, name: str, inbox: Sender[Private], *, registered: bool) -> None:
+        self.name = name  # as the user spelled it
+        self.inbox = inbox  # the user's private-message channel
+        self.registered = registered  # has an account: memberships and markers persist
+        self.rooms: dict[str, Room] = {}  # room name -> room, in join order
+        self.sessions: list[Session] = []  # open sessions of this user
+        self.marks: dict[str, int] = {}  # room -> newest seq handed to any of its sessions
+        self.private_mark = 0  # newest private message seq handed to any of its sessions
+        self.dirty = False  # marks moved since they were last written
+
+    def mark(self, room: str, seq: int) -> None:
+        """Record that ``room`` was read up to ``seq``."""
+        if seq > self.marks.get(room, 0):
+            self.marks[room] = seq
+            self.dirty = True
+
+    def mark_private(self, seq: int) -> None:
+        """Record that private messages were read up to ``seq``."""
+        if seq > self.private_mark:
+            self.private_mark = seq
+            self.dirty = True
+
+
+class _Refill:
+    """A range of a room to read from the store before reading on from the ring."""
+
+    __slots__ = ("end", "first", "header")
+
+    def __init__(self, first: int, end: int, header: Event | None = None) -> None:
+        self.first = first  # next seq to fetch
+        self.end = end  # the ring receiver's position: fetch up to end - 1
+        self.header = header  # an event to emit before the first message (a Summary)
+
+
+class Session:
+    """One connection's view of the hub: its state, its receivers, and what it has to read.
+
+    Transports call ``Hub.handle`` with each command and write out what ``receive`` returns.
+    """
+
+    def __init__(self, peer: str, store: Store, *, refill_page: int) -> None:
+        self.peer = peer  # the remote address, "host:port", for logs
+        self.address = peer.rpartition(":")[0] or peer  # the remote host, for throttling
+        self.state = State.NEW
+        self.user: User | None = None  # set once named
+        self.current: str | None = None  # room that plain text goes to
+        self.close_reason = ""  # why it was closed, once CLOSED
+        self._store = store  # where lagged and replayed ranges are read from
+        self._refill_page = refill_page  # messages fetched per store read
+        self._rooms: dict[str, Receiver[Message]] = {}  # room name -> receiver
+        self._inbox: Receiver[Private] | None = None  # the user's private messages
+        self._private_floor = 0  # private messages up to this seq were delivered by a replay
+        self._refill: dict[str, _Refill] = {}  # room -> range still to read from the store
+        self._pending: list[Event] = []  # to deliver before anything else, in order
+        self._wakeup = asyncio.Event()  # set when any receiver has something
+
+    @property
+    def name(self) -> str | None:
+        """The user's name, once it has one."""
+        return None if self.user is None else self.user.name
+
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms this session is in, in join order."""
+        return list(self._rooms)
+
+    # -- receiving --
+
+    async def receive(self, max_count: int = 512) -> list[Event]:
+        """Wait until something is ready for this session, then return up to ``max_count``.
+
+        Room messages come in sequence order per room, every message once. Raises ``Closed``
+        once the session is closed.
+        """
+        while True:
+            if self.state is State.CLOSED:
+                raise Closed(self.close_reason)
+            events = await self.take(max_count)
+            if events:
+                return events
+            self._wakeup.clear()
+            if self._pending or self._refill:
+                continue
+            for rx in self._rooms.values():
+                rx.notify(self._wakeup.set)
+            if self._inbox is not None:
+                self._inbox.notify(self._wakeup.set)
+            await self._wakeup.wait()
+
+    async def take(self, max_count: int = 512) -> list[Event]:
+        """Return up to ``max_count`` events that are ready now, without waiting for more.
+
+        May await the store to refill a range; returns an empty list when nothing is ready.
+        """
+        out = self._pending[:max_count]
+        del self._pending[:max_count]
+        user = self.user
+        for room, rx in list(self._rooms.items()):
+            if len(out) >= max_count:
+                break
+            if room in self._refill:
+                await self._read_store(room, out, max_count)
+                continue
+            try:
+                _, values = rx.try_recv_many(max_count - len(out))
+            except Lagged as lag:
+                self._refill[room] = _Refill(lag.first_missed_seq, lag.next_seq)
+                await self._read_store(room, out, max_count)
+                continue
+            except (Empty, ChannelClosed):
+                continue
+            out += values
+            if user is not None and user.registered:
+                user.mark(room, values[-1].seq)
+        if self._inbox is not None and len(out) < max_count:
+            self._take_private(out, max_count)
+        return out
+
+    def _take_private(self, out: list[Event], max_count: int) -> None:
+        assert self._inbox is not None
+        try:
+            _, privates = self._inbox.try_recv_many(max_count - len(out))
+        except Lagged as lag:
+            out.append(Missed(room=None, first_seq=lag.first_missed_seq, count=lag.count))
+            return
+        except (Empty, ChannelClosed):
+            return
+        if self._private_floor:  # a login replay delivered some of these already
+            privates = [p for p in privates if p.seq > self._private_floor]
+            if privates:
+                self._private_floor = 0
+        out += privates
+        if privates and self.user is not None and self.user.registered:
+            self.user.mark_private(privates[-1].seq)
+
+    async def _read_store(self, room: str, out: list[Event], max_count: int) -> None:
+        """Append the next page of ``room``'s refill range to ``out``."""
+        refill = self._refill[room]
+        if refill.header is not None:
+            out.append(refill.header)
+            refill.header = None
+        limit = min(max_count - len(out), self._refill_page, refill.end - refill.first)
+        if limit <= 0:
+            if refill.first >= refill.end:
+                del self._refill[room]
+            return
+        page = await self._store.history(
+            room, after=refill.first - 1, before=refill.end, limit=limit
+        )
+        if self._refill.get(room) is not refill:  # left the room while the store answered
+            return
+        first = refill.first
+        if page.oldest_seq > first:  # retention cut part of the range: say exactly what
+            lost = min(page.oldest_seq, refill.end) - first
+            out.append(Missed(room=room, first_seq=first, count=lost))
+            first += lost
+        out += page.messages
+        if page.messages:
+            first = page.messages[-1].seq + 1
+            if self.user is not None and self.user.registered:
+                self.user.mark(room, page.messages[-1].seq)
+        elif first < refill.end:  # the store holds nothing more of the range
+            out.append(Missed(room=room, first_seq=first, count=refill.end - first))
+            first = refill.end
+        refill.first = first
+        if first >= refill.end:
+            del self._refill[room]
+
+    # -- what the hub changes --
+
+    def subscribe(self, room: str, tx: Sender[Message]) -> int:
+        """Start receiving ``room`` live; return the seq of the first live message."""
+        rx = self._rooms[room] = tx.subscribe()
+        self._wakeup.set()  # the writer re-arms on the new receiver
+        return rx.next_seq
+
+    def replay(self, room: str, first: int, header: Event | None = None) -> None:
+        """Deliver ``room``'s stored messages from ``first`` up to the live position, first."""
+        rx = self._rooms[room]
+        end = rx.next_seq
+        current = self._refill.get(room)
+        if current is not None:
+            first = min(first, current.first)
+            end = current.end
+        if first < end:
+            self._refill[room] = _Refill(first, end, header)
+        elif header is not None:
+            self._pending.append(header)
+        self._wakeup.set()
+
+    def deliver(self, events: list[Event]) -> None:
+        """Deliver ``events`` before anything else (a login's private-message replay)."""
+        self._pending += events
+        privates = [e.seq for e in events if isinstance(e, Private)]
+        if privates:
+            self._private_floor = max(self._private_floor, max(privates))
+        self._wakeup.set()
+
+    def unsubscribe(self, room: str) -> None:
+        """Stop receiving ``room``, keeping what was said in it up to now."""
+        rx = self._rooms.pop(room, None)
+        if rx is None:
+            return
+        self._refill.pop(room, None)
+        while True:
+            try:
+                self._pending += rx.try_recv_many(len(rx) or 1)[1]
+            except Lagged as lag:
+                self._pending.append(
+                    Missed(room=room, first_seq=lag.first_missed_seq, count=lag.count)
+                )
+            except (Empty, ChannelClosed):
+                break
+        rx.close()
+        if self.current == room:
+            self.current = next(reversed(self._rooms), None)
+        self._wakeup.set()
+
+    def attach(self, user: User) -> None:
+        """Become a session of ``user``."""
+        self.user = user
+        self.state = State.ACTIVE
+        user.sessions.append(self)
+        self._inbox = user.inbox.subscribe()
+
+    def detach(self) -> None:
+        """Drop the user and every receiver; the session is NEW again."""
+        for rx in self._rooms.values():
+            rx.close()
+        self._rooms.clear()
+        self._refill.clear()
+        self._pending.clear()
+        if self._inbox is not None:
+            self._inbox.close()
+            self._inbox = None
+        if self.user is not None:
+            self.user.sessions.remove(self)
+            self.user = None
+        self._private_floor = 0
+        self.current = None
+        self.state = State.NEW
+        self._wakeup.set()
+
+    def close(self, reason: str) -> None:
+        """End the session: ``receive`` raises ``Closed``."""
+        self.detach()
+        self.state = State.CLOSED
+        self.close_reason = reason
+
+    def __repr__(self) -> str:
+        return f"<Session {self.peer} {self.state.value} {self.name or '-'}>"
