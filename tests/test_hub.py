@@ -151,7 +151,7 @@ async def test_a_closed_session_accepts_nothing() -> None:
     """After quit, every command gets a 'closed' error."""
     hub, _ = make_hub()
     session = await named(hub, "alice")
-    assert await hub.handle(session, Quit(reason="bye")) == [Info(text="goodbye")]
+    assert await hub.handle(session, Quit(reason="bye")) == []
     [error] = await hub.handle(session, Say(text="hello"))
     assert isinstance(error, Error) and error.code == "closed"
 
@@ -390,8 +390,21 @@ async def test_quit_announces_and_closes_the_session() -> None:
     [m] = await ready(bob)
     assert isinstance(m, Message) and (m.kind, m.sender, m.text) == (Kind.QUIT, "alice", "bye now")
     assert hub.online == 1
+    delivered = await alice.receive()
+    assert delivered[-1] == Info(text="goodbye")
     with pytest.raises(Closed):
         await alice.receive()
+
+
+async def test_quit_still_delivers_what_was_said_before() -> None:
+    """The quitter gets every message said before its quit, then goodbye."""
+    hub, _ = make_hub()
+    alice = await named(hub, "alice")
+    await hub.handle(alice, Join(room="#rust"))
+    await hub.handle(alice, Say(text="last words"))
+    await hub.handle(alice, Quit())
+    got = await ready(alice)
+    assert texts(got) == ["last words"] and got[-1] == Info(text="goodbye")
 
 
 async def test_disconnect_wakes_a_waiting_receive() -> None:

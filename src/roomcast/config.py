@@ -27,6 +27,8 @@ class Config:
     ring_capacity: int = 1024  # messages each room's broadcast ring holds
     rate: float = 10.0  # commands per second per connection, sustained
     burst: int = 30  # commands per connection at once before the rate applies
+    retain_days: float = 0.0  # days room messages are kept; 0 = forever
+    retain_count: int = 0  # messages kept per room; 0 = all
 
     def store_url(self, environ: Mapping[str, str] = os.environ) -> str:
         """The store to open: ``store`` if set, else ``roomcast.db`` in the data directory."""

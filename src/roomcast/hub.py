@@ -251,16 +251,21 @@ class Hub:
                 await self._detach(session, "logged out")
                 return [Info(text="logged out: choose a name, or /login name password")]
             case Quit(reason=reason):
-                await self.disconnect(session, reason)
-                return [Info(text="goodbye")]
+                await self.disconnect(session, reason, Info(text="goodbye"))
+                return []
         raise AssertionError(f"unhandled command {command!r}")  # pragma: no cover
 
-    async def disconnect(self, session: Session, reason: str) -> None:
-        """End ``session``; a user's last session leaving tells its rooms it quit."""
+    async def disconnect(
+        self, session: Session, reason: str, farewell: Event | None = None
+    ) -> None:
+        """End ``session``; a user's last session leaving tells its rooms it quit.
+
+        The session still delivers what was ready for it, then ``farewell``.
+        """
         if session.state is State.CLOSED:
             return
         await self._detach(session, reason)
-        session.close(reason)
+        session.close(reason, farewell)
         self._sessions.discard(session)
         self._buckets.pop(session, None)
 

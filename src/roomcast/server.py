@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from roomcast.config import Config
@@ -26,6 +28,7 @@ class Server:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self._upkeep: asyncio.Task[None] | None = None  # read markers and retention
 
     async def start(self) -> None:
         """Open the store and start listening."""
@@ -34,8 +37,15 @@ class Server:
         self.store = await open_store(url)
         self.hub = Hub(
             self.store,
-            limits=Limits(ring_capacity=cfg.ring_capacity, rate=cfg.rate, burst=cfg.burst),
+            limits=Limits(
+                ring_capacity=cfg.ring_capacity,
+                rate=cfg.rate,
+                burst=cfg.burst,
+                retain_age=cfg.retain_days * 86400 if cfg.retain_days > 0 else None,
+                retain_count=cfg.retain_count if cfg.retain_count > 0 else None,
+            ),
         )
+        self._upkeep = asyncio.create_task(self.hub.maintain())
         self.line = LineServer(
             self.hub,
             limits=TcpLimits(
@@ -49,5 +59,10 @@ class Server:
         """Stop accepting, tell every client, close them, then close the hub and the store."""
         await self.line.stop(reason)
         await self.hub.close(reason)
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep
+        await self.hub.flush_markers()
         await self.store.close()
         log.info("stopped")

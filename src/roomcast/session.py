@@ -21,6 +21,7 @@ handed to the transport; the hub writes them to the store in batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from enum import Enum
 
 from roomcast.broadcast import Closed as ChannelClosed
@@ -122,6 +123,7 @@ class Session:
         self.user: User | None = None  # set once named
         self.current: str | None = None  # room that plain text goes to
         self.close_reason = ""  # why it was closed, once CLOSED
+        self.last_name = ""  # the name it had before it was detached, for logs
         self._store = store  # where lagged and replayed ranges are read from
         self._refill_page = refill_page  # messages fetched per store read
         self._rooms: dict[str, Receiver[Message]] = {}  # room name -> receiver
@@ -150,7 +152,7 @@ class Session:
         once the session is closed.
         """
         while True:
-            if self.state is State.CLOSED:
+            if self.state is State.CLOSED and not self._pending:
                 raise Closed(self.close_reason)
             events = await self.take(max_count)
             if events:
@@ -301,16 +303,19 @@ class Session:
         self._inbox = user.inbox.subscribe()
 
     def detach(self) -> None:
-        """Drop the user and every receiver; the session is NEW again."""
-        for rx in self._rooms.values():
-            rx.close()
-        self._rooms.clear()
-        self._refill.clear()
-        self._pending.clear()
+        """Drop the user and every receiver; the session is NEW again.
+
+        What was ready for it is kept and still delivered: nothing said before is lost.
+        """
+        for room in list(self._rooms):
+            self.unsubscribe(room)
         if self._inbox is not None:
+            with contextlib.suppress(Lagged, Empty, ChannelClosed):
+                self._pending += self._inbox.try_recv_many(len(self._inbox) or 1)[1]
             self._inbox.close()
             self._inbox = None
         if self.user is not None:
+            self.last_name = self.user.name
             self.user.sessions.remove(self)
             self.user = None
         self._private_floor = 0
@@ -318,9 +323,12 @@ class Session:
         self.state = State.NEW
         self._wakeup.set()
 
-    def close(self, reason: str) -> None:
-        """End the session: ``receive`` raises ``Closed``."""
+    def close(self, reason: str, farewell: Event | None = None) -> None:
+        """End the session. ``receive`` returns what was ready, then ``farewell``, then
+        raises ``Closed``."""
         self.detach()
+        if farewell is not None:
+            self._pending.append(farewell)
         self.state = State.CLOSED
         self.close_reason = reason
 

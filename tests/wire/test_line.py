@@ -192,6 +192,8 @@ def test_unknown_command() -> None:
     """An unknown command says so and points to /help."""
     [error] = codec().parse("/frobnicate now")
     assert error == Error(code="unknown_command", message="unknown command /frobnicate: type /help")
+    [error] = codec().parse("/\x1b[2Jx")
+    assert error == Error(code="unknown_command", message="unknown command: type /help")
 
 
 def test_help_is_answered_by_the_codec() -> None:

@@ -40,6 +40,7 @@ class TcpLimits:
     stall_timeout: float = 30.0  # seconds above high_water before the connection is closed
     max_pending: int = 64  # decoded commands waiting for the hub before reading pauses
     batch: int = 512  # events pulled per write
+    close_grace: float = 2.0  # seconds a closing client gets to take what is buffered
 
 
 class _Connection(asyncio.Protocol):
@@ -58,6 +59,7 @@ class _Connection(asyncio.Protocol):
         self._tasks: list[asyncio.Task[None]] = []
         self._peer = "?"
         self._reading_paused = False
+        self._cut: asyncio.TimerHandle | None = None  # aborts a closing client that never reads
 
     # -- asyncio.Protocol callbacks --
 
@@ -97,6 +99,8 @@ class _Connection(asyncio.Protocol):
             self._resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._cut is not None:
+            self._cut.cancel()
         self._server.forget(self)
         self._writable.set()
         for task in self._tasks:
@@ -105,7 +109,8 @@ class _Connection(asyncio.Protocol):
         if session is not None:
             reason = session.close_reason or ("connection lost" if exc else "connection closed")
             self._server.spawn(self._server.hub.disconnect(session, reason))
-            log.info("disconnect peer=%s name=%s reason=%s", self._peer, session.name, reason)
+            name = session.name or session.last_name or None
+            log.info("disconnect peer=%s name=%s reason=%s", self._peer, name, reason)
 
     # -- the two loops --
 
@@ -121,8 +126,8 @@ class _Connection(asyncio.Protocol):
                     else:
                         self._write(await self._server.hub.handle(session, item))
                         self._codec.named = session.state is State.ACTIVE
-                if session.state is State.CLOSED:
-                    self.close()
+                if session.state is State.CLOSED:  # quit: the writer sends what is left
+                    self._pause_reading()
                     return
             self._has_pending.clear()
             if not self._writable.is_set():
@@ -161,15 +166,23 @@ class _Connection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def close(self, reason: str | None = None) -> None:
-        """Tell the client why (if a reason is given), flush, and close."""
+        """Tell the client why (if a reason is given), flush, and close.
+
+        With a reason, the session leaves the hub at once. A client that does not take what is
+        buffered within ``close_grace`` seconds is cut.
+        """
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        session = self._session
         if reason is not None:
-            if self._session is not None and not self._session.close_reason:
-                self._session.close_reason = reason
             self._write([Error(code="closed", message=f"closing: {reason}", fatal=True)])
+            if session is not None:  # gone from the hub now, whatever the socket does
+                self._server.spawn(self._server.hub.disconnect(session, reason))
         transport.close()
+        if transport.get_write_buffer_size():
+            loop = asyncio.get_running_loop()
+            self._cut = loop.call_later(self._limits.close_grace, transport.abort)
 
     def abort(self) -> None:
         """Close at once, dropping what is buffered."""

@@ -60,7 +60,7 @@ HELP = """\
 -- commands:
 --   text              say text in the current room
 --   /join #room       join a room (it is created if new) and make it current
---   /join #room since N   join and first replay what came after message N
+--   /join #room since seq   join, first replaying what came after message seq
 --   /leave [#room]    leave a room (the current one by default)
 --   /msg name text    send a private message
 --   /me text          an action: * name text
@@ -177,7 +177,8 @@ def _command(verb: str, arg: str) -> Command:
             return Search(room=room, words=words)
         case "quit":
             return Quit(reason=arg or "quit")
-    raise ClientError("unknown_command", f"unknown command /{verb[:20]}: type /help")
+    shown = f" /{verb}" if verb.isascii() and verb.isalnum() and len(verb) <= 20 else ""
+    raise ClientError("unknown_command", f"unknown command{shown}: type /help")
 
 
 # --- rendering ----------------------------------------------------------------------------

@@ -1,0 +1,979 @@
+"""End to end: the line protocol over real TCP sockets.
+
+Most tests run an in-process ``Server`` on port 0 (fixtures in ``conftest.py``, which also
+runs each of them on asyncio's loop and on uvloop) and talk to it with ``Client``, a small line
+client that reads with timeouts and keeps every line it read. The last tests run the
+``roomcast serve`` command in a child process.
+
+No test sleeps to wait for something: each awaits the line, log record or process exit it
+needs, under a timeout, and every read loop is bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import socket
+import struct
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import suppress
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from roomcast.net.tcp import TcpLimits, _Connection
+from roomcast.server import Server
+from roomcast.wire.line import GREETING, HELP
+
+StartServer = Callable[..., Awaitable[Server]]  # the ``start_server`` fixture of conftest.py
+
+TIMEOUT = 5.0  # seconds one wait may take before the test fails
+MAX_LINES = 500  # lines ``expect`` reads, by default, before it gives up
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: what must never reach a peer
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+def _matcher(match: str | Callable[[str], bool], exact: bool) -> Callable[[str], bool]:
+    if callable(match):
+        return match
+    if exact:
+        return lambda line: line == match
+    return lambda line: match in line
+
+
+class Client:
+    """One line-protocol connection: sends lines, reads lines under timeouts, keeps them all."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader  # incoming side of the socket
+        self.writer = writer  # outgoing side of the socket
+        self.lines: list[str] = []  # every line read so far, without its newline
+
+    @property
+    def peer(self) -> str:
+        """This client as the server logs it: ``host:port``."""
+        host, port = self.writer.get_extra_info("sockname")[:2]
+        return f"{host}:{port}"
+
+    async def send(self, *lines: str, end: str = "\n") -> None:
+        """Send the lines, each followed by ``end``, in one write."""
+        await self.send_raw("".join(line + end for line in lines).encode())
+
+    async def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are."""
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def _readline(self, within: float, waiting_for: str) -> str | None:
+        try:
+            raw = await asyncio.wait_for(self.reader.readline(), max(within, 0.0))
+        except TimeoutError:
+            raise AssertionError(
+                f"nothing within {within:g} s while waiting for {waiting_for}; "
+                f"last lines read: {self.lines[-8:]}"
+            ) from None
+        if not raw:
+            return None
+        line = raw.decode().removesuffix("\n")
+        self.lines.append(line)
+        return line
+
+    async def readline(self, within: float = TIMEOUT) -> str:
+        """The next line, without its newline; fails at the end of the stream."""
+        line = await self._readline(within, "a line")
+        assert line is not None, f"connection closed; last lines read: {self.lines[-8:]}"
+        return line
+
+    async def expect(
+        self,
+        match: str | Callable[[str], bool],
+        *,
+        exact: bool = False,
+        within: float = TIMEOUT,
+        max_lines: int = MAX_LINES,
+    ) -> str:
+        """Read until a line contains ``match`` (equals it if ``exact``; or satisfies it, if
+        callable) and return that line; fails after ``max_lines`` lines or ``within`` s."""
+        matches = _matcher(match, exact)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        for _ in range(max_lines):
+            line = await self._readline(deadline - loop.time(), f"a line matching {match!r}")
+            assert line is not None, (
+                f"connection closed before a line matching {match!r}; "
+                f"last lines read: {self.lines[-8:]}"
+            )
+            if matches(line):
+                return line
+        raise AssertionError(f"no line matching {match!r} in {max_lines} lines: {self.lines[-8:]}")
+
+    async def expect_all(
+        self, *lines: str, within: float = TIMEOUT, max_lines: int = MAX_LINES
+    ) -> None:
+        """Read until every one of ``lines`` was read, in any order (channels are not ordered
+        with each other: a room's lines and private ones may interleave either way)."""
+        missing = set(lines)
+
+        def seen_all(line: str) -> bool:
+            missing.discard(line)
+            return not missing
+
+        await self.expect(seen_all, within=within, max_lines=max_lines)
+
+    async def read_to_eof(
+        self, *, within: float = TIMEOUT, max_lines: int = MAX_LINES
+    ) -> list[str]:
+        """Read every line up to the end of the stream; return them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        lines: list[str] = []
+        for _ in range(max_lines):
+            line = await self._readline(deadline - loop.time(), "the end of the stream")
+            if line is None:
+                return lines
+            lines.append(line)
+        raise AssertionError(f"no end of stream after {max_lines} lines: {lines[-8:]}")
+
+    async def login(self, name: str) -> None:
+        """Answer the greeting with ``name`` and wait until the client is in #general."""
+        assert await self.readline() == GREETING
+        await self.send(name)
+        await self.expect(f"[#general] --> {name} joined", exact=True)
+        assert f"-- hello {name}. type text to talk, /help for commands." in self.lines
+
+    async def join(self, room: str) -> None:
+        """Join ``room`` (making it current) and wait until the join is seen."""
+        name = self.name_in_welcome()
+        await self.send(f"/join {room}")
+        await self.expect(f"[{room}] --> {name} joined", exact=True)
+
+    def name_in_welcome(self) -> str:
+        """The name the server welcomed this client under."""
+        for line in self.lines:
+            if m := re.fullmatch(r"-- hello (\S+)\. type text to talk, /help for commands\.", line):
+                return m.group(1)
+        raise AssertionError("this client was never welcomed")
+
+    def stop_reading(self) -> None:
+        """Take nothing more from the socket, like a hung client: the kernel buffers fill up."""
+        cast(asyncio.Transport, self.writer.transport).pause_reading()
+
+    def resume_reading(self) -> None:
+        """Take bytes from the socket again."""
+        cast(asyncio.Transport, self.writer.transport).resume_reading()
+
+    def reset_by_peer(self) -> None:
+        """Close the socket at once with a TCP reset, like a crashed client or a cut cable."""
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        self.writer.close()
+        with suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+class Clients:
+    """Opens clients to servers, and closes every one after the test."""
+
+    def __init__(self) -> None:
+        self._open: list[Client] = []  # every client opened, closed at teardown
+
+    async def connect(self, to: Server | int, name: str | None = None) -> Client:
+        """A client connected to a server (or a port), logged in as ``name`` if given."""
+        port = to if isinstance(to, int) else to.line.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = Client(reader, writer)
+        self._open.append(client)
+        if name is not None:
+            await client.login(name)
+        return client
+
+    async def close_all(self) -> None:
+        """Close every client opened."""
+        for client in self._open:
+            await client.close()
+
+
+@pytest.fixture
+async def clients(start_server: StartServer) -> AsyncIterator[Clients]:
+    """Opens clients; they are closed before the servers are stopped."""
+    opened = Clients()
+    yield opened
+    await opened.close_all()
+
+
+class LogWatch(logging.Handler):
+    """Keeps the messages logged under ``roomcast`` and lets a test await one, without polling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []  # every message logged, formatted
+        self._grew = asyncio.Event()  # set whenever a message is added
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self._grew.set()
+
+    async def wait_for(
+        self, predicate: Callable[[list[str]], bool], *, within: float = TIMEOUT
+    ) -> None:
+        """Wait until ``predicate(messages)`` holds; fails after ``within`` s."""
+        try:
+            async with asyncio.timeout(within):
+                for _ in range(100_000):
+                    if predicate(self.messages):
+                        return
+                    self._grew.clear()
+                    await self._grew.wait()
+        except TimeoutError:
+            pass
+        raise AssertionError(f"the log never matched; last messages: {self.messages[-8:]}")
+
+
+@pytest.fixture
+def log_watch(caplog: pytest.LogCaptureFixture) -> Iterator[LogWatch]:
+    """A ``LogWatch`` on the ``roomcast`` logger at INFO level, removed after the test."""
+    caplog.set_level(logging.INFO, logger="roomcast")
+    watch = LogWatch()
+    logger = logging.getLogger("roomcast")
+    logger.addHandler(watch)
+    yield watch
+    logger.removeHandler(watch)
+
+
+def connection_of(server: Server, name: str) -> _Connection:
+    """The server's connection object for the user ``name``."""
+    for conn in server.line.connections:
+        if conn._session is not None and conn._session.name == name:
+            return conn
+    raise AssertionError(f"no connection for {name!r}")
+
+
+def transport_of(server: Server, name: str) -> asyncio.Transport:
+    """The server-side transport of the user ``name``."""
+    transport = connection_of(server, name)._transport
+    assert transport is not None
+    return transport
+
+
+# --- rooms, echo, private messages --------------------------------------------------------
+
+
+async def test_a_room_message_reaches_exactly_the_members_of_that_room(
+    server: Server, clients: Clients
+) -> None:
+    """A line said in #rust reaches bob and carol but not alice; one in #general reaches all."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    carol = await clients.connect(server, "carol")
+    await bob.join("#rust")
+    await carol.join("#rust")
+    await bob.expect("[#rust] --> carol joined", exact=True)
+
+    await bob.send("borrow checker says no")
+    for member in (bob, carol):
+        await member.expect("[#rust] bob: borrow checker says no", exact=True)
+
+    # alice's own line in #general is the marker: it exists only after bob and carol read the
+    # #rust line, so had alice been sent that line too, she would have read it by then.
+    await alice.send("hello")
+    for member in (alice, bob, carol):
+        assert await member.expect("[#general] alice: hello") == "[#general] alice: hello"
+    assert not [line for line in alice.lines if "borrow checker" in line]
+
+
+async def test_the_sender_gets_its_own_messages_back_in_order(
+    server: Server, clients: Clients
+) -> None:
+    """Every line a client says comes back to it, in the order said: the echo is the ack."""
+    alice = await clients.connect(server, "alice")
+    texts = [f"line {i}" for i in range(10)]
+    await alice.send(*texts)
+    for text in texts:
+        assert await alice.readline() == f"[#general] alice: {text}"
+
+
+async def test_a_private_message_reaches_the_recipient_and_the_sender_only(
+    server: Server, clients: Clients
+) -> None:
+    """/msg bob hi is shown to bob and alice as [pm alice -> bob] hi, and never to carol."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    carol = await clients.connect(server, "carol")
+    await alice.send("/msg BOB hi")  # names are matched case-insensitively
+    for member in (alice, bob):
+        await member.expect("[pm alice -> bob] hi", exact=True)
+
+    # Later markers, on carol's private channel and in her room: she sees them, not the pm.
+    await alice.send("/msg carol marker", "room marker")
+    await carol.expect_all("[pm alice -> carol] marker", "[#general] alice: room marker")
+    assert not [line for line in carol.lines if "hi" in line.split()]
+    assert "[pm alice -> carol] marker" not in bob.lines
+
+    await alice.send("/msg zed are you there")
+    assert (await alice.expect("! ")).startswith("! nobody named 'zed' is online")
+
+
+# --- names ---------------------------------------------------------------------------------
+
+
+async def test_a_taken_name_is_refused_case_insensitively_then_another_works(
+    server: Server, clients: Clients
+) -> None:
+    """Alice is refused while alice is online; the client can then pick a free name and chat."""
+    alice = await clients.connect(server, "alice")
+    other = await clients.connect(server)
+    assert await other.readline() == GREETING
+    await other.send("Alice")
+    line = await other.readline()
+    assert line == "! the name 'Alice' is taken: choose another"
+
+    await other.send("alicia")
+    await other.expect("[#general] --> alicia joined", exact=True)
+    await other.send("/nick ALICE")
+    assert await other.expect("! ") == "! the name 'ALICE' is taken: choose another"
+    await other.send("hi alice")
+    await alice.expect("[#general] alicia: hi alice", exact=True)
+
+
+async def test_commands_before_a_name_are_refused_and_a_bad_name_is_explained(
+    server: Server, clients: Clients
+) -> None:
+    """Before a name, commands get 'expected a name first'; an invalid name says what is valid."""
+    client = await clients.connect(server)
+    assert await client.readline() == GREETING
+    await client.send("/join #rust")
+    assert await client.readline() == "! expected a name first, got Join: choose a name"
+    await client.send("no spaces allowed")
+    assert await client.readline() == (
+        "! 'no spaces allowed' is not a valid name: use 1-32 letters, digits, '_', '-' or '.'"
+    )
+    await client.send("/nick dave")  # /nick also names a new session
+    await client.expect("[#general] --> dave joined", exact=True)
+
+
+# --- framing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pieces", [1, 7], ids=["one-write", "seven-writes"])
+async def test_an_oversized_line_is_refused_and_the_connection_stays_usable(
+    server: Server, clients: Clients, pieces: int
+) -> None:
+    """A line over 4096 bytes gets '! line too long' and nobody sees it; the next line is said."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    data = b"x" * 10_000 + b"\nafter the long line\n"
+    size = -(-len(data) // pieces)
+    for start in range(0, len(data), size):
+        await alice.send_raw(data[start : start + size])
+    line = await alice.expect("! ")
+    assert line.startswith("! line too long")
+    assert line == "! line too long (over 4096 bytes): it was dropped"
+    assert await alice.readline() == "[#general] alice: after the long line"
+    await bob.expect("[#general] alice: after the long line", exact=True)
+    assert not [line for line in bob.lines + alice.lines if "xxx" in line]
+
+
+@pytest.mark.parametrize("end", ["\n", "\r\n"], ids=["LF", "CRLF"])
+async def test_the_line_limit_counts_the_bytes_of_the_line_without_its_end(
+    server: Server, clients: Clients, end: str
+) -> None:
+    """4096 bytes pass the framing (and the 4000-character text limit answers); 4097 do not."""
+    alice = await clients.connect(server, "alice")
+    await alice.send("y" * 4096, "z" * 4097, "y" * 4000, end=end)
+    assert await alice.readline() == "! the message is 4096 characters long; at most 4000"
+    assert await alice.readline() == "! line too long (over 4096 bytes): it was dropped"
+    assert await alice.readline() == "[#general] alice: " + "y" * 4000
+
+
+async def test_invalid_utf8_is_refused_and_the_connection_stays_usable(
+    server: Server, clients: Clients
+) -> None:
+    """Bytes that are not UTF-8 get '! invalid UTF-8...', before and after naming."""
+    client = await clients.connect(server)
+    assert await client.readline() == GREETING
+    await client.send_raw(b"\xff\xfe\n")
+    assert (await client.readline()).startswith("! invalid UTF-8")
+    await client.send("alice")
+    await client.expect("[#general] --> alice joined", exact=True)
+    await client.send_raw(b"caf\xc3\nal\xe9\nstill here\n")  # truncated, then Latin-1
+    assert await client.readline() == "! invalid UTF-8: send UTF-8 text"
+    assert await client.readline() == "! invalid UTF-8: send UTF-8 text"
+    assert await client.readline() == "[#general] alice: still here"
+
+
+async def test_crlf_line_ends_work_like_lf(server: Server, clients: Clients) -> None:
+    """A client ending lines with CRLF names itself, joins and talks exactly like an LF one."""
+    bob = await clients.connect(server, "bob")
+    alice = await clients.connect(server)
+    assert await alice.readline() == GREETING
+    await alice.send("alice", end="\r\n")
+    await alice.expect("[#general] --> alice joined", exact=True)
+    await alice.send("/join #rust", "hello", end="\r\n")
+    await alice.expect("[#rust] alice: hello", exact=True)
+    await alice.send("/msg bob psst", "/join #general", "mixed ends", end="\r\n")
+    await alice.send("lf end")
+    await bob.expect_all(
+        "[pm alice -> bob] psst", "[#general] alice: mixed ends", "[#general] alice: lf end"
+    )
+    assert not [line for line in alice.lines + bob.lines if "\r" in line]
+
+
+async def test_control_characters_and_terminal_escapes_never_reach_others(
+    server: Server, clients: Clients
+) -> None:
+    """ESC, BEL, CR, DEL and C1 controls are stripped from what others see; tabs become spaces."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    await alice.send(
+        "red\x1b[31malert\x07!",
+        "\x1b]0;pwned\x07title",
+        "csi\u009b2Jclear",
+        "a\rb\x7fc",
+        "tab\there",
+        "/me \x1b[5mblinks",
+        "/msg bob \x07beep",
+    )
+    await bob.expect_all(
+        "[#general] alice: red[31malert!",
+        "[#general] alice: ]0;pwnedtitle",
+        "[#general] alice: csi2Jclear",
+        "[#general] alice: abc",
+        "[#general] alice: tab here",
+        "[#general] * alice [5mblinks",
+        "[pm alice -> bob] beep",
+    )
+    await alice.send("\x1b\x07")
+    assert await alice.expect("! ") == "! the message is empty: type some text"
+    await alice.send("/quit \x1b[2Jbye")
+    await bob.expect("[#general] <-- alice quit ([2Jbye)", exact=True)
+    assert not [line for line in bob.lines if CONTROL.search(line)]
+
+
+# --- disconnects ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [("reset", "connection lost"), ("eof", "connection closed")],
+    ids=["tcp-reset", "half-close"],
+)
+async def test_a_client_that_vanishes_mid_line_quits_and_its_half_line_is_dropped(
+    server: Server, clients: Clients, how: str, reason: str
+) -> None:
+    """Others see '<-- alice quit (reason)' and never the half line; the server keeps serving."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    await alice.send_raw(b"half a li")
+    if how == "reset":
+        alice.reset_by_peer()
+    else:
+        alice.writer.write_eof()
+    await bob.expect(f"[#general] <-- alice quit ({reason})", exact=True)
+
+    again = await clients.connect(server, "alice")  # the name is free again
+    await again.send("back again")
+    await bob.expect("[#general] alice: back again", exact=True)
+    assert not [line for line in bob.lines if "half" in line]
+
+
+async def test_quit_with_a_reason_says_goodbye_and_tells_the_room(
+    server: Server, clients: Clients
+) -> None:
+    """/quit gone fishing answers '-- goodbye', closes, and the room sees the reason."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    await alice.expect("[#general] --> bob joined", exact=True)
+    await alice.send("/quit gone fishing")
+    assert await alice.read_to_eof() == ["-- goodbye"]
+    await bob.expect("[#general] <-- alice quit (gone fishing)", exact=True)
+    carol = await clients.connect(server, "carol")
+    await carol.send("/quit")
+    assert await carol.read_to_eof() == ["-- goodbye"]
+    await bob.expect("[#general] <-- carol quit (quit)", exact=True)
+
+
+async def test_lines_sent_just_before_quit_are_echoed_before_goodbye(
+    server: Server, clients: Clients
+) -> None:
+    """A line pipelined with /quit is echoed to the sender before '-- goodbye', as others see it."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    await alice.expect("[#general] --> bob joined", exact=True)
+    await alice.send("last words", "/quit")
+    await bob.expect("[#general] alice: last words", exact=True)
+    await bob.expect("[#general] <-- alice quit (quit)", exact=True)
+    assert await alice.read_to_eof() == ["[#general] alice: last words", "-- goodbye"]
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+async def test_who_lists_a_rooms_members_sorted_case_insensitively(
+    server: Server, clients: Clients
+) -> None:
+    """/who lists the current room, /who #room any room; an unknown room is explained."""
+    bob = await clients.connect(server, "bob")
+    await clients.connect(server, "Alice")
+    carol = await clients.connect(server, "carol")
+    await carol.join("#rust")
+    await bob.send("/who")
+    assert await bob.expect("-- #general:") == "-- #general: Alice bob carol (3)"
+    await bob.send("/who #rust")  # bob is not in #rust: who still answers
+    assert await bob.expect("-- #rust:") == "-- #rust: carol (1)"
+    await bob.send("/who #nowhere")
+    assert await bob.expect("! ") == "! there is no room #nowhere: /rooms lists them"
+
+
+async def test_rooms_lists_every_room_with_its_member_count(
+    server: Server, clients: Clients
+) -> None:
+    """/rooms answers '-- rooms: #general (2), #rust (1)' and forgets a room when it empties."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    await bob.join("#rust")
+    await alice.send("/rooms")
+    assert await alice.expect("-- rooms:") == "-- rooms: #general (2), #rust (1)"
+    await bob.send("/leave #rust")
+    await bob.expect("-- you left #rust", exact=True)
+    await alice.send("/list")  # the alias
+    assert await alice.expect("-- rooms:") == "-- rooms: #general (2)"
+
+
+async def test_nick_renames_tells_every_room_and_frees_the_old_name(
+    server: Server, clients: Clients
+) -> None:
+    """/nick alicia confirms, every room of alice is told, and the name alice is free again."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    await alice.join("#rust")
+    await bob.join("#rust")
+    await alice.send("/nick alicia")
+    assert await alice.expect("-- you are now known") == "-- you are now known as alicia"
+    await bob.expect_all(
+        "[#general] -- alice is now known as alicia", "[#rust] -- alice is now known as alicia"
+    )
+    await alice.send("renamed")
+    await bob.expect("[#rust] alicia: renamed", exact=True)
+    await bob.send("/msg alicia hello alicia")
+    await alice.expect("[pm bob -> alicia] hello alicia", exact=True)
+    await clients.connect(server, "alice")
+    await alice.send("/nick bob")
+    assert await alice.expect("! ") == "! the name 'bob' is taken: choose another"
+
+
+async def test_me_is_an_action_in_the_current_room(server: Server, clients: Clients) -> None:
+    """/me waves is shown to the room as '* alice waves'; /me alone gets its usage."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    await alice.send("/me waves")
+    for member in (alice, bob):
+        await member.expect("[#general] * alice waves", exact=True)
+    await alice.send("/me")
+    assert await alice.expect("! ") == "! usage: /me text"
+
+
+async def test_leave_stops_the_rooms_messages_and_returns_to_the_previous_room(
+    server: Server, clients: Clients
+) -> None:
+    """After /leave, the room says '<-- alice left' and alice gets none of its later lines."""
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    await alice.join("#rust")
+    await bob.join("#rust")
+    await alice.send("/leave")
+    assert await alice.expect("-- you left") == "-- you left #rust"
+    await bob.expect("[#rust] <-- alice left", exact=True)
+
+    await bob.send("after she left")
+    await bob.expect("[#rust] bob: after she left", exact=True)
+    await alice.send("back in general")  # the current room is #general again
+    await bob.expect("[#general] alice: back in general", exact=True)
+    await alice.expect("[#general] alice: back in general", exact=True)
+    assert "[#rust] bob: after she left" not in alice.lines
+
+    await alice.send("/leave #rust")
+    assert await alice.expect("! ") == "! you are not in #rust: join it first"
+    await alice.send("/leave #general", "nowhere to talk")
+    assert await alice.expect("! ") == "! you are in no room: join one first"
+    assert "-- you left #general" in alice.lines
+
+
+async def test_help_lists_the_commands(server: Server, clients: Clients) -> None:
+    """/help answers the HELP text, line for line."""
+    alice = await clients.connect(server, "alice")
+    await alice.send("/help")
+    first = await alice.expect("-- commands:", exact=True)
+    rest = [await alice.readline() for _ in HELP.splitlines()[1:]]
+    assert [first, *rest] == HELP.splitlines()
+
+
+async def test_timestamps_on_prefixes_messages_with_the_utc_time(
+    server: Server, clients: Clients
+) -> None:
+    """/timestamps on prefixes messages with HH:MM; off removes it; other values get usage."""
+    alice = await clients.connect(server, "alice")
+    await alice.send("/timestamps on", "tick")
+    assert await alice.readline() == "-- timestamps on"
+    assert re.fullmatch(r"\d\d:\d\d \[#general\] alice: tick", await alice.readline())
+    await alice.send("/timestamps off", "tock")
+    assert await alice.readline() == "-- timestamps off"
+    assert await alice.readline() == "[#general] alice: tock"
+    await alice.send("/timestamps maybe")
+    assert await alice.readline() == "! usage: /timestamps on|off"
+
+
+async def test_a_double_slash_says_a_line_that_starts_with_a_slash(
+    server: Server, clients: Clients
+) -> None:
+    """//shrug says '/shrug' in the room."""
+    alice = await clients.connect(server, "alice")
+    await alice.send("//shrug")
+    assert await alice.readline() == "[#general] alice: /shrug"
+
+
+async def test_an_unknown_command_points_to_help(server: Server, clients: Clients) -> None:
+    """/foo gets '! unknown command /foo: type /help' and the connection stays usable."""
+    alice = await clients.connect(server, "alice")
+    await alice.send("/foo bar", "/FOO", "still here")
+    assert await alice.readline() == "! unknown command /foo: type /help"
+    assert await alice.readline() == "! unknown command /foo: type /help"
+    assert await alice.readline() == "[#general] alice: still here"
+
+
+@pytest.mark.parametrize(
+    ("command", "usage"),
+    [
+        ("/join", "/join #room"),
+        ("/join two words", "/join #room"),
+        ("/msg bob", "/msg name text"),
+        ("/nick", "/nick name"),
+        ("/who #a #b", "/who [#room]"),
+    ],
+)
+async def test_a_command_with_wrong_arguments_gets_its_usage(
+    server: Server, clients: Clients, command: str, usage: str
+) -> None:
+    """A command with missing or extra arguments is answered with '! usage: ...'."""
+    alice = await clients.connect(server, "alice")
+    await alice.send(command)
+    assert (await alice.readline()).startswith(f"! usage: {usage}")
+
+
+# --- flood control -------------------------------------------------------------------------
+
+
+async def test_a_flooding_client_is_told_to_slow_down_and_others_are_still_served(
+    start_server: StartServer, clients: Clients
+) -> None:
+    """At rate=5 burst=5, 50 lines at once mostly get '! you are sending too fast...' and
+    the other clients are served as usual."""
+    server = await start_server(rate=5.0, burst=5)
+    alice = await clients.connect(server, "alice")
+    mallory = await clients.connect(server, "mallory")
+    too_fast = "! you are sending too fast: wait a moment, then retry"
+    await mallory.send(*(f"flood {i:02d}" for i in range(50)))
+
+    outcomes: list[str] = []
+
+    def all_answered(line: str) -> bool:
+        if line == too_fast or line.startswith("[#general] mallory: flood "):
+            outcomes.append(line)
+        return len(outcomes) == 50
+
+    await mallory.expect(all_answered, max_lines=100)
+    said = [line.rsplit(" ", 1)[1] for line in outcomes if line != too_fast]
+    assert outcomes.count(too_fast) >= 25  # 4 tokens were left after the name, refilled at 5/s
+    assert len(said) >= 4
+    assert said == sorted(said)
+
+    await alice.send("still served")
+    await alice.expect("[#general] alice: still served", exact=True)
+    await mallory.expect("[#general] alice: still served", exact=True)
+    flood_seen_by_alice = [line for line in alice.lines if line.startswith("[#general] mallory:")]
+    assert flood_seen_by_alice == [line for line in outcomes if line != too_fast]
+    assert too_fast not in alice.lines
+
+
+# --- logging -------------------------------------------------------------------------------
+
+
+async def test_the_server_logs_one_line_per_connect_and_per_disconnect(
+    server: Server, clients: Clients, log_watch: LogWatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """roomcast.tcp logs 'connect peer=...' once and 'disconnect peer=... reason=...' once."""
+    nameless = await clients.connect(server)
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    peers = {"nameless": nameless.peer, "alice": alice.peer, "bob": bob.peer}
+
+    await alice.send("/quit bye")
+    await alice.read_to_eof()
+    bob.reset_by_peer()
+    await nameless.close()
+    await log_watch.wait_for(lambda messages: sum("disconnect " in m for m in messages) == 3)
+
+    tcp = [r.getMessage() for r in caplog.records if r.name == "roomcast.tcp"]
+    assert sorted(m for m in tcp if m.startswith("connect ")) == sorted(
+        f"connect peer={peer}" for peer in peers.values()
+    )
+    disconnects = [m for m in tcp if m.startswith("disconnect ")]
+    for who, name, reason in [
+        ("nameless", "None", "connection closed"),
+        ("alice", r"\S+", "bye"),  # the name: see the next test
+        ("bob", "bob", "connection lost"),
+    ]:
+        line = rf"disconnect peer={re.escape(peers[who])} name={name} reason={reason}"
+        assert len([m for m in disconnects if re.fullmatch(line, m)]) == 1, disconnects
+    assert len(disconnects) == 3
+
+
+async def test_the_disconnect_log_line_names_a_user_who_quit(
+    server: Server, clients: Clients, log_watch: LogWatch
+) -> None:
+    """The disconnect line of a client that sent /quit names its user, like any other."""
+    alice = await clients.connect(server, "alice")
+    await alice.send("/quit bye")
+    await alice.read_to_eof()
+    await log_watch.wait_for(lambda messages: any("disconnect " in m for m in messages))
+    assert f"disconnect peer={alice.peer} name=alice reason=bye" in log_watch.messages
+
+
+# --- a client that never reads -------------------------------------------------------------
+
+CHAT = re.compile(r"\[#general\] (alice|bob): (n \d{4} .*)")  # the numbered lines of the chat
+
+
+def throttle(server: Server, name: str) -> None:
+    """Stand in for a slow network path to ``name``: a small kernel send buffer on the server's
+    socket, so that what the client does not read piles up in the transport, where flow control
+    can see it (loopback buffers would otherwise absorb megabytes)."""
+    sock = transport_of(server, name).get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+
+
+async def test_a_client_that_never_reads_costs_bounded_memory_and_is_cut_after_the_stall(
+    start_server: StartServer,
+    clients: Clients,
+    log_watch: LogWatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that never reads holds nobody back, costs bounded memory, and is cut after
+    stall_timeout with '! closing: too slow...'."""
+    high_water, stall_timeout = 16384, 3.0
+    server = await start_server(
+        high_water=high_water, stall_timeout=stall_timeout, rate=100_000.0, burst=100_000
+    )
+    alice = await clients.connect(server, "alice")
+    bob = await clients.connect(server, "bob")
+    slow = await clients.connect(server, "slow")
+    slow.stop_reading()  # from now on, slow reads nothing
+    throttle(server, "slow")
+    slow_transport = transport_of(server, "slow")
+    general = server.hub._rooms["#general"].tx  # the room's broadcast channel
+
+    chunks, per_chunk, pad = 25, 100, "x" * 60  # 2 senders x 25 x 100 = 5,000 lines
+    texts = {
+        name: [f"n {i:04d} {name} {pad}" for i in range(chunks * per_chunk)]
+        for name in ("alice", "bob")
+    }
+    longest = max(len(f"[#general] alice: {t}\n".encode()) for t in texts["alice"])
+    bound = high_water + TcpLimits().batch * longest  # high_water plus one batch of output
+    sizes: list[int] = []
+    for chunk in range(chunks):
+        part = slice(chunk * per_chunk, (chunk + 1) * per_chunk)
+        await asyncio.gather(alice.send(*texts["alice"][part]), bob.send(*texts["bob"][part]))
+        last = [f"[#general] {name}: {texts[name][part][-1]}" for name in ("alice", "bob")]
+        for client in (alice, bob):
+            await client.expect_all(*last, max_lines=4 * per_chunk + 10)
+        sizes.append(slow_transport.get_write_buffer_size())
+        stats = general.statistics()
+        assert stats.held <= stats.capacity
+
+    assert max(sizes) > high_water, f"the slow client never filled its buffer: {sizes}"
+    assert max(sizes) < bound, f"buffer over high_water plus one batch ({bound}): {sizes}"
+    assert general.statistics().sent >= 2 * chunks * per_chunk
+
+    said = [(m.group(1), m.group(2)) for line in alice.lines if (m := CHAT.fullmatch(line))]
+    assert len(said) == 2 * chunks * per_chunk
+    assert said == [(m.group(1), m.group(2)) for line in bob.lines if (m := CHAT.fullmatch(line))]
+    for name in ("alice", "bob"):
+        assert [text for who, text in said if who == name] == texts[name]
+    assert not [line for line in alice.lines + bob.lines if line.startswith("! ")]
+
+    await log_watch.wait_for(
+        lambda messages: any(m.startswith("too slow") for m in messages),
+        within=stall_timeout + TIMEOUT,
+    )
+    assert "too slow peer=" in caplog.text
+
+    slow.resume_reading()
+    lines = await slow.read_to_eof(max_lines=len(said) + 100)
+    assert lines[-1] == "! closing: too slow: not reading for 3 s"
+    got = [(m.group(1), m.group(2)) for line in lines if (m := CHAT.fullmatch(line))]
+    assert got == said[: len(got)]  # what it got before the cut is the chat's start, in order
+    await alice.expect("[#general] <-- slow quit (too slow: not reading for 3 s)", exact=True)
+
+
+async def test_a_client_cut_as_too_slow_is_gone_even_if_it_never_reads_again(
+    start_server: StartServer, clients: Clients, log_watch: LogWatch
+) -> None:
+    """Once cut as too slow, a client that never reads leaves: its room sees it quit at once."""
+    server = await start_server(high_water=16384, stall_timeout=0.5, rate=100_000.0, burst=100_000)
+    alice = await clients.connect(server, "alice")
+    slow = await clients.connect(server, "slow")
+    slow.stop_reading()
+    throttle(server, "slow")
+    for chunk in range(20):  # 4,000 lines of ~100 bytes: far more than loopback absorbs
+        await alice.send(*(f"n {chunk:02d}{i:03d} {'x' * 80}" for i in range(200)))
+        await alice.expect(f"[#general] alice: n {chunk:02d}199", max_lines=300)
+    await log_watch.wait_for(lambda messages: any(m.startswith("too slow") for m in messages))
+    quit_line = "[#general] <-- slow quit (too slow"
+    if not any(line.startswith(quit_line) for line in alice.lines):  # may have come already
+        await alice.expect(quit_line, within=2.0)
+    assert server.hub.online == 1
+
+
+# --- the roomcast serve command ------------------------------------------------------------
+
+# The child's event loop is chosen with --loop; the test's own loop does not matter here.
+on_asyncio_only = pytest.mark.asyncio(loop_factories=["asyncio"])
+
+LISTENING = re.compile(r".* roomcast\.server: listening line=127\.0\.0\.1:(\d+) .*")
+
+
+class Serve:
+    """``python -m roomcast.cli serve`` in a child process, its log on a pipe.
+
+    It keeps history in memory (``ROOMCAST_STORE=memory:``) and its data directory is a
+    temporary one: a test never touches the user's files.
+    """
+
+    def __init__(self, data_home: Path) -> None:
+        self.process: asyncio.subprocess.Process | None = None  # the child, once started
+        self.log: list[str] = []  # the lines it logged so far
+        self.data_home = data_home  # XDG_DATA_HOME of the child
+
+    async def start(self, *args: str, env: Mapping[str, str] | None = None) -> int:
+        """Start the server with ``args`` (and ``env`` added to ours); return the port it
+        logs it listens on, once it does."""
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "roomcast.cli",
+            "serve",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={
+                **os.environ,
+                "XDG_DATA_HOME": str(self.data_home),
+                "ROOMCAST_STORE": "memory:",
+                **(env or {}),
+            },
+        )
+        assert self.process.stderr is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        for _ in range(100):
+            raw = await asyncio.wait_for(self.process.stderr.readline(), deadline - loop.time())
+            assert raw, f"the server exited before listening: {self.log}"
+            self.log.append(raw.decode().rstrip("\n"))
+            if m := LISTENING.fullmatch(self.log[-1]):
+                return int(m.group(1))
+        raise AssertionError(f"the server never said it listens: {self.log}")
+
+    async def wait(self, within: float = TIMEOUT) -> int:
+        """Wait for the child to exit; return its exit code (the rest of its log is kept)."""
+        assert self.process is not None
+        _, err = await asyncio.wait_for(self.process.communicate(), within)
+        self.log += err.decode().splitlines()
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+    async def kill(self) -> None:
+        """Kill the child if it is still running, and reap it."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.communicate()
+
+
+@pytest.fixture
+async def serve(tmp_path: Path) -> AsyncIterator[Serve]:
+    """Runs ``roomcast serve`` in a child process, killed after the test if still running."""
+    child = Serve(tmp_path)
+    yield child
+    await child.kill()
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@on_asyncio_only
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_serve_shuts_down_cleanly_on_a_signal(
+    serve: Serve, clients: Clients, sig: signal.Signals, loop: str
+) -> None:
+    """On SIGTERM or SIGINT, connected clients are told 'server shutting down' and it exits 0."""
+    port = await serve.start("--port", "0", "--loop", loop)
+    alice = await clients.connect(port, "alice")
+    assert serve.process is not None
+    serve.process.send_signal(sig)
+    assert await alice.expect("server shutting down") == "! closing: server shutting down"
+    assert await alice.read_to_eof() == []
+    assert await serve.wait() == 0, serve.log
+    assert [line for line in serve.log if "roomcast.server: stopped" in line]
+    assert not [line for line in serve.log if "Traceback" in line]
+
+
+@on_asyncio_only
+async def test_serve_listens_on_the_port_roomcast_port_names(
+    serve: Serve, clients: Clients
+) -> None:
+    """ROOMCAST_PORT sets the port when no --port flag is given."""
+    port = free_port()
+    assert await serve.start(env={"ROOMCAST_PORT": str(port)}) == port
+    alice = await clients.connect(port, "alice")
+    await alice.send("hello")
+    await alice.expect("[#general] alice: hello", exact=True)
+
+
+@on_asyncio_only
+async def test_a_flag_overrides_its_environment_variable(serve: Serve, clients: Clients) -> None:
+    """--max-line beats ROOMCAST_MAX_LINE, which beats the default."""
+    port = await serve.start("--port", "0", "--max-line", "64", env={"ROOMCAST_MAX_LINE": "8"})
+    alice = await clients.connect(port, "alice")
+    await alice.send("a line of more than eight bytes", "b" * 65)
+    await alice.expect_all(
+        "[#general] alice: a line of more than eight bytes",
+        "! line too long (over 64 bytes): it was dropped",
+    )
+
+
+@on_asyncio_only
+async def test_an_invalid_environment_variable_is_reported_without_a_traceback(
+    serve: Serve,
+) -> None:
+    """ROOMCAST_PORT=abc makes serve exit non-zero with one error naming the variable."""
+    with pytest.raises(AssertionError, match="exited before listening"):
+        await serve.start(env={"ROOMCAST_PORT": "abc"})
+    assert await serve.wait() != 0
+    assert [line for line in serve.log if "ROOMCAST_PORT='abc' is not a valid int" in line]
+    assert not [line for line in serve.log if "Traceback" in line], serve.log
