@@ -37,6 +37,7 @@ from roomcast.model import (
     SearchResults,
     SetName,
     Summary,
+    Unread,
     Welcome,
     Who,
     WhoList,
@@ -604,7 +605,7 @@ async def test_returning_user_gets_summaries_then_missed_messages_in_order() -> 
         await hub.handle(bob, Say(text=f"g{i}", room=GENERAL))
         await hub.handle(bob, Say(text=f"r{i}", room="#rust"))
     session, replies = await login(hub, "alice")
-    assert replies == [Welcome(name="alice")]
+    assert replies == [Welcome(name="alice"), Unread(rooms=((GENERAL, 4), ("#rust", 4)))]
     got = await ready(session)
     general = [e for e in got if getattr(e, "room", None) == GENERAL]
     assert isinstance(general[0], Summary) and general[0].room == GENERAL

@@ -17,6 +17,9 @@ class Config:
 
     host: str = "127.0.0.1"  # address the listeners bind
     port: int = 7777  # line-protocol (nc, telnet) port
+    http_port: int = 8080  # web page, HTTP API and WebSocket port; -1 = no HTTP listener
+    web_origins: str = ""  # comma-separated WebSocket origins allowed; "" = same origin only
+    token_days: float = 7.0  # days a login token is valid
     data_dir: str = ""  # where the default SQLite file lives; "" = the user's data directory
     store: str = ""  # "" = sqlite in data_dir; or memory:, sqlite:PATH
     loop: str = "auto"  # event loop: auto (uvloop when installed), uvloop or asyncio

@@ -48,6 +48,7 @@ from roomcast.broadcast import Sender, channel
 from roomcast.errors import Broken, ClientError
 from roomcast.model import (
     Action,
+    Authenticated,
     Command,
     Draft,
     Error,
@@ -75,13 +76,15 @@ from roomcast.model import (
     SearchResults,
     SetName,
     Summary,
+    Unread,
     Welcome,
     Who,
     WhoList,
     fold,
+    user_name,
 )
 from roomcast.session import Room, Session, State, User
-from roomcast.store.base import Storage
+from roomcast.store.base import Account, Storage
 
 __all__ = ["GENERAL", "Hub", "Limits"]
 
@@ -90,7 +93,7 @@ log = logging.getLogger("roomcast.hub")
 GENERAL = "#general"  # the room every new guest joins
 
 _ACCEPTS: dict[State, tuple[type, ...]] = {
-    State.NEW: (SetName, Login, Quit),
+    State.NEW: (SetName, Login, Authenticated, Quit),
     State.ACTIVE: (
         Join,
         Leave,
@@ -175,6 +178,7 @@ class Hub:
         self._users: dict[str, User] = {}  # folded name -> online user
         self._sessions: set[Session] = set()  # every open session
         self._buckets: dict[Session, _Bucket] = {}  # flood control per session
+        self._post_buckets: dict[str, _Bucket] = {}  # flood control of posts per account
         self._room_lock = asyncio.Lock()  # serializes room creation (it reads the store)
         window = limits.login_window
         self._name_throttle = Throttle(limits.login_failures, window, clock)
@@ -213,7 +217,7 @@ class Hub:
         got = type(command).__name__
         if session.state is State.NEW:
             return ClientError("no_name", f"expected a name first, got {got}: choose a name")
-        if session.state is State.ACTIVE and isinstance(command, SetName | Login):
+        if session.state is State.ACTIVE and isinstance(command, SetName | Login | Authenticated):
             return ClientError("has_name", f"you already have a name, got {got}: log out first")
         return ClientError("closed", f"the session is closed, got {got}")
 
@@ -222,7 +226,13 @@ class Hub:
             case SetName(name=name):
                 return await self._set_name(session, name)
             case Login(name=name, password=password):
-                return await self._login(session, name, password)
+                account = await self.verify_login(name, password, session.address)
+                return await self._log_in(session, account)
+            case Authenticated(name=name):
+                found = await self.store.account(name)
+                if found is None:
+                    raise ClientError("bad_token", "the account no longer exists: register again")
+                return await self._log_in(session, found)
             case Join(room=room, since=since):
                 return await self._join(session, room, since)
             case Leave(room=room):
@@ -364,8 +374,20 @@ class Hub:
             )
         ]
 
-    async def _login(self, session: Session, name: str, password: str) -> list[Event]:
-        keys = (fold(name), session.address)
+    async def create_account(self, name: str, password: str) -> Account:
+        """Register ``name`` (not online as a guest, not registered) with ``password``."""
+        user_name(name)
+        check_password(password)
+        if fold(name) in self._users:
+            raise ClientError("name_taken", f"the name {name!r} is in use: choose another")
+        password_hash = await self.passwords.hash(password)
+        account = await self.store.create_account(name, password_hash, now=self._clock())
+        log.info("registered name=%s", account.name)
+        return account
+
+    async def verify_login(self, name: str, password: str, address: str) -> Account:
+        """The account if ``password`` is right; throttled per name and per ``address``."""
+        keys = (fold(name), address)
         wait = max(self._name_throttle.wait(keys[0]), self._address_throttle.wait(keys[1]))
         if wait > 0:
             raise ClientError(
@@ -375,9 +397,12 @@ class Hub:
         if account is None or not await self.passwords.verify(account.password_hash, password):
             self._name_throttle.fail(keys[0])
             self._address_throttle.fail(keys[1])
-            log.warning("failed login name=%s peer=%s", name, session.peer)
+            log.warning("failed login name=%s address=%s", name, address)
             raise ClientError("bad_login", "wrong name or password")
         self._name_throttle.clear(keys[0])
+        return account
+
+    async def _log_in(self, session: Session, account: Account) -> list[Event]:
         if session.state is not State.NEW:  # logged in elsewhere while verifying
             raise ClientError("has_name", "you already have a name: log out first")
         user = self._users.get(fold(account.name))
@@ -394,18 +419,24 @@ class Hub:
         memberships = dict(await self.store.memberships(account.name))
         if not memberships:
             replies += await self._join(session, GENERAL, None)
+        unread = []
         for room_name, read_seq in memberships.items():
-            replies += await self._enter(session, user, room_name, read_seq, announce=returning)
+            missed = await self._enter(session, user, room_name, read_seq, announce=returning)
+            if missed:
+                unread.append((room_name, missed))
+        if unread:
+            replies.append(Unread(rooms=tuple(unread)))
         await self._replay_privates(session, user)
         return replies
 
     async def _enter(
         self, session: Session, user: User, name: str, read_seq: int, *, announce: bool
-    ) -> list[Event]:
-        """Put a logged-in session in one of its user's rooms and replay what it missed."""
+    ) -> int:
+        """Put a logged-in session in one of its user's rooms, replay what it missed, and
+        return how many that was."""
         room = await self._open_room(name)
         if session.state is not State.ACTIVE:
-            return []
+            return 0
         if name not in user.rooms:
             user.rooms[name] = room
             room.members[fold(user.name)] = user
@@ -421,7 +452,7 @@ class Hub:
             session.replay(name, first, summary)
         if announce:
             await self._publish(room, user.name, Kind.JOIN, "")
-        return []
+        return max(0, missed)
 
     async def _replay_privates(self, session: Session, user: User) -> None:
         cap = self.limits.replay_cap
@@ -495,7 +526,7 @@ class Hub:
 
     def _drop_if_unused(self, room: Room) -> None:
         """Forget an empty room (its history stays in the store); #general always stays."""
-        if room.members or room.appending or room.name == GENERAL:
+        if room.members or room.appending or room.watchers or room.name == GENERAL:
             return
         if self._rooms.get(room.name) is room:
             del self._rooms[room.name]
@@ -580,28 +611,69 @@ class Hub:
 
     async def _history(self, session: Session, command: FetchHistory) -> list[Event]:
         room = self._room_name(session, command.room)
-        limit, capped = self._capped(command.limit)
-        if command.around is not None:
-            older = await self.store.history(room, before=command.around, limit=limit // 2)
+        return [await self.history(room, command)]
+
+    async def history(self, room: str, request: FetchHistory) -> History:
+        """A page of ``room``'s history as ``request`` asks (its room is ignored): the one
+        history API every transport uses."""
+        limit, capped = self._capped(request.limit)
+        if request.around is not None:
+            older = await self.store.history(room, before=request.around, limit=limit // 2)
             newer = await self.store.history(
-                room, after=command.around - 1, limit=limit - len(older.messages)
+                room, after=request.around - 1, limit=limit - len(older.messages)
             )
             messages = older.messages + newer.messages
             page = newer
         else:
             page = await self.store.history(
-                room, before=command.before, after=command.after, limit=limit
+                room, before=request.before, after=request.after, limit=limit
             )
             messages = page.messages
-        return [
-            History(
-                room=room,
-                messages=messages,
-                oldest_seq=page.oldest_seq,
-                latest_seq=page.latest_seq,
-                capped=capped,
+        return History(
+            room=room,
+            messages=messages,
+            oldest_seq=page.oldest_seq,
+            latest_seq=page.latest_seq,
+            capped=capped,
+        )
+
+    async def post(self, name: str, room: str, text: str) -> Message:
+        """Say ``text`` in ``room`` as the registered user ``name``, without a session
+        (bots, scripts): the room need not be joined. Returns the stored message."""
+        say = Say(text=text, room=room)
+        assert say.room is not None
+        bucket = self._post_buckets.get(fold(name))
+        if bucket is None:
+            bucket = self._post_buckets[fold(name)] = _Bucket(
+                self.limits.rate, self.limits.burst, self._clock()
             )
-        ]
+        if not bucket.take(self._clock()):
+            raise ClientError("flood", "you are posting too fast: wait a moment, then retry")
+        room_obj = await self._open_room(say.room)
+        return await self._publish(room_obj, name, Kind.MESSAGE, say.text)
+
+    async def watch(self, peer: str, room: str, since: int | None) -> Session:
+        """A session that only reads ``room`` (Server-Sent Events): it replays the messages
+        after ``since`` (none when ``None``), then follows live. Close it with ``unwatch``."""
+        room_obj = await self._open_room(room)
+        session = Session(peer, self.store, refill_page=self.limits.refill_page)
+        room_obj.watchers += 1
+        session.subscribe(room, room_obj.tx)
+        if since is not None:
+            session.replay(room, since + 1)
+        return session
+
+    def unwatch(self, session: Session) -> None:
+        """Close a session made by ``watch``."""
+        rooms = session.rooms
+        session.close("closed")
+        for name in rooms:
+            room = self._rooms.get(name)
+            if room is not None:
+                room.watchers -= 1
+                self._drop_if_unused(room)
+                self._drop_if_unused(room)
+        session.close("closed")
 
     async def _search(
         self, session: Session, room: str | None, words: str, limit: int

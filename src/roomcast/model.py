@@ -19,6 +19,7 @@ __all__ = [
     "MAX_NAME",
     "MAX_TEXT",
     "Action",
+    "Authenticated",
     "Command",
     "Draft",
     "Error",
@@ -47,6 +48,7 @@ __all__ = [
     "SearchResults",
     "SetName",
     "Summary",
+    "Unread",
     "Welcome",
     "Who",
     "WhoList",
@@ -235,6 +237,17 @@ class Login:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Authenticated:
+    """Become the registered user ``name``, whose identity a transport has already proven
+    (a signed token). Never parsed from client text."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        user_name(self.name)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Logout:
     """End this session's login; the connection stays, without a name."""
 
@@ -304,6 +317,7 @@ Command = (
     | Rooms
     | Register
     | Login
+    | Authenticated
     | Logout
     | FetchHistory
     | Search
@@ -438,6 +452,13 @@ class RoomList:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Unread:
+    """On login: how many messages came in each of the user's rooms since it last read."""
+
+    rooms: tuple[tuple[str, int], ...]  # (room, count), rooms with none left out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Summary:
     """On login: ``missed`` messages of ``room`` came while the user was away.
 
@@ -500,6 +521,7 @@ Event = (
     | Info
     | WhoList
     | RoomList
+    | Unread
     | Summary
     | History
     | SearchResults

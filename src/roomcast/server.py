@@ -9,7 +9,9 @@ import logging
 from roomcast.config import Config
 from roomcast.hub import Hub, Limits
 from roomcast.net.tcp import LineServer, TcpLimits
+from roomcast.net.web import WebLimits, WebServer
 from roomcast.store import Storage, open_store
+from roomcast.tokens import Tokens, load_key
 
 __all__ = ["Server"]
 
@@ -17,7 +19,7 @@ log = logging.getLogger("roomcast.server")
 
 
 class Server:
-    """One roomcast process: a store, a hub, and the line listener.
+    """One roomcast process: a store, a hub, the line listener and the HTTP listener.
 
     Its parts exist once ``start`` has returned.
     """
@@ -25,6 +27,7 @@ class Server:
     store: Storage
     hub: Hub
     line: LineServer
+    web: WebServer | None
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -53,11 +56,25 @@ class Server:
             ),
         )
         await self.line.start(cfg.host, cfg.port)
+        self.web = None
+        if cfg.http_port >= 0:
+            data_dir = None if url.startswith("memory:") else cfg.data_path()
+            tokens = Tokens(load_key(data_dir), ttl=cfg.token_days * 86400)
+            origins = tuple(o.strip() for o in cfg.web_origins.split(",") if o.strip())
+            self.web = WebServer(
+                self.hub,
+                tokens,
+                limits=WebLimits(origins=origins, stall_timeout=cfg.stall_timeout),
+            )
+            await self.web.start(cfg.host, cfg.http_port)
+            log.info("listening http=%s:%d", cfg.host, self.web.port)
         log.info("listening line=%s:%d store=%s", cfg.host, self.line.port, url)
 
     async def stop(self, reason: str = "server shutting down") -> None:
         """Stop accepting, tell every client, close them, then close the hub and the store."""
         await self.line.stop(reason)
+        if self.web is not None:
+            await self.web.stop(reason)
         await self.hub.close(reason)
         if self._upkeep is not None:
             self._upkeep.cancel()

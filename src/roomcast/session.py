@@ -44,13 +44,14 @@ class State(Enum):
 class Room:
     """A room: its broadcast channel and its online members."""
 
-    __slots__ = ("appending", "members", "name", "tx")
+    __slots__ = ("appending", "members", "name", "tx", "watchers")
 
     def __init__(self, name: str, tx: Sender[Message]) -> None:
         self.name = name  # '#name'
         self.tx = tx  # the room's channel; the hub holds the only sender
         self.members: dict[str, User] = {}  # folded name -> user
         self.appending = 0  # messages being stored, not yet sent: the room must stay open
+        self.watchers = 0  # read-only sessions (event streams): the room must stay open
 
     def send(self, message: Message) -> None:
         """Broadcast a stored message; its seq must be the channel's next."""

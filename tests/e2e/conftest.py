@@ -44,7 +44,12 @@ async def start_server() -> AsyncIterator[StartServer]:
     started: list[Server] = []
 
     async def start(**overrides: Any) -> Server:
-        settings: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "store": "memory:"}
+        settings: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": 0,
+            "http_port": 0,
+            "store": "memory:",
+        }
         server = Server(Config(**(settings | overrides)))
         await server.start()
         started.append(server)

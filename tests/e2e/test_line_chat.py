@@ -880,6 +880,7 @@ class Serve:
                 **os.environ,
                 "XDG_DATA_HOME": str(self.data_home),
                 "ROOMCAST_STORE": "memory:",
+                "ROOMCAST_HTTP_PORT": "0",
                 **(env or {}),
             },
         )

@@ -47,10 +47,12 @@ from roomcast.model import (
     SearchResults,
     SetName,
     Summary,
+    Unread,
     Welcome,
     Who,
     WhoList,
 )
+from roomcast.wire.cache import EncodedMessages
 
 __all__ = ["GREETING", "HELP", "LineCodec", "LineTooLong", "Renderer"]
 
@@ -196,19 +198,8 @@ class Renderer:
 
     def __init__(self, *, timestamps: bool = False, cache_size: int = 4096) -> None:
         self.timestamps = timestamps  # prefix each message with its UTC time
-        self._cache: dict[str, bytes] = {}  # message id -> its rendered line
-        self._cache_size = cache_size  # entries kept; the oldest goes first
-
-    def message(self, m: Message) -> bytes:
-        """The line for room message ``m``, rendered once."""
-        line = self._cache.get(m.id)
-        if line is None:
-            line = self._render_message(m).encode()
-            cache = self._cache
-            if len(cache) >= self._cache_size:
-                del cache[next(iter(cache))]
-            cache[m.id] = line
-        return line
+        # the line of each room message, rendered once
+        self.message = EncodedMessages(lambda m: self._render_message(m).encode(), cache_size)
 
     def _render_message(self, m: Message, *, clock: bool = True) -> str:
         head = f"{_clock(m.ts) if self.timestamps and clock else ''}[{m.room}]"
@@ -274,6 +265,8 @@ class Renderer:
                     for r in rooms
                 )
                 return f"-- rooms: {listed or 'none'}\n"
+            case Unread(rooms=rooms):
+                return "-- unread: " + ", ".join(f"{r} {n}" for r, n in rooms) + "\n"
             case Summary(room=room, missed=missed, replayed=replayed, first_seq=first):
                 line = f"-- {room}: {missed} new since you left"
                 if replayed < missed:
