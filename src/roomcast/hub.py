@@ -193,6 +193,14 @@ class Hub:
         self._buckets[session] = _Bucket(self.limits.rate, self.limits.burst, self._clock())
         return session
 
+    def spend(self, session: Session) -> Error | None:
+        """Count a request the transport answers by itself (a malformed frame, a ping)
+        against the session's flood limit; the error to send instead when over it."""
+        bucket = self._buckets.get(session)
+        if bucket is None or bucket.take(self._clock()):
+            return None
+        return Error(code="flood", message="you are sending too fast: wait a moment, then retry")
+
     async def handle(self, session: Session, command: Command) -> list[Event]:
         """Carry out ``command`` for ``session``; return the replies for that session only.
 

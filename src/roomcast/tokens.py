@@ -81,10 +81,14 @@ class Tokens:
         try:
             claims = json.loads(_unb64(payload))
             name, expiry = claims["n"], claims["e"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise bad from None
-        if not isinstance(name, str) or not isinstance(expiry, int):
+        if not isinstance(name, str) or type(expiry) is not int:
             raise bad
+        try:
+            user_name(name)
+        except ClientError:
+            raise bad from None
         if expiry <= self._clock():
             raise ClientError("expired_token", "the token has expired: log in again")
-        return user_name(name)
+        return name

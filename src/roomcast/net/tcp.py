@@ -73,10 +73,7 @@ class _Connection(asyncio.Protocol):
         self._server.connections.add(self)
         log.info("connect peer=%s", self._peer)
         transport.write(self._codec.greeting())
-        self._tasks = [
-            asyncio.create_task(self._read_loop(self._session)),
-            asyncio.create_task(self._write_loop(self._session)),
-        ]
+        self._tasks = [asyncio.create_task(self._read_loop(self._session))]
 
     def data_received(self, data: bytes) -> None:
         self._pending.extend(self._codec.receive_data(data))
@@ -121,11 +118,14 @@ class _Connection(asyncio.Protocol):
                 line = self._pending.popleft()
                 parsed = [line] if isinstance(line, Error) else self._codec.parse(line)
                 for item in parsed:
-                    if isinstance(item, Error | Info):
-                        self._write([item])  # answered by the codec itself
+                    if isinstance(item, Error | Info):  # answered by the codec itself
+                        self._write([self._server.hub.spend(session) or item])
                     else:
                         self._write(await self._server.hub.handle(session, item))
                         self._codec.named = session.state is State.ACTIVE
+                        if len(self._tasks) == 1 and session.state is not State.NEW:
+                            # after the welcome went out: what the session receives comes next
+                            self._tasks.append(asyncio.create_task(self._write_loop(session)))
                 if session.state is State.CLOSED:  # quit: the writer sends what is left
                     self._pause_reading()
                     return

@@ -93,7 +93,8 @@ class WebServer:
         self.streams: set[Session] = set()  # open event streams
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        app = web.Application(client_max_size=self.limits.max_frame, middlewares=[self._errors])
+        # aiohttp refuses sizes >= its limit; ours are the largest accepted
+        app = web.Application(client_max_size=self.limits.max_frame + 1, middlewares=[self._errors])
         app.router.add_get("/", self._index)
         app.router.add_static("/static/", _static_dir(), append_version=False)
         app.router.add_get("/health", self._health)
@@ -141,6 +142,11 @@ class WebServer:
         except ClientError as e:
             log.info("client error %s %s code=%s", request.method, request.path, e.code)
             return _error(e)
+        except web.HTTPRequestEntityTooLarge:
+            log.info("client error %s %s code=too_large", request.method, request.path)
+            limit = self.limits.max_frame
+            message = f"the body is over {limit} bytes"
+            return _json({"error": {"code": "too_large", "message": message}}, 413)
         except Broken:
             log.exception("store failure on %s %s", request.method, request.path)
             return _json({"error": {"code": "unavailable", "message": "try again later"}}, 503)
@@ -177,7 +183,7 @@ class WebServer:
         value = request.query.get(key)
         if value is None or value == "":
             return None
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):
             raise ClientError("bad_request", f"{key!r} must be a whole number")
         return int(value)
 
@@ -249,7 +255,10 @@ class WebServer:
     async def _events(self, request: web.Request) -> web.StreamResponse:
         room = self._room(request)
         since_header = request.headers.get("Last-Event-ID", "").strip()
-        since = int(since_header) if since_header.isdigit() else self._seq(request, "since")
+        if since_header.isascii() and since_header.isdigit():
+            since: int | None = int(since_header)
+        else:
+            since = self._seq(request, "since")
         session = await self.hub.watch(request.remote or "?", room, since)
         self.streams.add(session)
         response = web.StreamResponse(
@@ -301,7 +310,9 @@ class WebServer:
         if not self._origin_allowed(request):
             log.warning("websocket origin refused origin=%s", request.headers.get("Origin"))
             return _json({"error": {"code": "bad_origin", "message": "origin not allowed"}}, 403)
-        ws = web.WebSocketResponse(max_msg_size=self.limits.max_frame, heartbeat=30.0)
+        ws = web.WebSocketResponse(
+            max_msg_size=self.limits.max_frame + 1, heartbeat=30.0, compress=False
+        )
         await ws.prepare(request)
         transport = request.transport
         peername = transport.get_extra_info("peername") if transport is not None else None
@@ -310,24 +321,32 @@ class WebServer:
         codec = JsonCodec(messages=self.messages, verify_token=self.tokens.verify)
         self.sockets.add(ws)
         log.info("connect peer=%s transport=websocket", peer)
-        writer = asyncio.create_task(self._ws_writer(ws, session, codec))
+        writer: asyncio.Task[None] | None = None  # started once the session has a name
         reason = "connection closed"
         try:
             async for msg in ws:
                 if msg.type is WSMsgType.TEXT:
                     await self._ws_request(ws, session, codec, msg.data)
+                    if writer is None and session.state is not State.NEW:
+                        # after the welcome went out: what the session receives comes next
+                        writer = asyncio.create_task(self._ws_writer(ws, session, codec))
                     if session.state is State.CLOSED:
                         reason = session.close_reason
+                        assert writer is not None  # started just above
                         await writer  # delivers what was left, then closes
                         break
                 elif msg.type is WSMsgType.BINARY:
                     reason = "binary frame"
                     await ws.close(code=1003, message=b"send JSON text frames")
                     break
-            if ws.close_code == 1009:
-                reason = "frame too large"
+                elif msg.type is WSMsgType.ERROR:
+                    error = ws.exception()
+                    too_large = "exceeds limit" in str(error) or ws.close_code == 1009
+                    reason = "frame too large" if too_large else "protocol error"
+                    break
         finally:
-            writer.cancel()
+            if writer is not None:
+                writer.cancel()
             self.sockets.discard(ws)
             await self.hub.disconnect(session, reason)
             log.info("disconnect peer=%s name=%s reason=%s", peer, session.last_name, reason)
@@ -338,7 +357,9 @@ class WebServer:
     ) -> None:
         parsed = codec.parse(data)
         if isinstance(parsed, Reply):
-            await ws.send_frame(parsed.frame, WSMsgType.TEXT)
+            flood = self.hub.spend(session)
+            frame = parsed.frame if flood is None else codec.encode([flood])
+            await ws.send_frame(frame, WSMsgType.TEXT)
             return
         request_id, command = parsed
         for frame in codec.replies(await self.hub.handle(session, command), request_id):
