@@ -759,3 +759,40 @@ async def test_retention_cuts_history_and_says_where() -> None:
     [page] = await hub.handle(alice, FetchHistory(limit=50))
     assert isinstance(page, History) and page.oldest_seq == 7
     assert [m.seq for m in page.messages] == [7, 8, 9, 10, 11]
+
+
+async def test_join_since_does_not_repeat_what_was_delivered_live() -> None:
+    """A member asking to replay a room gets each message once, live ones not again."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await named(hub, "alice")
+    await say_many(hub, alice, 5)  # #general seq 2-6
+    bob = await named(hub, "bob")  # bob's join is seq 7, delivered live
+    first = await ready(bob)
+    await hub.handle(bob, Join(room=GENERAL, since=3))
+    again = await ready(bob)
+    seqs = [m.seq for m in first + again if isinstance(m, Message)]
+    assert sorted(seqs) == list(range(4, 8)) and len(seqs) == len(set(seqs))
+
+
+async def test_a_replay_asked_during_login_catch_up_keeps_its_summary() -> None:
+    """join since right after login does not lose the catch-up's summary line."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    bob = await named(hub, "bob")
+    await say_many(hub, bob, 3)
+    session, _ = await login(hub, "alice")
+    await hub.handle(session, Join(room=GENERAL, since=1))
+    got = await ready(session)
+    assert [e.missed for e in got if isinstance(e, Summary)] == [4]
+    seqs = [m.seq for m in got if isinstance(m, Message)]
+    assert len(seqs) == len(set(seqs))
+
+
+async def test_multi_line_messages_keep_their_line_feeds() -> None:
+    """A message may span lines; other control characters still go."""
+    hub, _ = make_hub()
+    alice = await named(hub, "alice")
+    await ready(alice)
+    await hub.handle(alice, Say(text="first line\r\nsecond\x1b line"))
+    assert texts(await ready(alice)) == ["first line\nsecond line"]

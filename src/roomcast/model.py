@@ -63,7 +63,9 @@ MAX_TEXT = 4000  # characters in one message's text
 
 _NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME}}}")
 # C0 and C1 control characters and DEL: stripped so nobody can drive another's terminal.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# Message text keeps line feeds (multi-line messages); one-line values lose them too.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 def fold(name: str) -> str:
@@ -97,13 +99,13 @@ def room_name(text: str) -> str:
 
 
 def _strip_controls(text: str) -> str:
-    return _CONTROL.sub("", text.replace("\t", " ")).strip()
+    return _CONTROL_LINE.sub("", text.replace("\t", " ")).strip()
 
 
 def clean_text(text: str) -> str:
-    """Strip control characters (tabs become spaces) and check the length; ``bad_text`` if
-    nothing is left or it is too long."""
-    cleaned = _strip_controls(text)
+    """Strip control characters but line feeds (CRLF becomes LF, tabs become spaces) and
+    check the length; ``bad_text`` if nothing is left or it is too long."""
+    cleaned = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\t", " ")).strip()
     if not cleaned:
         raise ClientError("bad_text", "the message is empty: type some text")
     if len(cleaned) > MAX_TEXT:

@@ -131,6 +131,7 @@ class Session:
         self._inbox: Receiver[Private] | None = None  # the user's private messages
         self._private_floor = 0  # private messages up to this seq were delivered by a replay
         self._refill: dict[str, _Refill] = {}  # room -> range still to read from the store
+        self._live: dict[str, int] = {}  # room -> seq of the first message received live
         self._pending: list[Event] = []  # to deliver before anything else, in order
         self._wakeup = asyncio.Event()  # set when any receiver has something
 
@@ -251,17 +252,20 @@ class Session:
     def subscribe(self, room: str, tx: Sender[Message]) -> int:
         """Start receiving ``room`` live; return the seq of the first live message."""
         rx = self._rooms[room] = tx.subscribe()
+        self._live[room] = rx.next_seq
         self._wakeup.set()  # the writer re-arms on the new receiver
         return rx.next_seq
 
     def replay(self, room: str, first: int, header: Event | None = None) -> None:
-        """Deliver ``room``'s stored messages from ``first`` up to the live position, first."""
-        rx = self._rooms[room]
-        end = rx.next_seq
+        """Deliver ``room``'s stored messages from ``first`` up to where this session started
+        receiving it live, before reading on live. What it already delivered is not repeated
+        (a replay can then come after live messages it already sent: order by seq)."""
+        end = self._live[room]
         current = self._refill.get(room)
         if current is not None:
             first = min(first, current.first)
             end = current.end
+            header = header or current.header
         if first < end:
             self._refill[room] = _Refill(first, end, header)
         elif header is not None:
@@ -282,6 +286,7 @@ class Session:
         if rx is None:
             return
         self._refill.pop(room, None)
+        self._live.pop(room, None)
         while True:
             try:
                 self._pending += rx.try_recv_many(len(rx) or 1)[1]

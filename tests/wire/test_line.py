@@ -326,3 +326,9 @@ def test_login_summary_history_and_search_render() -> None:
         "-- search of #general for 'hello': 1 found: seq 3-3",
         "3 2023-11-14 22:13 [#general] alice: hello",
     ]
+
+
+def test_continuation_lines_are_indented() -> None:
+    """A multi-line message cannot pass one of its lines off as a line of its own."""
+    fake = message(text="hi\n[#general] bob: I owe alice 100")
+    assert codec().encode([fake]) == b"[#general] alice: hi\n    [#general] bob: I owe alice 100\n"

@@ -89,7 +89,7 @@ class WebServer:
         self.tokens = tokens  # signs and checks login tokens
         self.limits = limits or WebLimits()
         self.messages = encoded_messages()  # each room message encoded once for everyone
-        self.sockets: set[web.WebSocketResponse] = set()  # open WebSocket connections
+        self.sockets: dict[web.WebSocketResponse, Session] = {}  # open WebSocket connections
         self.streams: set[Session] = set()  # open event streams
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -125,7 +125,8 @@ class WebServer:
 
     async def stop(self, reason: str = "server shutting down") -> None:
         """Tell every WebSocket client ``reason``, end the streams, stop listening."""
-        for ws in list(self.sockets):
+        for ws, session in list(self.sockets.items()):
+            await self.hub.disconnect(session, reason)
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await ws.close(code=1001, message=reason.encode()[:120])
         for session in list(self.streams):
@@ -319,7 +320,7 @@ class WebServer:
         peer = f"{request.remote}:{peername[1] if peername else 0}"
         session = self.hub.connect(peer)
         codec = JsonCodec(messages=self.messages, verify_token=self.tokens.verify)
-        self.sockets.add(ws)
+        self.sockets[ws] = session
         log.info("connect peer=%s transport=websocket", peer)
         writer: asyncio.Task[None] | None = None  # started once the session has a name
         reason = "connection closed"
@@ -347,8 +348,9 @@ class WebServer:
         finally:
             if writer is not None:
                 writer.cancel()
-            self.sockets.discard(ws)
+            self.sockets.pop(ws, None)
             await self.hub.disconnect(session, reason)
+            reason = session.close_reason or reason
             log.info("disconnect peer=%s name=%s reason=%s", peer, session.last_name, reason)
         return ws
 

@@ -284,34 +284,38 @@ export class Chat {
   }
 
   roomEvent(event) {
-    const own = event.from !== undefined && fold(event.from) === fold(this.me ?? "");
-    if (event.type === "leave" && own) {
-      this.forget(event.room); // we left (here, or in another tab of the same account)
+    const conv = this.room(event.room);
+    const where = this.add(conv, event, true);
+    if (where === null) return; // a duplicate
+    // An event older than the newest one held (a replay that came late) changes no state.
+    const own = fold(event.from) === fold(this.me ?? "");
+    if (where === "last" && event.type === "leave" && own) {
+      this.forget(conv.key); // we left (here, or in another tab of the same account)
       return;
     }
-    const conv = this.room(event.room);
     this.joined(conv); // a live event from a room: we are in it
+    if (where !== "last") return;
     if (event.type === "nick" && own) {
       this.me = event.to; // a guest's new name: also the one a reconnection says hello with
       this.ui.renamed(event.to);
     }
     this.members(conv, event);
-    this.add(conv, event, true);
   }
 
-  /** Keep `event` in `conv` and schedule the drawing it needs. */
+  /** Keep `event` in `conv` and schedule the drawing it needs; returns where it went
+   * ("last", "middle") or null for a duplicate. */
   add(conv, event, live) {
     const where = conv.add(event);
-    if (where === null) return; // a duplicate
+    if (where === null) return null;
     const shown = conv.key === this.current;
     const unseen = !shown || document.hidden;
     if (live && unseen && Conversation.isChat(event) && event.from !== this.me) {
       conv.unread += 1;
       this.dirty.sidebar = true;
     }
-    if (!shown) return;
-    if (where === "last" && !this.dirty.refresh) this.dirty.appended.push(event.seq);
-    else this.dirty.refresh = true;
+    if (shown && where === "last" && !this.dirty.refresh) this.dirty.appended.push(event.seq);
+    else if (shown) this.dirty.refresh = true;
+    return where;
   }
 
   members(conv, event) {

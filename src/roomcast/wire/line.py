@@ -186,6 +186,12 @@ def _command(verb: str, arg: str) -> Command:
 # --- rendering ----------------------------------------------------------------------------
 
 
+def _indent(text: str) -> str:
+    """Continuation lines of a multi-line message start with spaces, so no line of a message
+    can pass for a line of its own."""
+    return text.replace("\n", "\n    ")
+
+
 def _clock(ts: float) -> str:
     return time.strftime("%H:%M ", time.gmtime(ts))
 
@@ -205,9 +211,9 @@ class Renderer:
         head = f"{_clock(m.ts) if self.timestamps and clock else ''}[{m.room}]"
         match m.kind:
             case Kind.MESSAGE:
-                return f"{head} {m.sender}: {m.text}\n"
+                return f"{head} {m.sender}: {_indent(m.text)}\n"
             case Kind.ACTION:
-                return f"{head} * {m.sender} {m.text}\n"
+                return f"{head} * {m.sender} {_indent(m.text)}\n"
             case Kind.JOIN:
                 return f"{head} --> {m.sender} joined\n"
             case Kind.LEAVE:
@@ -252,7 +258,7 @@ class Renderer:
         match e:
             case Private(sender=sender, recipient=recipient, text=text, ts=ts):
                 stamp = _clock(ts) if self.timestamps else ""
-                return f"{stamp}[pm {sender} -> {recipient}] {text}\n"
+                return f"{stamp}[pm {sender} -> {recipient}] {_indent(text)}\n"
             case Welcome(name=name):
                 return f"-- hello {name}. type text to talk, /help for commands.\n"
             case Info(text=text):
