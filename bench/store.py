@@ -8,6 +8,9 @@
    ``(room, seq)`` seek) at the middle.
 3. Catch-up: messages per second replayed to one returning client reading pages of 200 with
    ``history(after=...)``.
+4. Catch-up through the server: an in-process ``Server`` on a file whose room holds 100,000
+   messages, and one raw TCP client that sends ``/join #room since 0`` and reads until the
+   last message arrives, against paging the same messages through the store API (as in 3).
 
 Run ``python bench/store.py`` (about 1-2 minutes) or ``--quick`` (a few seconds).
 """
@@ -27,7 +30,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from roomcast.config import Config
 from roomcast.model import Draft, Kind
+from roomcast.server import Server
 from roomcast.store.sqlite import SqliteStore
 from roomcast.store.sqlite_schema import configure, migrate
 
@@ -45,7 +50,7 @@ class Sizes:
     big_room: int  # messages in the history room
     samples: int  # history pages timed at each position
     offset_samples: int  # OFFSET pages timed (the slow baseline)
-    catch_up: int  # messages replayed to the returning client
+    catch_up: int  # messages replayed to the returning client (and in section 4's room)
 
 
 FULL = Sizes(
@@ -70,6 +75,10 @@ QUICK = Sizes(
 
 def text_of(i: int) -> str:
     return f"message {i} about topic {i % 97}: the quick brown fox jumps over the lazy dog"
+
+
+def sender_of(i: int) -> str:
+    return f"user{i % 50}"
 
 
 def ms(seconds: float) -> str:
@@ -154,8 +163,8 @@ def one_commit_each(path: Path, sizes: Sizes) -> float:
 # --- 2. and 3. a big room -------------------------------------------------------------------
 
 
-def build_big_room(path: Path, count: int) -> float:
-    """Bulk-load ``count`` messages into ``#big``; return the seconds it took.
+def build_big_room(path: Path, count: int, room: str = "#big") -> float:
+    """Bulk-load ``count`` messages into ``room``; return the seconds it took.
 
     The search index is left out (the insert trigger is dropped for the load and restored
     afterwards): history never reads it, and indexing a million texts would dominate the run.
@@ -169,13 +178,13 @@ def build_big_room(path: Path, count: int) -> float:
         conn.execute("BEGIN")
         conn.execute("DROP TRIGGER messages_indexed")
         conn.execute(
-            "INSERT INTO rooms (name, created, last_seq) VALUES (?, ?, ?)", ("#big", 0.0, count)
+            "INSERT INTO rooms (name, created, last_seq) VALUES (?, ?, ?)", (room, 0.0, count)
         )
         conn.executemany(
             "INSERT INTO messages (id, room, seq, sender, kind, text, ts)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
-                (f"b{i}", "#big", i, f"user{i % 50}", "message", text_of(i), 1.7e9 + i)
+                (f"b{i}", room, i, sender_of(i), "message", text_of(i), 1.7e9 + i)
                 for i in range(1, count + 1)
             ),
         )
@@ -230,16 +239,16 @@ async def history_pages(path: Path, sizes: Sizes) -> None:
     )
 
 
-async def catch_up(path: Path, sizes: Sizes) -> None:
-    """Messages per second replayed to a client that returns ``catch_up`` messages behind."""
+async def page_through(path: Path, room: str, after: int) -> tuple[int, int, float]:
+    """Read ``room`` from ``after`` to its end through the store API, in pages of
+    ``CATCH_UP_PAGE``; return the messages read, the pages and the seconds it took."""
     store = await SqliteStore.open(path)
     try:
-        after = sizes.big_room - sizes.catch_up
         replayed = 0
         pages = 0
         start = time.perf_counter()
         while True:
-            page = await store.history("#big", after=after, limit=CATCH_UP_PAGE)
+            page = await store.history(room, after=after, limit=CATCH_UP_PAGE)
             if not page.messages:
                 break
             replayed += len(page.messages)
@@ -248,10 +257,97 @@ async def catch_up(path: Path, sizes: Sizes) -> None:
         elapsed = time.perf_counter() - start
     finally:
         await store.close()
+    return replayed, pages, elapsed
+
+
+async def catch_up(path: Path, sizes: Sizes) -> None:
+    """Messages per second replayed to a client that returns ``catch_up`` messages behind."""
+    replayed, pages, elapsed = await page_through(path, "#big", sizes.big_room - sizes.catch_up)
     print(
         f"  {replayed / elapsed:10,.0f} messages/s  ({replayed:,} messages in {pages:,} pages"
         f" of {CATCH_UP_PAGE}, {elapsed:.2f} s)"
     )
+
+
+# --- 4. catch-up through the server ---------------------------------------------------------
+
+
+async def join_since_zero(path: Path, room: str, count: int) -> tuple[int, float]:
+    """Start a server on ``path``; one raw TCP client sends ``/join ROOM since 0`` and reads
+    until the line of message ``count`` (the room's last) arrives. Return the room's messages
+    it read and the seconds from sending the command to that line."""
+    config = Config(host="127.0.0.1", port=0, http_port=-1, store=f"sqlite:{path}")
+    server = Server(config)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.line.port)
+        writer.write(b"reader\n")
+        await writer.drain()
+        await reader.readuntil(b"[#general] --> reader joined\n")
+        prefix = f"\n[{room}] ".encode()  # how a line of the room starts
+        last = f"\n[{room}] {sender_of(count)}: {text_of(count)}\n".encode()
+        received = 0
+        pending = b"\n"  # what was read after the last complete line, after a line end
+        start = time.perf_counter()
+        writer.write(f"/join {room} since 0\n".encode())
+        await writer.drain()
+        while True:
+            data = await reader.read(1 << 16)
+            if not data:
+                raise RuntimeError("the server closed the connection")
+            pending += data
+            end = pending.rfind(b"\n")
+            lines, pending = pending[: end + 1], pending[end:]  # complete lines, from a line end
+            received += lines.count(prefix)
+            if last in lines:
+                elapsed = time.perf_counter() - start
+                received -= lines[lines.index(last) + 1 :].count(prefix)  # read past the last
+                break
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await server.stop()
+    return received, elapsed
+
+
+def on_uvloop(path: Path, room: str, count: int) -> tuple[int, float] | None:
+    """``join_since_zero`` on a uvloop event loop of its own (what ``roomcast serve`` runs);
+    ``None`` when uvloop is not installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is not built for Windows
+        return None
+    result: tuple[int, float] = uvloop.run(join_since_zero(path, room, count))
+    return result
+
+
+async def catch_up_through_server(path: Path, sizes: Sizes) -> None:
+    """``/join #room since 0`` over TCP against paging the same messages through the store."""
+    count = sizes.catch_up
+    built = await asyncio.to_thread(build_big_room, path, count, "#room")
+    print(f"  (room of {count:,} messages bulk-loaded in {built:.1f} s)")
+    replayed, pages, paged_for = await page_through(path, "#room", 0)  # before any join
+    paged = replayed / paged_for
+    print(
+        f"  store API      {paged:10,.0f} messages/s  ({replayed:,} messages in {pages:,} pages"
+        f" of {CATCH_UP_PAGE}, {paged_for:.2f} s; the baseline)"
+    )
+    runs: list[tuple[str, tuple[int, float] | None]] = [
+        ("asyncio", await join_since_zero(path, "#room", count)),
+        ("uvloop", await asyncio.to_thread(on_uvloop, path, "#room", count)),
+    ]
+    for loop, result in runs:
+        if result is None:
+            print(f"  server, {loop:<7} (not installed)")
+            continue
+        received, elapsed = result
+        if received != count:
+            raise RuntimeError(f"the client read {received:,} messages of the room, not {count:,}")
+        served = received / elapsed
+        print(
+            f"  server, {loop:<7}{served:10,.0f} messages/s  ({received:,} lines to one TCP"
+            f" client, {elapsed:.2f} s; {served / paged:.2f} x the store API)"
+        )
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -262,7 +358,7 @@ async def run(sizes: Sizes, where: Path) -> None:
         f"roomcast store benchmark: SQLite {sqlite3.sqlite_version}, Python"
         f" {platform.python_version()}, WAL + synchronous=FULL, files in {where}"
     )
-    for name in ["group.db", "single.db", "big.db"]:  # a fresh start in a reused --dir
+    for name in ["group.db", "single.db", "big.db", "catchup.db"]:  # a fresh start in --dir
         for suffix in ["", "-wal", "-shm"]:
             (where / (name + suffix)).unlink(missing_ok=True)
     print("\n1. appends (each acknowledged only once durable)")
@@ -278,6 +374,9 @@ async def run(sizes: Sizes, where: Path) -> None:
 
     print(f"\n3. catch-up: a client returns {sizes.catch_up:,} messages behind")
     await catch_up(big, sizes)
+
+    print(f"\n4. catch-up through the server: '/join #room since 0', {sizes.catch_up:,} messages")
+    await catch_up_through_server(where / "catchup.db", sizes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -796,3 +796,29 @@ async def test_multi_line_messages_keep_their_line_feeds() -> None:
     await ready(alice)
     await hub.handle(alice, Say(text="first line\r\nsecond\x1b line"))
     assert texts(await ready(alice)) == ["first line\nsecond line"]
+
+
+async def test_a_registered_user_who_lags_gets_every_private_message_from_the_store() -> None:
+    """Private messages overtaken in a registered user's ring are refilled from the store."""
+    hub, _ = make_hub(inbox_capacity=4, rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    bob = await named(hub, "bob")
+    await ready(alice)
+    for i in range(20):
+        await hub.handle(bob, PrivateMessage(to="alice", text=str(i)))
+    got = await ready(alice)
+    assert [e.text for e in got if isinstance(e, Private)] == [str(i) for i in range(20)]
+    assert not any(isinstance(e, Missed) for e in got)
+
+
+async def test_login_delivers_every_private_message_in_pages() -> None:
+    """More private messages than one page all arrive at login, oldest first."""
+    hub, _ = make_hub(rate=1000, burst=1000, refill_page=7)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    bob = await named(hub, "bob")
+    for i in range(30):
+        await hub.handle(bob, PrivateMessage(to="alice", text=str(i)))
+    session, _ = await login(hub, "alice")
+    got = await ready(session)
+    assert [e.text for e in got if isinstance(e, Private)] == [str(i) for i in range(30)]

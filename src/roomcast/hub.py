@@ -369,8 +369,11 @@ class Hub:
             raise ClientError("registered", f"{user.name} is registered already")
         check_password(password)
         password_hash = await self.passwords.hash(password)
-        await self.store.create_account(user.name, password_hash, now=self._clock())
+        account = await self.store.create_account(user.name, password_hash, now=self._clock())
         user.registered = True
+        user.private_mark = account.private_read_seq
+        for s in user.sessions:
+            s.note_private_read(account.private_read_seq)
         for room in user.rooms.values():
             user.mark(room.name, room.tx.next_seq - 1)
             await self.store.set_membership(user.name, room.name, read_seq=room.tx.next_seq - 1)
@@ -434,7 +437,7 @@ class Hub:
                 unread.append((room_name, missed))
         if unread:
             replies.append(Unread(rooms=tuple(unread)))
-        await self._replay_privates(session, user)
+        session.replay_privates(user.private_mark)
         return replies
 
     async def _enter(
@@ -461,13 +464,6 @@ class Hub:
         if announce:
             await self._publish(room, user.name, Kind.JOIN, "")
         return max(0, missed)
-
-    async def _replay_privates(self, session: Session, user: User) -> None:
-        cap = self.limits.replay_cap
-        privates = await self.store.privates(user.name, after=user.private_mark, limit=cap)
-        if privates:
-            session.deliver(list(privates))
-            user.mark_private(privates[-1].seq)
 
     # -- rooms --
 

@@ -17,6 +17,7 @@ from roomcast.errors import ClientError
 
 __all__ = [
     "MAX_NAME",
+    "MAX_SEQ",
     "MAX_TEXT",
     "Action",
     "Authenticated",
@@ -55,17 +56,26 @@ __all__ = [
     "clean_text",
     "fold",
     "room_name",
+    "seq_number",
     "user_name",
 ]
 
 MAX_NAME = 32  # characters in a user or room name (without the '#')
 MAX_TEXT = 4000  # characters in one message's text
+MAX_SEQ = 2**63 - 1  # the largest sequence number (a signed 64-bit integer in every store)
 
 _NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME}}}")
 # C0 and C1 control characters and DEL: stripped so nobody can drive another's terminal.
 # Message text keeps line feeds (multi-line messages); one-line values lose them too.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CONTROL_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def seq_number(n: int) -> int:
+    """Return ``n`` if it can be a sequence number (0 to ``MAX_SEQ``), else raise ``bad_seq``."""
+    if not 0 <= n <= MAX_SEQ:
+        raise ClientError("bad_seq", f"a sequence number is between 0 and {MAX_SEQ}")
+    return n
 
 
 def fold(name: str) -> str:
@@ -141,8 +151,8 @@ class Join:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "room", room_name(self.room))
-        if self.since is not None and self.since < 0:
-            raise ClientError("bad_seq", f"since must be 0 or more, got {self.since}")
+        if self.since is not None:
+            seq_number(self.since)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,8 +283,8 @@ class FetchHistory:
         bounds = [b for b in (self.before, self.after, self.around) if b is not None]
         if len(bounds) > 1:
             raise ClientError("bad_history", "give at most one of before, after or around")
-        if any(b < 0 for b in bounds):
-            raise ClientError("bad_seq", "sequence numbers are 0 or more")
+        for b in bounds:
+            seq_number(b)
         if self.limit < 1:
             raise ClientError("bad_history", f"the limit must be 1 or more, got {self.limit}")
 

@@ -129,7 +129,10 @@ class Session:
         self._refill_page = refill_page  # messages fetched per store read
         self._rooms: dict[str, Receiver[Message]] = {}  # room name -> receiver
         self._inbox: Receiver[Private] | None = None  # the user's private messages
-        self._private_floor = 0  # private messages up to this seq were delivered by a replay
+        self._private_seen = 0  # newest private message seq delivered (or read before)
+        # private messages to fetch from the store first: (after seq, before seq or None)
+        self._private_gap: tuple[int, int | None] | None = None
+        self._private_held: list[Private] = []  # read from the ring, waiting for the gap
         self._refill: dict[str, _Refill] = {}  # room -> range still to read from the store
         self._live: dict[str, int] = {}  # room -> seq of the first message received live
         self._pending: list[Event] = []  # to deliver before anything else, in order
@@ -194,25 +197,60 @@ class Session:
             if user is not None and user.registered:
                 user.mark(room, values[-1].seq)
         if self._inbox is not None and len(out) < max_count:
-            self._take_private(out, max_count)
+            await self._take_private(out, max_count)
         return out
 
-    def _take_private(self, out: list[Event], max_count: int) -> None:
+    async def _take_private(self, out: list[Event], max_count: int) -> None:
+        if self._private_gap is not None:
+            await self._read_private_store(out, max_count)
+            return
         assert self._inbox is not None
         try:
             _, privates = self._inbox.try_recv_many(max_count - len(out))
         except Lagged as lag:
-            out.append(Missed(room=None, first_seq=lag.first_missed_seq, count=lag.count))
+            user = self.user
+            if user is None or not user.registered:  # a guest's are not kept for it
+                out.append(Missed(room=None, first_seq=lag.first_missed_seq, count=lag.count))
+                return
+            with contextlib.suppress(Empty, ChannelClosed):
+                self._private_held = self._inbox.try_recv_many(len(self._inbox) or 1)[1]
+            held = self._private_held
+            self._private_gap = (self._private_seen, held[0].seq if held else None)
+            await self._read_private_store(out, max_count)
             return
         except (Empty, ChannelClosed):
             return
-        if self._private_floor:  # a login replay delivered some of these already
-            privates = [p for p in privates if p.seq > self._private_floor]
-            if privates:
-                self._private_floor = 0
-        out += privates
-        if privates and self.user is not None and self.user.registered:
-            self.user.mark_private(privates[-1].seq)
+        self._emit_privates(out, privates)
+
+    def _emit_privates(self, out: list[Event], privates: list[Private]) -> None:
+        seen = self._private_seen
+        if seen and privates and privates[0].seq <= seen:  # a store replay delivered these
+            privates = [p for p in privates if p.seq > seen]
+        if privates:
+            out += privates
+            self._private_seen = privates[-1].seq
+            if self.user is not None and self.user.registered:
+                self.user.mark_private(privates[-1].seq)
+
+    async def _read_private_store(self, out: list[Event], max_count: int) -> None:
+        """The next page of private messages to this user from the store (login, lag)."""
+        gap = self._private_gap
+        assert gap is not None and self.user is not None
+        after, before = gap
+        limit = min(max_count - len(out), self._refill_page)
+        if limit <= 0:
+            return
+        page = await self._store.privates(self.user.name, after=after, limit=limit)
+        if self._private_gap is not gap:  # detached while the store answered
+            return
+        found = [p for p in page if before is None or p.seq < before]
+        self._emit_privates(out, found)
+        if len(found) == limit:
+            self._private_gap = (found[-1].seq, before)
+            return
+        self._private_gap = None
+        held, self._private_held = self._private_held, []
+        self._emit_privates(out, held)
 
     async def _read_store(self, room: str, out: list[Event], max_count: int) -> None:
         """Append the next page of ``room``'s refill range to ``out``."""
@@ -272,13 +310,16 @@ class Session:
             self._pending.append(header)
         self._wakeup.set()
 
-    def deliver(self, events: list[Event]) -> None:
-        """Deliver ``events`` before anything else (a login's private-message replay)."""
-        self._pending += events
-        privates = [e.seq for e in events if isinstance(e, Private)]
-        if privates:
-            self._private_floor = max(self._private_floor, max(privates))
+    def replay_privates(self, after: int) -> None:
+        """Deliver the private messages to this user stored after seq ``after`` before the
+        live ones (a login). Every one comes, oldest first, in pages."""
+        self._private_seen = after
+        self._private_gap = (after, None)
         self._wakeup.set()
+
+    def note_private_read(self, seq: int) -> None:
+        """Private messages up to ``seq`` are not this session's to deliver (a new account)."""
+        self._private_seen = max(self._private_seen, seq)
 
     def unsubscribe(self, room: str) -> None:
         """Stop receiving ``room``, keeping what was said in it up to now."""
@@ -324,7 +365,9 @@ class Session:
             self.last_name = self.user.name
             self.user.sessions.remove(self)
             self.user = None
-        self._private_floor = 0
+        self._private_seen = 0
+        self._private_gap = None
+        self._private_held = []
         self.current = None
         self.state = State.NEW
         self._wakeup.set()

@@ -112,6 +112,13 @@ class _Connection(asyncio.Protocol):
     # -- the two loops --
 
     async def _read_loop(self, session: Session) -> None:
+        try:
+            await self._read_lines(session)
+        except Exception:  # a bug must cost this connection only, and be seen
+            log.exception("internal error peer=%s", self._peer)
+            self.close("internal error")
+
+    async def _read_lines(self, session: Session) -> None:
         while True:
             await self._has_pending.wait()
             while self._pending:

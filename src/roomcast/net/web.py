@@ -35,7 +35,7 @@ from aiohttp import WSMsgType, web
 from roomcast import __version__
 from roomcast.errors import Broken, ClientError, Closed
 from roomcast.hub import Hub
-from roomcast.model import FetchHistory, Message, Missed, room_name
+from roomcast.model import FetchHistory, Message, Missed, room_name, seq_number
 from roomcast.session import Session, State
 from roomcast.tokens import Tokens
 from roomcast.wire.json import JsonCodec, Reply, encoded_messages, message_object
@@ -186,7 +186,7 @@ class WebServer:
             return None
         if not (value.isascii() and value.isdigit()):
             raise ClientError("bad_request", f"{key!r} must be a whole number")
-        return int(value)
+        return seq_number(int(value))
 
     # -- pages and API --
 
@@ -257,7 +257,7 @@ class WebServer:
         room = self._room(request)
         since_header = request.headers.get("Last-Event-ID", "").strip()
         if since_header.isascii() and since_header.isdigit():
-            since: int | None = int(since_header)
+            since: int | None = seq_number(int(since_header))
         else:
             since = self._seq(request, "since")
         session = await self.hub.watch(request.remote or "?", room, since)

@@ -51,6 +51,7 @@ from roomcast.model import (
     Welcome,
     Who,
     WhoList,
+    seq_number,
 )
 from roomcast.wire.cache import EncodedMessages
 
@@ -105,9 +106,9 @@ def _two_args(arg: str, usage: str) -> tuple[str, str]:
 
 
 def _seq(text: str, usage: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise _usage(usage)
-    return int(text)
+    return seq_number(int(text))
 
 
 def _join(arg: str) -> Join:
