@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from enum import Enum
 
 from roomcast.broadcast import Closed as ChannelClosed
@@ -137,6 +138,7 @@ class Session:
         self._live: dict[str, int] = {}  # room -> seq of the first message received live
         self._pending: list[Event] = []  # to deliver before anything else, in order
         self._wakeup = asyncio.Event()  # set when any receiver has something
+        self.on_wake: Callable[[], None] | None = None  # a transport's "pull me" callback
 
     @property
     def name(self) -> str | None:
@@ -149,6 +151,21 @@ class Session:
         return list(self._rooms)
 
     # -- receiving --
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        if self.on_wake is not None:
+            self.on_wake()
+
+    def arm(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once something is ready (at once if something is)."""
+        if self._pending or self.needs_store() or self.state is State.CLOSED:
+            callback()
+            return
+        for rx in self._rooms.values():
+            rx.notify(callback)
+        if self._inbox is not None:
+            self._inbox.notify(callback)
 
     async def receive(self, max_count: int = 512) -> list[Event]:
         """Wait until something is ready for this session, then return up to ``max_count``.
@@ -163,12 +180,7 @@ class Session:
             if events:
                 return events
             self._wakeup.clear()
-            if self._pending or self._refill:
-                continue
-            for rx in self._rooms.values():
-                rx.notify(self._wakeup.set)
-            if self._inbox is not None:
-                self._inbox.notify(self._wakeup.set)
+            self.arm(self._wakeup.set)
             await self._wakeup.wait()
 
     async def take(self, max_count: int = 512) -> list[Event]:
@@ -176,34 +188,51 @@ class Session:
 
         May await the store to refill a range; returns an empty list when nothing is ready.
         """
+        out = self.take_ready(max_count)
+        if self.needs_store():
+            for room in list(self._refill):
+                if len(out) >= max_count:
+                    break
+                if room in self._refill:
+                    await self._read_store(room, out, max_count)
+            if self._private_gap is not None and len(out) < max_count:
+                await self._read_private_store(out, max_count)
+        return out
+
+    def take_ready(self, max_count: int = 512) -> list[Event]:
+        """Return up to ``max_count`` events that need no store read, without waiting.
+
+        Rooms (and private messages) that must first be refilled from the store are left for
+        ``take``: see ``needs_store``. This is the fan-out's fast path: list slices of the
+        rings, no task switch, no I/O.
+        """
         out = self._pending[:max_count]
         del self._pending[:max_count]
         user = self.user
-        for room, rx in list(self._rooms.items()):
+        for room, rx in self._rooms.items():
             if len(out) >= max_count:
                 break
             if room in self._refill:
-                await self._read_store(room, out, max_count)
                 continue
             try:
                 _, values = rx.try_recv_many(max_count - len(out))
             except Lagged as lag:
                 self._refill[room] = _Refill(lag.first_missed_seq, lag.next_seq)
-                await self._read_store(room, out, max_count)
                 continue
             except (Empty, ChannelClosed):
                 continue
             out += values
             if user is not None and user.registered:
                 user.mark(room, values[-1].seq)
-        if self._inbox is not None and len(out) < max_count:
-            await self._take_private(out, max_count)
+        if self._inbox is not None and self._private_gap is None and len(out) < max_count:
+            self._take_private(out, max_count)
         return out
 
-    async def _take_private(self, out: list[Event], max_count: int) -> None:
-        if self._private_gap is not None:
-            await self._read_private_store(out, max_count)
-            return
+    def needs_store(self) -> bool:
+        """Whether something is waiting to be read from the store (a lag, a replay)."""
+        return bool(self._refill) or self._private_gap is not None
+
+    def _take_private(self, out: list[Event], max_count: int) -> None:
         assert self._inbox is not None
         try:
             _, privates = self._inbox.try_recv_many(max_count - len(out))
@@ -216,7 +245,6 @@ class Session:
                 self._private_held = self._inbox.try_recv_many(len(self._inbox) or 1)[1]
             held = self._private_held
             self._private_gap = (self._private_seen, held[0].seq if held else None)
-            await self._read_private_store(out, max_count)
             return
         except (Empty, ChannelClosed):
             return
@@ -291,7 +319,7 @@ class Session:
         """Start receiving ``room`` live; return the seq of the first live message."""
         rx = self._rooms[room] = tx.subscribe()
         self._live[room] = rx.next_seq
-        self._wakeup.set()  # the writer re-arms on the new receiver
+        self._wake()  # the writer re-arms on the new receiver
         return rx.next_seq
 
     def replay(self, room: str, first: int, header: Event | None = None) -> None:
@@ -308,14 +336,14 @@ class Session:
             self._refill[room] = _Refill(first, end, header)
         elif header is not None:
             self._pending.append(header)
-        self._wakeup.set()
+        self._wake()
 
     def replay_privates(self, after: int) -> None:
         """Deliver the private messages to this user stored after seq ``after`` before the
         live ones (a login). Every one comes, oldest first, in pages."""
         self._private_seen = after
         self._private_gap = (after, None)
-        self._wakeup.set()
+        self._wake()
 
     def note_private_read(self, seq: int) -> None:
         """Private messages up to ``seq`` are not this session's to deliver (a new account)."""
@@ -340,7 +368,7 @@ class Session:
         rx.close()
         if self.current == room:
             self.current = next(reversed(self._rooms), None)
-        self._wakeup.set()
+        self._wake()
 
     def attach(self, user: User) -> None:
         """Become a session of ``user``."""
@@ -370,7 +398,7 @@ class Session:
         self._private_held = []
         self.current = None
         self.state = State.NEW
-        self._wakeup.set()
+        self._wake()
 
     def close(self, reason: str, farewell: Event | None = None) -> None:
         """End the session. ``receive`` returns what was ready, then ``farewell``, then

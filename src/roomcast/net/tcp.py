@@ -1,8 +1,10 @@
 """The TCP listener for the line protocol: framing and flow control only, no chat rules.
 
-Each connection has two tasks. The reader hands decoded commands to the hub one at a time and
-writes the replies. The writer pulls batches from the session (every ready message of every
-room in one ``receive``) and writes each batch with one ``transport.write``.
+Each connection has a reader task that hands decoded commands to the hub one at a time (a run
+of plain lines is handed over together, so the store commits them in one batch) and writes
+the replies. Delivery has no task: when a session has something ready, its connection is
+marked, and once per loop turn ``LineServer.flush`` pumps every marked connection: every ready
+message of every room, rendered once per message for everyone, in one ``transport.write``.
 
 Flow control: when the transport's write buffer passes ``high_water`` the writer stops pulling,
 so the session's receivers fall behind in the room rings (which costs the server nothing) and
@@ -20,9 +22,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
-from roomcast.errors import Closed
 from roomcast.hub import Hub
-from roomcast.model import Error, Event, Info
+from roomcast.model import Error, Event, Info, Say
 from roomcast.session import Session, State
 from roomcast.wire.line import LineCodec, Renderer
 
@@ -60,6 +61,8 @@ class _Connection(asyncio.Protocol):
         self._peer = "?"
         self._reading_paused = False
         self._cut: asyncio.TimerHandle | None = None  # aborts a closing client that never reads
+        self._stall: asyncio.TimerHandle | None = None  # cuts a client above high_water too long
+        self._refilling = False  # a task is reading the store for the session
 
     # -- asyncio.Protocol callbacks --
 
@@ -89,27 +92,36 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._writable.clear()
         self._pause_reading()
+        loop = asyncio.get_running_loop()
+        self._stall = loop.call_later(self._limits.stall_timeout, self._too_slow)
 
     def resume_writing(self) -> None:
         self._writable.set()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         if len(self._pending) < self._limits.max_pending:
             self._resume_reading()
+        self._ready()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._cut is not None:
             self._cut.cancel()
+        if self._stall is not None:
+            self._stall.cancel()
         self._server.forget(self)
         self._writable.set()
         for task in self._tasks:
             task.cancel()
         session = self._session
         if session is not None:
+            session.on_wake = None
             reason = session.close_reason or ("connection lost" if exc else "connection closed")
             self._server.spawn(self._server.hub.disconnect(session, reason))
             name = session.name or session.last_name or None
             log.info("disconnect peer=%s name=%s reason=%s", self._peer, name, reason)
 
-    # -- the two loops --
+    # -- the read side: one command at a time, runs of messages pipelined --
 
     async def _read_loop(self, session: Session) -> None:
         try:
@@ -119,6 +131,7 @@ class _Connection(asyncio.Protocol):
             self.close("internal error")
 
     async def _read_lines(self, session: Session) -> None:
+        hub = self._server.hub
         while True:
             await self._has_pending.wait()
             while self._pending:
@@ -126,14 +139,17 @@ class _Connection(asyncio.Protocol):
                 parsed = [line] if isinstance(line, Error) else self._codec.parse(line)
                 for item in parsed:
                     if isinstance(item, Error | Info):  # answered by the codec itself
-                        self._write([self._server.hub.spend(session) or item])
+                        self._write([hub.spend(session) or item])
+                    elif isinstance(item, Say) and session.state is State.ACTIVE:
+                        await self._say_run(session, item)
                     else:
-                        self._write(await self._server.hub.handle(session, item))
+                        self._write(await hub.handle(session, item))
                         self._codec.named = session.state is State.ACTIVE
-                        if len(self._tasks) == 1 and session.state is not State.NEW:
+                        if session.on_wake is None and session.state is not State.NEW:
                             # after the welcome went out: what the session receives comes next
-                            self._tasks.append(asyncio.create_task(self._write_loop(session)))
-                if session.state is State.CLOSED:  # quit: the writer sends what is left
+                            session.on_wake = self._ready
+                            self._ready()
+                if session.state is State.CLOSED:  # quit: the pump sends what is left
                     self._pause_reading()
                     return
             self._has_pending.clear()
@@ -141,20 +157,68 @@ class _Connection(asyncio.Protocol):
                 await self._writable.wait()
             self._resume_reading()
 
-    async def _write_loop(self, session: Session) -> None:
-        try:
-            while True:
-                events = await session.receive(self._limits.batch)
-                self._write(events)
-                if not self._writable.is_set():
-                    try:
-                        await asyncio.wait_for(self._writable.wait(), self._limits.stall_timeout)
-                    except TimeoutError:
-                        log.warning("too slow peer=%s name=%s", self._peer, session.name)
-                        self.close(f"too slow: not reading for {self._limits.stall_timeout:g} s")
-                        return
-        except Closed:
+    async def _say_run(self, session: Session, first: Say) -> None:
+        """Hand ``first`` and the plain lines queued behind it to the hub together: each is
+        stored in order, and the store commits them in one batch instead of one by one."""
+        hub = self._server.hub
+        calls = [asyncio.create_task(hub.handle(session, first))]
+        while self._pending and len(calls) < self._limits.max_pending:
+            line = self._pending[0]
+            if isinstance(line, Error) or line.startswith("/"):
+                break
+            self._pending.popleft()
+            for item in self._codec.parse(line):
+                if isinstance(item, Say):
+                    calls.append(asyncio.create_task(hub.handle(session, item)))
+                elif isinstance(item, Error | Info):  # a plain line the codec refused
+                    self._write([hub.spend(session) or item])
+        for call in calls:
+            self._write(await call)
+
+    # -- the write side: pulled once per loop turn, no task switch per message --
+
+    def _ready(self) -> None:
+        """Something is ready for the session: pump this connection at the next flush."""
+        self._server.schedule(self)
+
+    def pump(self) -> None:
+        """Write every event ready for the session in one write, then wait for more.
+
+        Called once per loop turn at most (``LineServer.flush``). A lag or a replay that needs
+        the store is served by a task until it is done; the fast path never leaves this call.
+        """
+        session, transport = self._session, self._transport
+        if session is None or transport is None or transport.is_closing() or self._refilling:
+            return
+        if not self._writable.is_set():  # resume_writing pumps again
+            return
+        events = session.take_ready(self._limits.batch)
+        if events:
+            transport.write(self._codec.encode(events))
+        if session.needs_store():
+            self._refilling = True
+            self._tasks.append(asyncio.create_task(self._refill(session)))
+        elif session.state is State.CLOSED and not events:
             self.close()
+        elif len(events) >= self._limits.batch:
+            self._ready()  # more may be ready: next turn, after the others had theirs
+        else:
+            session.arm(self._ready)
+
+    async def _refill(self, session: Session) -> None:
+        try:
+            while session.needs_store():
+                await self._writable.wait()
+                self._write(await session.take(self._limits.batch))
+        finally:
+            self._refilling = False
+            self._ready()
+
+    def _too_slow(self) -> None:
+        self._stall = None
+        name = self._session.name if self._session is not None else None
+        log.warning("too slow peer=%s name=%s", self._peer, name)
+        self.close(f"too slow: not reading for {self._limits.stall_timeout:g} s")
 
     # -- helpers --
 
@@ -208,6 +272,8 @@ class LineServer:
         self.connections: set[_Connection] = set()  # open connections
         self._server: asyncio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
+        self._dirty: set[_Connection] = set()  # connections to pump at the next flush
+        self._flush_scheduled = False
         self._all_closed = asyncio.Event()  # set when no connection is open
 
     async def start(self, host: str, port: int) -> None:
@@ -229,6 +295,20 @@ class LineServer:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def schedule(self, conn: _Connection) -> None:
+        """Pump ``conn`` at the next flush (one per loop turn for every ready connection)."""
+        self._dirty.add(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Pump every connection that has something ready: one write each."""
+        dirty, self._dirty = self._dirty, set()
+        self._flush_scheduled = False
+        for conn in dirty:
+            conn.pump()
 
     def forget(self, conn: _Connection) -> None:
         """Drop a closed connection from the open set."""
