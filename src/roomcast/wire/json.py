@@ -301,15 +301,23 @@ class JsonCodec:
 
     def encode(self, events: Sequence[Event]) -> bytes:
         """One frame holding ``events``: the event itself, or a ``batch`` of several."""
+        shared = self._messages.run(events) if events else None
+        if shared is not None:
+            return shared
         parts = [
             self._messages(e) if isinstance(e, Message) else orjson.dumps(_event_object(e))
             for e in events
         ]
-        if len(parts) == 1:
-            return parts[0]
-        return b'{"type":"batch","events":[' + b",".join(parts) + b"]}"
+        return _frame(parts)
+
+
+def _frame(parts: list[bytes]) -> bytes:
+    """One frame for several encoded events: the event itself, or a batch."""
+    if len(parts) == 1:
+        return parts[0]
+    return b'{"type":"batch","events":[' + b",".join(parts) + b"]}"
 
 
 def encoded_messages(size: int = 4096) -> EncodedMessages:
     """A cache of JSON-encoded room messages, to share between connections."""
-    return EncodedMessages(_encode_message, size)
+    return EncodedMessages(_encode_message, size, join=_frame)

@@ -403,6 +403,10 @@ class LineCodec:
     def encode(self, events: Sequence[Event]) -> bytes:
         """Render events into the bytes to send, one line each."""
         render = self._renderer
+        if events:
+            shared = render.message.run(events)
+            if shared is not None:
+                return shared
         parts = []
         for e in events:
             if isinstance(e, Message):
