@@ -329,3 +329,28 @@ async def test_a_killed_process_loses_no_acknowledged_message(path: Path) -> Non
         if ack.endswith("\n"):  # a line cut short by the kill says nothing
             room, seq, id_ = ack.split()
             assert stored.get((room, int(seq))) == id_, ack
+
+
+async def test_the_search_index_is_filled_in_batches_and_stays_whole(path: Path) -> None:
+    """Messages are indexed after their commit, yet search and retention always see them
+    all, and the index stays consistent when retention cuts messages not yet indexed."""
+    store = await SqliteStore.open(path)
+    try:
+        await asyncio.gather(*(store.append(draft(text=f"word{i} common")) for i in range(50)))
+        assert len(await store.search("#a", "common", limit=100)) == 50
+        appends = [store.append(draft(text=f"late{i} common")) for i in range(20)]
+        cut = store.retain("#a", max_age=None, max_count=10, now=2.0)  # same batch: unindexed
+        *_, removed = await asyncio.gather(*appends, cut)
+        assert removed == 60
+        found = await store.search("#a", "common", limit=100)
+        assert [m.text for m in found] == [f"late{i} common" for i in range(19, 9, -1)]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")
+        (indexed,) = conn.execute("SELECT value FROM counters WHERE name = 'fts_serial'").fetchone()
+        (newest,) = conn.execute("SELECT MAX(serial) FROM messages").fetchone()
+        assert indexed == newest
+    finally:
+        conn.close()

@@ -286,6 +286,7 @@ class SqliteStore:
             rows = conn.execute(_SEARCH, (query, room, limit)).fetchall()
             return [_message(room, row) for row in rows]
 
+        await self._write(self._writer.index)  # search sees every message stored before it
         return await self._read(run)
 
     async def retain(

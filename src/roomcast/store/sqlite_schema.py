@@ -3,9 +3,12 @@
 Search: external-content FTS5
 -----------------------------
 ``messages_fts`` indexes ``messages.text`` with ``content='messages'``: the text is stored
-once (in ``messages``), the index can be rebuilt from it (``INSERT INTO messages_fts
-(messages_fts) VALUES ('rebuild')``), and two triggers keep it in step; messages are never
-updated, so insert and delete are all they handle. Its rowid is ``messages.serial``, an
+once (in ``messages``) and the index can be rebuilt from it (``INSERT INTO messages_fts
+(messages_fts) VALUES ('rebuild')``). New messages are indexed in batches by the writer
+(``Writer.index``, counter ``fts_serial``): when it is idle, every 64 commits, and before a
+search or a retention cut, so search always sees every stored message. Indexing in the same
+transaction as each append halved append throughput. A trigger removes deleted messages
+from the index; messages are never updated. Its rowid is ``messages.serial``, an
 ``INTEGER PRIMARY KEY`` (a plain rowid could be renumbered by VACUUM), which grows with
 insertion and so with each room's sequence: newest-first search walks the index by rowid.
 
@@ -85,6 +88,12 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             value INTEGER NOT NULL
         ) WITHOUT ROWID""",
         "INSERT INTO counters (name, value) VALUES ('private_seq', 0)",
+    ),
+    # 2: the search index is filled in batches by the writer, not by a trigger per insert
+    (
+        "DROP TRIGGER messages_indexed",
+        """INSERT INTO counters (name, value)
+            VALUES ('fts_serial', (SELECT COALESCE(MAX(serial), 0) FROM messages))""",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)  # what user_version reads once migrated

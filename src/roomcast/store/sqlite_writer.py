@@ -68,6 +68,7 @@ class Writer:
         self.commits = 0  # transactions committed
         self.writes = 0  # jobs committed
         self.largest_batch = 0  # most jobs in one committed transaction
+        self._since_index = 0  # commits since the search index was last brought up to date
         self.thread = threading.Thread(target=self._run, name="roomcast-sqlite-writer", daemon=True)
 
     def put(self, job: Job | None) -> None:
@@ -93,6 +94,9 @@ class Writer:
                         break
                 if batch:
                     self._commit(batch)
+                    self._since_index += 1
+                    if self._since_index >= 64 or self._queue.empty():
+                        self._index_now()
                 if job is STOP:
                     return
         finally:
@@ -201,7 +205,38 @@ class Writer:
         self._private_dirty = True
         return d.with_seq(seq)
 
+    def index(self) -> int:
+        """Add the messages stored since the last call to the search index; return how many.
+        Runs inside the caller's transaction."""
+        conn = self._conn
+        (done,) = conn.execute("SELECT value FROM counters WHERE name = 'fts_serial'").fetchone()
+        added = conn.execute(
+            "INSERT INTO messages_fts (rowid, text) SELECT serial, text FROM messages"
+            " WHERE serial > ?",
+            (done,),
+        ).rowcount
+        if added:
+            conn.execute(
+                "UPDATE counters SET value = (SELECT MAX(serial) FROM messages)"
+                " WHERE name = 'fts_serial'"
+            )
+        self._since_index = 0
+        return added
+
+    def _index_now(self) -> None:
+        """Bring the search index up to date in a transaction of its own; a failure leaves
+        it for the next try (search and retention index first, inside their own jobs)."""
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self.index()
+            self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+
     def retain(self, room: str, max_age: float | None, max_count: int | None, now: float) -> int:
+        self.index()  # the delete trigger may only remove what the index holds
         latest = self._latest(room)
         if latest is None:
             return 0
