@@ -274,9 +274,8 @@ class WebServer:
             await response.write(b"retry: 2000\n\n")
             while True:
                 try:
-                    events = await asyncio.wait_for(
-                        session.receive(self.limits.batch), self.limits.keepalive
-                    )
+                    async with asyncio.timeout(self.limits.keepalive):
+                        events = await session.receive(self.limits.batch)
                 except TimeoutError:
                     await response.write(b": keepalive\n\n")
                     continue
@@ -374,10 +373,8 @@ class WebServer:
             while True:
                 events = await session.receive(self.limits.batch)
                 try:
-                    await asyncio.wait_for(
-                        ws.send_frame(codec.encode(events), WSMsgType.TEXT),
-                        self.limits.stall_timeout,
-                    )
+                    async with asyncio.timeout(self.limits.stall_timeout):  # no task per send
+                        await ws.send_frame(codec.encode(events), WSMsgType.TEXT)
                 except TimeoutError:
                     log.warning("too slow peer=%s name=%s", session.peer, session.name)
                     reason = f"too slow: not reading for {self.limits.stall_timeout:g} s"
