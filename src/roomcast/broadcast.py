@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-One private ``_Shared`` state holds a ring of ``capacity`` slots, allocated once. Every sent
-value is stored exactly once, in slot ``seq % capacity``, and gets the next gap-free sequence
-number. The ring holds the newest ``capacity`` values: the oldest held value is
+One private ``_Shared`` state holds a ring of at most ``capacity`` slots (it grows as values
+come, so an idle channel costs nothing, then wraps). Every sent value is stored exactly once,
+in slot ``(seq - first_seq) % capacity``, and gets the next gap-free sequence number. The
+ring holds the newest ``capacity`` values: the oldest held value is
 ``max(first_seq, tail - capacity)`` where ``tail`` is the next sequence number to assign.
 
 A ``Receiver`` is nothing but a cursor (the next sequence number it will read) into that ring.
@@ -125,7 +126,9 @@ class _Shared(Generic[T]):
 
     def __init__(self, capacity: int, first_seq: int) -> None:
         self.capacity = capacity  # number of slots in the ring
-        self.ring: list[T | None] = [None] * capacity  # value of seq s lives in ring[s % capacity]
+        # the value of seq s is ring[(s - first_seq) % capacity]; the list grows as values
+        # come, up to capacity (an idle channel costs no slots), then wraps
+        self.ring: list[T] = []
         self.first_seq = first_seq  # sequence number of the first value ever sent
         self.tail = first_seq  # sequence number the next sent value gets
         self.senders = 1  # open Sender handles; 0 means closed
@@ -185,7 +188,11 @@ class Sender(Generic[T]):
         if self._closed:
             raise Closed
         s = self._shared
-        s.ring[s.tail % s.capacity] = value
+        k = s.tail - s.first_seq
+        if k < s.capacity:  # the ring is still filling: it grows to its capacity, then wraps
+            s.ring.append(value)
+        else:
+            s.ring[k % s.capacity] = value
         s.tail += 1
         if s.parked:
             s.wake_all()
@@ -305,7 +312,7 @@ class Receiver(Generic[T]):
         seq = self._next
         if seq < s.tail:
             self._next = seq + 1
-            return seq, s.ring[seq % s.capacity]  # type: ignore[return-value]
+            return seq, s.ring[(seq - s.first_seq) % s.capacity]
         if s.senders == 0:
             raise Closed
         raise Empty
@@ -330,13 +337,13 @@ class Receiver(Generic[T]):
             raise Empty
         self._next = stop
         cap = s.capacity
-        lo, hi = first % cap, stop % cap
+        lo, hi = (first - s.first_seq) % cap, (stop - s.first_seq) % cap
         ring = s.ring
         if lo < hi or hi == 0:
             values = ring[lo : hi or cap]
         else:
             values = ring[lo:] + ring[:hi]
-        return first, values  # type: ignore[return-value]
+        return first, values
 
     # -- waiting --
 

@@ -118,6 +118,28 @@ class Session:
     Transports call ``Hub.handle`` with each command and write out what ``receive`` returns.
     """
 
+    __slots__ = (
+        "_inbox",
+        "_live",
+        "_pending",
+        "_private_gap",
+        "_private_held",
+        "_private_seen",
+        "_refill",
+        "_refill_page",
+        "_rooms",
+        "_store",
+        "_wakeup",
+        "address",
+        "close_reason",
+        "current",
+        "last_name",
+        "on_wake",
+        "peer",
+        "state",
+        "user",
+    )
+
     def __init__(self, peer: str, store: Store, *, refill_page: int) -> None:
         self.peer = peer  # the remote address, "host:port", for logs
         self.address = peer.rpartition(":")[0] or peer  # the remote host, for throttling
@@ -137,7 +159,7 @@ class Session:
         self._refill: dict[str, _Refill] = {}  # room -> range still to read from the store
         self._live: dict[str, int] = {}  # room -> seq of the first message received live
         self._pending: list[Event] = []  # to deliver before anything else, in order
-        self._wakeup = asyncio.Event()  # set when any receiver has something
+        self._wakeup: asyncio.Event | None = None  # made by the first receive()
         self.on_wake: Callable[[], None] | None = None  # a transport's "pull me" callback
 
     @property
@@ -153,7 +175,8 @@ class Session:
     # -- receiving --
 
     def _wake(self) -> None:
-        self._wakeup.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
         if self.on_wake is not None:
             self.on_wake()
 
@@ -179,6 +202,8 @@ class Session:
             events = await self.take(max_count)
             if events:
                 return events
+            if self._wakeup is None:
+                self._wakeup = asyncio.Event()
             self._wakeup.clear()
             self.arm(self._wakeup.set)
             await self._wakeup.wait()

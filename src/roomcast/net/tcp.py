@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
@@ -45,6 +44,23 @@ class TcpLimits:
 
 
 class _Connection(asyncio.Protocol):
+    # An idle connection holds no task and no event: only these slots (see bench/idle.py).
+    __slots__ = (
+        "_codec",
+        "_cut",
+        "_limits",
+        "_peer",
+        "_pending",
+        "_reader",
+        "_reading_paused",
+        "_refiller",
+        "_resumed",
+        "_server",
+        "_session",
+        "_stall",
+        "_transport",
+    )
+
     def __init__(self, server: LineServer) -> None:
         self._server = server  # shared hub, renderers, limits and connection set
         self._limits = server.limits
@@ -53,16 +69,14 @@ class _Connection(asyncio.Protocol):
         self._codec = LineCodec(
             plain=server.plain, stamped=server.stamped, max_line=server.limits.max_line
         )
-        self._pending: deque[str | Error] = deque()  # decoded, not yet handled
-        self._has_pending = asyncio.Event()  # set when _pending has items
-        self._writable = asyncio.Event()  # clear while the write buffer is above high_water
-        self._writable.set()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._pending: list[str | Error] = []  # decoded, not yet handled (at most max_pending)
+        self._reader: asyncio.Task[None] | None = None  # handles _pending while it has lines
+        self._refiller: asyncio.Task[None] | None = None  # reads the store for the session
+        self._resumed: asyncio.Future[None] | None = None  # set when writing may go on
         self._peer = "?"
         self._reading_paused = False
         self._cut: asyncio.TimerHandle | None = None  # aborts a closing client that never reads
         self._stall: asyncio.TimerHandle | None = None  # cuts a client above high_water too long
-        self._refilling = False  # a task is reading the store for the session
 
     # -- asyncio.Protocol callbacks --
 
@@ -76,12 +90,12 @@ class _Connection(asyncio.Protocol):
         self._server.connections.add(self)
         log.info("connect peer=%s", self._peer)
         transport.write(self._codec.greeting())
-        self._tasks = [asyncio.create_task(self._read_loop(self._session))]
 
     def data_received(self, data: bytes) -> None:
-        self._pending.extend(self._codec.receive_data(data))
+        self._pending += self._codec.receive_data(data)
         if self._pending:
-            self._has_pending.set()
+            if self._reader is None and self._session is not None:
+                self._reader = asyncio.create_task(self._read_loop(self._session))
             if len(self._pending) >= self._limits.max_pending:
                 self._pause_reading()
 
@@ -90,13 +104,13 @@ class _Connection(asyncio.Protocol):
         return None  # close our side too
 
     def pause_writing(self) -> None:
-        self._writable.clear()
+        self._resumed = asyncio.get_running_loop().create_future()
         self._pause_reading()
         loop = asyncio.get_running_loop()
         self._stall = loop.call_later(self._limits.stall_timeout, self._too_slow)
 
     def resume_writing(self) -> None:
-        self._writable.set()
+        self._set_resumed()
         if self._stall is not None:
             self._stall.cancel()
             self._stall = None
@@ -110,9 +124,10 @@ class _Connection(asyncio.Protocol):
         if self._stall is not None:
             self._stall.cancel()
         self._server.forget(self)
-        self._writable.set()
-        for task in self._tasks:
-            task.cancel()
+        self._set_resumed()
+        for task in (self._reader, self._refiller):
+            if task is not None:
+                task.cancel()
         session = self._session
         if session is not None:
             session.on_wake = None
@@ -129,33 +144,34 @@ class _Connection(asyncio.Protocol):
         except Exception:  # a bug must cost this connection only, and be seen
             log.exception("internal error peer=%s", self._peer)
             self.close("internal error")
+        finally:
+            self._reader = None
 
     async def _read_lines(self, session: Session) -> None:
+        """Handle the queued lines, then end: the next data_received starts a new run."""
         hub = self._server.hub
-        while True:
-            await self._has_pending.wait()
-            while self._pending:
-                line = self._pending.popleft()
-                parsed = [line] if isinstance(line, Error) else self._codec.parse(line)
-                for item in parsed:
-                    if isinstance(item, Error | Info):  # answered by the codec itself
-                        self._write([hub.spend(session) or item])
-                    elif isinstance(item, Say) and session.state is State.ACTIVE:
-                        await self._say_run(session, item)
-                    else:
-                        self._write(await hub.handle(session, item))
-                        self._codec.named = session.state is State.ACTIVE
-                        if session.on_wake is None and session.state is not State.NEW:
-                            # after the welcome went out: what the session receives comes next
-                            session.on_wake = self._ready
-                            self._ready()
-                if session.state is State.CLOSED:  # quit: the pump sends what is left
-                    self._pause_reading()
-                    return
-            self._has_pending.clear()
-            if not self._writable.is_set():
-                await self._writable.wait()
-            self._resume_reading()
+        while self._pending:
+            line = self._pending.pop(0)
+            parsed = [line] if isinstance(line, Error) else self._codec.parse(line)
+            for item in parsed:
+                if isinstance(item, Error | Info):  # answered by the codec itself
+                    self._write([hub.spend(session) or item])
+                elif isinstance(item, Say) and session.state is State.ACTIVE:
+                    await self._say_run(session, item)
+                else:
+                    self._write(await hub.handle(session, item))
+                    self._codec.named = session.state is State.ACTIVE
+                    if session.on_wake is None and session.state is not State.NEW:
+                        # after the welcome went out: what the session receives comes next
+                        session.on_wake = self._ready
+                        self._ready()
+            if session.state is State.CLOSED:  # quit: the pump sends what is left
+                self._pending.clear()
+                self._pause_reading()
+                return
+        if self._resumed is not None:  # the client is not reading what we write
+            await self._resumed
+        self._resume_reading()
 
     async def _say_run(self, session: Session, first: Say) -> None:
         """Hand ``first`` and the plain lines queued behind it to the hub together: each is
@@ -166,7 +182,7 @@ class _Connection(asyncio.Protocol):
             line = self._pending[0]
             if isinstance(line, Error) or line.startswith("/"):
                 break
-            self._pending.popleft()
+            del self._pending[0]
             for item in self._codec.parse(line):
                 if isinstance(item, Say):
                     calls.append(asyncio.create_task(hub.handle(session, item)))
@@ -188,16 +204,15 @@ class _Connection(asyncio.Protocol):
         the store is served by a task until it is done; the fast path never leaves this call.
         """
         session, transport = self._session, self._transport
-        if session is None or transport is None or transport.is_closing() or self._refilling:
+        if session is None or transport is None or transport.is_closing() or self._refiller:
             return
-        if not self._writable.is_set():  # resume_writing pumps again
+        if self._resumed is not None:  # resume_writing pumps again
             return
         events = session.take_ready(self._limits.batch)
         if events:
             transport.write(self._codec.encode(events))
         if session.needs_store():
-            self._refilling = True
-            self._tasks.append(asyncio.create_task(self._refill(session)))
+            self._refiller = asyncio.create_task(self._refill(session))
         elif session.state is State.CLOSED and not events:
             self.close()
         elif len(events) >= self._limits.batch:
@@ -208,11 +223,17 @@ class _Connection(asyncio.Protocol):
     async def _refill(self, session: Session) -> None:
         try:
             while session.needs_store():
-                await self._writable.wait()
+                if self._resumed is not None:
+                    await self._resumed
                 self._write(await session.take(self._limits.batch))
         finally:
-            self._refilling = False
+            self._refiller = None
             self._ready()
+
+    def _set_resumed(self) -> None:
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None and not resumed.done():
+            resumed.set_result(None)
 
     def _too_slow(self) -> None:
         self._stall = None

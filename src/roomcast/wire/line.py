@@ -309,6 +309,8 @@ class LineCodec:
     whether the name was accepted. ``encode`` renders events to send.
     """
 
+    __slots__ = ("_buffer", "_discarding", "_plain", "_renderer", "_stamped", "max_line", "named")
+
     def __init__(
         self,
         *,
