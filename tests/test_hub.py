@@ -822,3 +822,17 @@ async def test_login_delivers_every_private_message_in_pages() -> None:
     session, _ = await login(hub, "alice")
     got = await ready(session)
     assert [e.text for e in got if isinstance(e, Private)] == [str(i) for i in range(30)]
+
+
+async def test_member_lists_of_big_rooms_are_cut_but_counted() -> None:
+    """A join into a big room answers the first names and the total, not everyone."""
+    hub, _ = make_hub()
+    for i in range(120):
+        await named(hub, f"user{i:03d}")
+    late = hub.connect("peer")
+    replies = await hub.handle(late, SetName(name="zed"))
+    [who] = [r for r in replies if isinstance(r, WhoList)]
+    assert who.total == 121 and len(who.names) == 100
+    assert list(who.names) == sorted(who.names) and who.names[0] == "user000"
+    [full] = await hub.handle(late, Who())
+    assert isinstance(full, WhoList) and len(full.names) == full.total == 121

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import heapq
 import itertools
 import logging
 import math
@@ -92,6 +93,8 @@ __all__ = ["GENERAL", "Hub", "Limits"]
 log = logging.getLogger("roomcast.hub")
 
 GENERAL = "#general"  # the room every new guest joins
+WHO_LIMIT = 1000  # names in a who answer
+JOIN_WHO_LIMIT = 100  # names in the member list that answers a join
 
 _ACCEPTS: dict[State, tuple[type, ...]] = {
     State.NEW: (SetName, Login, Authenticated, Quit),
@@ -262,7 +265,7 @@ class Hub:
             case Nick(name=name):
                 return await self._nick(session, name)
             case Who(room=room):
-                return self._who(self._room_of(session, room, member=False))
+                return self._who(self._room_of(session, room, member=False), WHO_LIMIT)
             case Rooms():
                 return [self.room_list(session.user)]
             case Register(password=password):
@@ -501,7 +504,7 @@ class Hub:
         if user.registered:
             user.mark(name, joined.seq - 1)
             await self.store.set_membership(user.name, name, read_seq=joined.seq - 1)
-        return self._who(room)
+        return self._who(room, JOIN_WHO_LIMIT)
 
     async def _open_room(self, name: str) -> Room:
         room = self._rooms.get(name)
@@ -609,9 +612,15 @@ class Hub:
         log.info("nick old=%s new=%s", old, name)
         return [Info(text=f"you are now known as {name}")]
 
-    def _who(self, room: Room) -> list[Event]:
-        names = tuple(sorted((u.name for u in room.members.values()), key=fold))
-        return [WhoList(room=room.name, names=names)]
+    def _who(self, room: Room, limit: int) -> list[Event]:
+        """The first ``limit`` member names, sorted: O(members), not O(members log members),
+        so that thousands joining a big room do not cost the square of their number."""
+        members = room.members
+        if len(members) <= limit:
+            names = sorted((u.name for u in members.values()), key=fold)
+        else:
+            names = heapq.nsmallest(limit, (u.name for u in members.values()), key=fold)
+        return [WhoList(room=room.name, names=tuple(names), total=len(members))]
 
     # -- history --
 

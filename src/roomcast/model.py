@@ -441,10 +441,16 @@ class Info:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WhoList:
-    """The members of a room."""
+    """The members of a room: ``total`` of them, the first ``names`` by name (all of them in
+    a room of ordinary size)."""
 
     room: str
     names: tuple[str, ...]
+    total: int = -1  # how many members; -1: as many as names
+
+    def __post_init__(self) -> None:
+        if self.total < 0:
+            object.__setattr__(self, "total", len(self.names))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -795,7 +795,7 @@ async def test_hello_is_answered_by_welcome_echoing_the_id(
         "id": "h-1",
     }
     who = await ws.expect(lambda e: e["type"] == "who")
-    assert who == {"type": "who", "room": "#general", "names": ["alice"], "id": "h-1"}
+    assert who == {"type": "who", "room": "#general", "names": ["alice"], "total": 1, "id": "h-1"}
     joined = await ws.expect(lambda e: e["type"] == "join")
     assert (joined["room"], joined["from"], joined["seq"]) == ("#general", "alice", 1)
     pong = await ws.request({"type": "ping"})
@@ -901,6 +901,7 @@ async def test_history_search_who_and_rooms_replies(server: Server, sockets: Soc
         "type": "who",
         "room": "#general",
         "names": ["alice", "Bob"],
+        "total": 2,
         "id": rid,
     }
     rid = await bob.request({"type": "who", "room": "#nowhere"})

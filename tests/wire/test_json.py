@@ -504,7 +504,7 @@ def test_room_events_encode_to_the_documented_fields(
         ),
         (
             WhoList(room="#rust", names=("alice", "Bob")),
-            {"type": "who", "room": "#rust", "names": ["alice", "Bob"]},
+            {"type": "who", "room": "#rust", "names": ["alice", "Bob"], "total": 2},
         ),
         (
             RoomList(

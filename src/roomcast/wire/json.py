@@ -113,8 +113,8 @@ def _event_object(e: Event) -> dict[str, Any]:
             }
         case Info(text=text):
             return {"type": "info", "text": text}
-        case WhoList(room=room, names=names):
-            return {"type": "who", "room": room, "names": list(names)}
+        case WhoList(room=room, names=names, total=total):
+            return {"type": "who", "room": room, "names": list(names), "total": total}
         case RoomList(rooms=rooms):
             listed = [{"name": r.name, "members": r.members, "unread": r.unread} for r in rooms]
             return {"type": "rooms", "rooms": listed}

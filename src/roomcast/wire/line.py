@@ -264,8 +264,9 @@ class Renderer:
                 return f"-- hello {name}. type text to talk, /help for commands.\n"
             case Info(text=text):
                 return f"-- {text}\n"
-            case WhoList(room=room, names=names):
-                return f"-- {room}: {' '.join(names)} ({len(names)})\n"
+            case WhoList(room=room, names=names, total=total):
+                more = f" and {total - len(names)} more" if total > len(names) else ""
+                return f"-- {room}: {' '.join(names)}{more} ({total})\n"
             case RoomList(rooms=rooms):
                 listed = ", ".join(
                     f"{r.name} ({r.members}{f', {r.unread} unread' if r.unread else ''})"
