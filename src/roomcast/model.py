@@ -529,7 +529,6 @@ class Error:
 
     code: str
     message: str
-    fatal: bool = field(default=False)  # the session ends after this error
 
 
 Event = (

@@ -572,7 +572,7 @@ def test_room_events_encode_to_the_documented_fields(
         ),
         (Info(text="you are in #rust"), {"type": "info", "text": "you are in #rust"}),
         (
-            Error(code="flood", message="slow down", fatal=True),
+            Error(code="flood", message="slow down"),
             {"type": "error", "code": "flood", "message": "slow down"},
         ),
     ],

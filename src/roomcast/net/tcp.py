@@ -268,7 +268,7 @@ class _Connection(asyncio.Protocol):
             return
         session = self._session
         if reason is not None:
-            self._write([Error(code="closed", message=f"closing: {reason}", fatal=True)])
+            self._write([Error(code="closed", message=f"closing: {reason}")])
             if session is not None:  # gone from the hub now, whatever the socket does
                 self._server.spawn(self._server.hub.disconnect(session, reason))
         transport.close()
