@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 
 import pytest
 
@@ -12,6 +13,7 @@ from roomcast.errors import Closed
 from roomcast.hub import GENERAL, Hub, Limits
 from roomcast.model import (
     Action,
+    Draft,
     Error,
     Event,
     FetchHistory,
@@ -454,6 +456,71 @@ async def test_flood_is_refused_then_allowed_again() -> None:
     assert isinstance(error, Error) and error.code == "flood"
     clock.advance(0.5)
     assert await hub.handle(alice, Say(text="ok again")) == []
+
+
+# --- runs of messages ---------------------------------------------------------------------
+
+
+class CountingStore(MemoryStore):
+    """A memory store that counts its writes of room messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    async def append(self, draft: Draft) -> Message:
+        self.writes += 1
+        return await super().append(draft)
+
+    async def append_many(self, drafts: Sequence[Draft]) -> list[Message]:
+        self.writes += 1
+        return [await super(CountingStore, self).append(d) for d in drafts]
+
+
+async def test_a_run_of_messages_is_one_store_write_delivered_in_order() -> None:
+    """``say`` stores a run in one write; everyone gets each message once, in order in each
+    room, and a run may name rooms and mix actions."""
+    store = CountingStore()
+    hub, _ = make_hub(store, rate=1000, burst=1000)
+    alice, bob = await named(hub, "alice"), await named(hub, "bob")
+    await hub.handle(alice, Join(room="#rust"))
+    await hub.handle(bob, Join(room="#rust"))
+    await ready(alice), await ready(bob)
+    before = store.writes
+    run: list[Say | Action] = [
+        Say(text="one", room=GENERAL),
+        Action(text="waves"),
+        Say(text="two", room=GENERAL),
+    ]
+    assert await hub.say(alice, run) == []
+    assert store.writes == before + 1
+    got = [(m.room, m.kind, m.text) for m in await ready(bob) if isinstance(m, Message)]
+    assert [g for g in got if g[0] == GENERAL] == [
+        (GENERAL, Kind.MESSAGE, "one"),
+        (GENERAL, Kind.MESSAGE, "two"),
+    ]
+    assert [g for g in got if g[0] == "#rust"] == [("#rust", Kind.ACTION, "waves")]
+    assert texts(await ready(alice)) == ["one", "two"]  # the echo is the acknowledgement
+
+
+async def test_a_run_refuses_each_bad_message_alone() -> None:
+    """In a run, a message over the flood limit or to a room the user is not in gets its
+    error, in order; the others are stored and delivered."""
+    hub, _ = make_hub(rate=1, burst=4)
+    alice, bob = await named(hub, "alice"), await named(hub, "bob")  # a token each
+    await ready(bob)
+    run = [Say(text="a"), Say(text="b", room="#nowhere"), Say(text="c"), Say(text="d")]
+    errors = await hub.say(alice, run)
+    assert [e.code for e in errors if isinstance(e, Error)] == ["not_member", "flood"]
+    assert texts(await ready(bob)) == ["a", "c"]
+
+
+async def test_a_run_from_a_session_without_a_name_is_refused() -> None:
+    """The state table holds for runs too."""
+    hub, _ = make_hub()
+    session = hub.connect("peer")
+    [error] = await hub.say(session, [Say(text="hi")])
+    assert isinstance(error, Error) and error.code == "no_name"
 
 
 # --- lag: nothing is lost -----------------------------------------------------------------

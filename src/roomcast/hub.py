@@ -42,7 +42,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from roomcast.auth import Passwords, Throttle, check_password
@@ -146,6 +146,9 @@ def _new_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):x}"
 
 
+FLOOD = "you are sending too fast: wait a moment, then retry"
+
+
 class _Bucket:
     """Token bucket: ``burst`` tokens, refilled at ``rate`` per second."""
 
@@ -208,7 +211,7 @@ class Hub:
         bucket = self._buckets.get(session)
         if bucket is None or bucket.take(self._clock()):
             return None
-        return Error(code="flood", message="you are sending too fast: wait a moment, then retry")
+        return Error(code="flood", message=FLOOD)
 
     async def handle(self, session: Session, command: Command) -> list[Event]:
         """Carry out ``command`` for ``session``; return the replies for that session only.
@@ -219,7 +222,7 @@ class Hub:
             if not isinstance(command, _ACCEPTS[session.state]):
                 raise self._illegal(session, command)
             if not self._buckets[session].take(self._clock()):
-                raise ClientError("flood", "you are sending too fast: wait a moment, then retry")
+                raise ClientError("flood", FLOOD)
             return await self._dispatch(session, command)
         except ClientError as e:
             log.info("client error peer=%s name=%s code=%s", session.peer, session.name, e.code)
@@ -229,6 +232,39 @@ class Hub:
             return [
                 Error(code="unavailable", message="the server could not do that now; try again")
             ]
+
+    async def say(self, session: Session, commands: Sequence[Say | Action]) -> list[Event]:
+        """Carry out a run of ``Say``/``Action`` commands from ``session`` with one store write;
+        return the errors, in order. The same as ``handle`` for each, in fewer steps: a client
+        that pipelines lines is served at the cost of one write per run, not per line."""
+        errors: list[Event] = []
+        drafts: list[Draft] = []
+        rooms: list[Room] = []
+        bucket, now = self._buckets.get(session), self._clock()
+        for command in commands:
+            try:
+                if session.state is not State.ACTIVE:
+                    raise self._illegal(session, command)
+                assert bucket is not None  # every active session has one
+                if not bucket.take(now):
+                    raise ClientError("flood", FLOOD)
+                room = self._room_of(session, command.room)
+            except ClientError as e:
+                log.info("client error peer=%s name=%s code=%s", session.peer, session.name, e.code)
+                errors.append(Error(code=e.code, message=e.message))
+                continue
+            kind = Kind.MESSAGE if isinstance(command, Say) else Kind.ACTION
+            drafts.append(self._draft(room, self._user(session).name, kind, command.text, now))
+            rooms.append(room)
+        if drafts:
+            try:
+                await self._publish_many(rooms, drafts)
+            except Broken:
+                log.exception("store failure for peer=%s", session.peer)
+                errors.append(
+                    Error(code="unavailable", message="the server could not do that now; try again")
+                )
+        return errors
 
     def _illegal(self, session: Session, command: Command) -> ClientError:
         got = type(command).__name__
@@ -550,19 +586,29 @@ class Hub:
     async def _say(self, session: Session, room: Room, kind: Kind, text: str) -> None:
         await self._publish(room, self._user(session).name, kind, text)
 
+    def _draft(self, room: Room, sender: str, kind: Kind, text: str, now: float) -> Draft:
+        return Draft(id=self._new_id(), room=room.name, sender=sender, kind=kind, text=text, ts=now)
+
     async def _publish(self, room: Room, sender: str, kind: Kind, text: str) -> Message:
-        draft = Draft(
-            id=self._new_id(), room=room.name, sender=sender, kind=kind, text=text, ts=self._clock()
-        )
-        room.appending += 1
-        try:
-            message = await self.store.append(draft)
-        finally:
-            room.appending -= 1
-        if not room.tx.closed:
-            room.send(message)
-        self._drop_if_unused(room)
+        draft = self._draft(room, sender, kind, text, self._clock())
+        (message,) = await self._publish_many([room], [draft])
         return message
+
+    async def _publish_many(self, rooms: list[Room], drafts: list[Draft]) -> list[Message]:
+        """Store ``drafts`` (``drafts[i]`` in ``rooms[i]``) in one write, then broadcast each."""
+        for room in rooms:
+            room.appending += 1  # the room must stay open until its messages are sent
+        try:
+            messages = await self.store.append_many(drafts)
+        finally:
+            for room in rooms:
+                room.appending -= 1
+        for room, message in zip(rooms, messages, strict=True):
+            if not room.tx.closed:
+                room.send(message)
+        for room in dict.fromkeys(rooms):
+            self._drop_if_unused(room)
+        return messages
 
     async def _private(self, session: Session, to: str, text: str) -> list[Event]:
         user = self._user(session)

@@ -66,6 +66,19 @@ async def test_append_returns_the_draft_as_stored(store: Storage) -> None:
     assert (await store.history("#a", limit=10)).messages == (message,)
 
 
+async def test_append_many_stores_a_run_in_order(store: Storage) -> None:
+    """A run across rooms gets the same numbers as appends one by one would, in order."""
+    await store.append(draft("#a"))
+    stored = await store.append_many([draft("#a", "1"), draft("#b", "2"), draft("#a", "3")])
+    assert [(m.room, m.seq, m.text) for m in stored] == [
+        ("#a", 2, "1"),
+        ("#b", 1, "2"),
+        ("#a", 3, "3"),
+    ]
+    assert await store.append_many([]) == []
+    assert (await store.append(draft("#b"))).seq == 2
+
+
 async def test_concurrent_appends_are_gap_free(store: Storage) -> None:
     """1,000 appends from many tasks across 3 rooms are all stored, each room gap-free, and
     every caller gets its own message back."""

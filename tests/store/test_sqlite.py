@@ -14,6 +14,7 @@ import pytest
 
 from roomcast.errors import Broken
 from roomcast.model import Draft, Kind, Message, PrivateDraft
+from roomcast.store import sqlite_writer
 from roomcast.store.sqlite import SqliteStore
 from roomcast.store.sqlite_schema import SCHEMA_VERSION
 
@@ -282,6 +283,7 @@ async def test_history_and_search_use_indexes(path: Path) -> None:
 CHILD = """
 import asyncio, sys
 from roomcast.model import Draft, Kind
+from roomcast.store import sqlite_writer
 from roomcast.store.sqlite import SqliteStore
 
 async def sender(store, n):
@@ -354,3 +356,58 @@ async def test_the_search_index_is_filled_in_batches_and_stays_whole(path: Path)
         assert indexed == newest
     finally:
         conn.close()
+
+
+def indexed_up_to(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        (serial,) = conn.execute("SELECT value FROM counters WHERE name = 'fts_serial'").fetchone()
+        return int(serial)
+    finally:
+        conn.close()
+
+
+async def test_the_index_is_filled_in_big_passes_and_when_writes_pause(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass runs once INDEX_ROWS messages wait, not after every commit; the rest is
+    indexed once no write has come for INDEX_DELAY seconds."""
+    monkeypatch.setattr(sqlite_writer, "INDEX_ROWS", 10)
+    monkeypatch.setattr(sqlite_writer, "INDEX_DELAY", 3600.0)
+    store = await SqliteStore.open(path)
+    try:
+        for i in range(9):
+            await store.append(draft(text=f"t{i}"))
+        assert indexed_up_to(path) == 0  # 9 wait: below the pass size, and never idle
+        for i in range(9, 25):
+            await store.append(draft(text=f"t{i}"))
+        assert indexed_up_to(path) == 20  # a pass ran each time 10 were waiting
+        assert len(await store.search("#a", "t24", limit=5)) == 1  # search indexes first
+        assert indexed_up_to(path) == 25
+    finally:
+        await store.close()
+    monkeypatch.setattr(sqlite_writer, "INDEX_DELAY", 0.01)
+    store = await SqliteStore.open(path)
+    try:
+        await store.append(draft(text="late"))
+        async with asyncio.timeout(5):
+            # the writer thread indexes it once idle; it tells the loop nothing, so look
+            while indexed_up_to(path) != 26:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        await store.close()
+
+
+async def test_a_refused_run_stores_nothing_and_numbering_goes_on(path: Path) -> None:
+    """A run with a message the store refuses (a duplicate id) is undone whole, and the next
+    append takes the number the refused run would have taken."""
+    store = await SqliteStore.open(path)
+    try:
+        await store.append(draft("#a", id="dup"))
+        with pytest.raises(Broken):
+            await store.append_many([draft("#a"), draft("#b"), draft("#a", id="dup")])
+        assert (await store.append(draft("#a"))).seq == 2
+        assert (await store.append(draft("#b"))).seq == 1
+        assert [m.seq for m in (await store.history("#a", limit=10)).messages] == [1, 2]
+    finally:
+        await store.close()

@@ -174,22 +174,22 @@ class _Connection(asyncio.Protocol):
         self._resume_reading()
 
     async def _say_run(self, session: Session, first: Say) -> None:
-        """Hand ``first`` and the plain lines queued behind it to the hub together: each is
-        stored in order, and the store commits them in one batch instead of one by one."""
-        hub = self._server.hub
-        calls = [asyncio.create_task(hub.handle(session, first))]
-        while self._pending and len(calls) < self._limits.max_pending:
+        """Hand ``first`` and the plain lines queued behind it to the hub together: they are
+        stored in one write and broadcast in order."""
+        says = [first]
+        refused: list[Event] = []
+        while self._pending and len(says) < self._limits.max_pending:
             line = self._pending[0]
             if isinstance(line, Error) or line.startswith("/"):
                 break
             del self._pending[0]
             for item in self._codec.parse(line):
                 if isinstance(item, Say):
-                    calls.append(asyncio.create_task(hub.handle(session, item)))
+                    says.append(item)
                 elif isinstance(item, Error | Info):  # a plain line the codec refused
-                    self._write([hub.spend(session) or item])
-        for call in calls:
-            self._write(await call)
+                    refused.append(self._server.hub.spend(session) or item)
+        self._write(refused)
+        self._write(await self._server.hub.say(session, says))
 
     # -- the write side: pulled once per loop turn, no task switch per message --
 

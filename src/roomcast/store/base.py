@@ -86,6 +86,11 @@ class Store(Protocol):
         """Store ``draft`` under its room's next sequence number; return once it is durable."""
         ...
 
+    async def append_many(self, drafts: Sequence[Draft]) -> list[Message]:
+        """Store ``drafts`` in order, each under its room's next sequence number, all or none;
+        return once they are durable. One write for a run of messages."""
+        ...
+
     async def append_private(self, draft: PrivateDraft) -> Private:
         """Store a private message under the next store-wide private sequence number."""
         ...

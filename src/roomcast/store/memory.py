@@ -71,6 +71,9 @@ class MemoryStore:
         r.messages.append(message)
         return message
 
+    async def append_many(self, drafts: Sequence[Draft]) -> list[Message]:
+        return [await self.append(draft) for draft in drafts]
+
     async def append_private(self, draft: PrivateDraft) -> Private:
         self._private_seq += 1
         private = draft.with_seq(self._private_seq)

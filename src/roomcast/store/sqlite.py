@@ -244,6 +244,12 @@ class SqliteStore:
     async def append(self, draft: Draft) -> Message:
         return await self._write(functools.partial(self._writer.append, draft))
 
+    async def append_many(self, drafts: Sequence[Draft]) -> list[Message]:
+        if not drafts:
+            return []
+        run = functools.partial(self._writer.append_many, drafts)
+        return await self._write(run, atomic=len(drafts) > 1)
+
     async def append_private(self, draft: PrivateDraft) -> Private:
         return await self._write(functools.partial(self._writer.append_private, draft))
 

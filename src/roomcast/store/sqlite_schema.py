@@ -5,12 +5,14 @@ Search: external-content FTS5
 ``messages_fts`` indexes ``messages.text`` with ``content='messages'``: the text is stored
 once (in ``messages``) and the index can be rebuilt from it (``INSERT INTO messages_fts
 (messages_fts) VALUES ('rebuild')``). New messages are indexed in batches by the writer
-(``Writer.index``, counter ``fts_serial``): when it is idle, every 64 commits, and before a
-search or a retention cut, so search always sees every stored message. Indexing in the same
-transaction as each append halved append throughput. A trigger removes deleted messages
-from the index; messages are never updated. Its rowid is ``messages.serial``, an
-``INTEGER PRIMARY KEY`` (a plain rowid could be renumbered by VACUUM), which grows with
-insertion and so with each room's sequence: newest-first search walks the index by rowid.
+(``Writer.index``, counter ``fts_serial``): once 4,096 messages wait, one second after the
+last pass when no write comes, at close, and before a search or a retention cut, so search
+always sees every stored message. Indexing in the same transaction as each append halved
+append throughput, and small passes cost up to ten times as much per message as big ones.
+A trigger removes deleted messages from the index; messages are never updated. Its rowid
+is ``messages.serial``, an ``INTEGER PRIMARY KEY`` (a plain rowid could be renumbered by
+VACUUM), which grows with insertion and so with each room's sequence: newest-first search
+walks the index by rowid.
 
 Schema and errors
 -----------------
