@@ -458,6 +458,49 @@ async def test_flood_is_refused_then_allowed_again() -> None:
     assert await hub.handle(alice, Say(text="ok again")) == []
 
 
+# --- big rooms ------------------------------------------------------------------------------
+
+
+async def test_big_rooms_do_not_announce_joins_leaves_and_quits() -> None:
+    """Above ``quiet_above`` members a room stays quiet about comings and goings (nothing is
+    stored either); at or below it they are announced; messages always go out."""
+    hub, _ = make_hub(quiet_above=2)
+    alice, bob = await named(hub, "alice"), await named(hub, "bob")
+    await ready(alice)
+    carol = await named(hub, "carol")  # the third member: quiet
+    await hub.handle(carol, Say(text="hi"))
+    got = [(m.kind, m.sender) for m in await ready(alice) if isinstance(m, Message)]
+    assert got == [(Kind.MESSAGE, "carol")]
+    await hub.handle(carol, Leave(room=GENERAL))  # 3 members as it leaves: quiet
+    await hub.disconnect(bob, "bye")  # 2 members: announced
+    got = [(m.kind, m.sender) for m in await ready(alice) if isinstance(m, Message)]
+    assert got == [(Kind.QUIT, "bob")]
+    page = await hub.store.history(GENERAL, limit=10)
+    assert [(m.kind, m.sender) for m in page.messages] == [
+        (Kind.JOIN, "alice"),
+        (Kind.JOIN, "bob"),
+        (Kind.MESSAGE, "carol"),
+        (Kind.QUIT, "bob"),
+    ]
+
+
+async def test_joining_a_big_room_marks_it_read_up_to_the_join() -> None:
+    """With no join message to take its number from, a registered user's marker is the
+    room's newest message: on return it misses exactly what came after."""
+    hub, _ = make_hub(quiet_above=1, rate=1000, burst=1000)
+    bob = await named(hub, "bob")
+    await hub.handle(bob, Join(room="#big"))
+    await hub.handle(bob, Say(text="before", room="#big"))
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Join(room="#big"))  # 2 members: quiet
+    await hub.handle(alice, Quit(reason="lunch"))
+    await hub.handle(bob, Say(text="after", room="#big"))
+    session, _ = await login(hub, "alice")
+    got = [e for e in await ready(session) if getattr(e, "room", None) == "#big"]
+    assert isinstance(got[0], Summary) and got[0].missed == 1
+    assert texts(got) == ["after"]
+
+
 # --- runs of messages ---------------------------------------------------------------------
 
 

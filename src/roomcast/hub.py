@@ -17,7 +17,9 @@ name. Every new guest joins ``#general``. Room membership belongs to the user (a
 sessions are in the same rooms); the current room, where plain text goes, to the session.
 A registered user's memberships and read markers persist: on login it is put back in its
 rooms and gets, for each, a summary and the messages it missed (the newest ``replay_cap``),
-then its private messages sent while it was away.
+then its private messages sent while it was away. Joins, leaves and quits are announced
+(and stored) in rooms of up to ``Limits.quiet_above`` members; in bigger rooms they would
+drown the conversation, and each would cost a delivery to every member.
 
 Data flow
 ---------
@@ -134,6 +136,7 @@ class Limits:
     login_window: float = 300.0  # seconds a failed login counts
     retain_age: float | None = None  # seconds a room message is kept; None: forever
     retain_count: int | None = None  # messages kept per room; None: all
+    quiet_above: int = 1000  # rooms with more members do not announce joins, leaves, quits
 
 
 _ID_PREFIX = base64.urlsafe_b64encode(os.urandom(9)).decode("ascii")  # this process's
@@ -342,9 +345,9 @@ class Hub:
         user.inbox.close()
         for room in list(user.rooms.values()):
             try:
-                quit_message = await self._publish(room, user.name, Kind.QUIT, reason)
-                if user.marks.get(room.name) == quit_message.seq - 1:  # all read: so is this
-                    user.mark(room.name, quit_message.seq)
+                quit_message = await self._announce(room, user.name, Kind.QUIT, reason)
+                if quit_message and user.marks.get(room.name) == quit_message.seq - 1:
+                    user.mark(room.name, quit_message.seq)  # all read: so is this
             except Broken:
                 log.exception("could not store the quit of %s in %s", user.name, room.name)
             self._remove_member(user, room, forget_marks=False)
@@ -507,7 +510,7 @@ class Hub:
             summary = Summary(room=name, missed=missed, replayed=replayed, first_seq=first)
             session.replay(name, first, summary)
         if announce:
-            await self._publish(room, user.name, Kind.JOIN, "")
+            await self._announce(room, user.name, Kind.JOIN, "")
         return max(0, missed)
 
     # -- rooms --
@@ -536,10 +539,11 @@ class Hub:
         session.current = name
         if since is not None:
             session.replay(name, since + 1)
-        joined = await self._publish(room, user.name, Kind.JOIN, "")
+        joined = await self._announce(room, user.name, Kind.JOIN, "")
         if user.registered:
-            user.mark(name, joined.seq - 1)
-            await self.store.set_membership(user.name, name, read_seq=joined.seq - 1)
+            read = joined.seq - 1 if joined else room.tx.next_seq - 1
+            user.mark(name, read)
+            await self.store.set_membership(user.name, name, read_seq=read)
         return self._who(room, JOIN_WHO_LIMIT)
 
     async def _open_room(self, name: str) -> Room:
@@ -558,7 +562,7 @@ class Hub:
 
     async def _leave(self, session: Session, room: Room) -> list[Event]:
         user = self._user(session)
-        await self._publish(room, user.name, Kind.LEAVE, "left")
+        await self._announce(room, user.name, Kind.LEAVE, "left")
         self._remove_member(user, room, forget_marks=True)
         if user.registered:
             await self.store.set_membership(user.name, room.name, read_seq=None)
@@ -588,6 +592,13 @@ class Hub:
 
     def _draft(self, room: Room, sender: str, kind: Kind, text: str, now: float) -> Draft:
         return Draft(id=self._new_id(), room=room.name, sender=sender, kind=kind, text=text, ts=now)
+
+    async def _announce(self, room: Room, name: str, kind: Kind, text: str) -> Message | None:
+        """Tell ``room`` that ``name`` came or went, unless the room is too big for that to be
+        news (above ``quiet_above`` members; who is there is a /who away)."""
+        if len(room.members) > self.limits.quiet_above:
+            return None
+        return await self._publish(room, name, kind, text)
 
     async def _publish(self, room: Room, sender: str, kind: Kind, text: str) -> Message:
         draft = self._draft(room, sender, kind, text, self._clock())

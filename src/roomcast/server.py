@@ -46,6 +46,7 @@ class Server:
                 burst=cfg.burst,
                 retain_age=cfg.retain_days * 86400 if cfg.retain_days > 0 else None,
                 retain_count=cfg.retain_count if cfg.retain_count > 0 else None,
+                quiet_above=cfg.quiet_above,
             ),
         )
         self._upkeep = asyncio.create_task(self.hub.maintain())
