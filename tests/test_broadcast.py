@@ -349,6 +349,37 @@ async def test_recv_many_wraps_around_the_ring_at_every_offset(capacity: int) ->
                     assert await rx.recv_many(max_count) == want
 
 
+def test_take_returns_what_is_ready_and_raises_only_lagged() -> None:
+    """``take`` reads like ``try_recv_many`` but says "nothing" with an empty list, whether the
+    channel is open or closed; a lag is still raised, exactly."""
+    tx, rx = make(4)
+    assert rx.take(10) == []
+    fill(tx, range(3))
+    assert rx.take(2) == [0, 1]
+    assert rx.take(10) == [2]
+    fill(tx, range(3, 10))  # 3..5 are overwritten
+    with pytest.raises(Lagged) as lag:
+        rx.take(10)
+    assert (lag.value.first_missed_seq, lag.value.count) == (3, 3)
+    assert rx.take(10) == [6, 7, 8, 9]
+    tx.close()
+    assert rx.take(10) == []
+    with pytest.raises(ValueError, match="max_count"):
+        rx.take(0)
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 3, 5, 8])
+def test_take_wraps_around_the_ring_at_every_offset(capacity: int) -> None:
+    """Like try_recv_many: any start offset, any count, across the end of the ring."""
+    for offset in range(2 * capacity + 1):
+        for count in range(1, capacity + 1):
+            tx, _ = make(capacity)
+            fill(tx, range(offset))
+            rx = tx.subscribe()
+            fill(tx, range(offset, offset + count))
+            assert rx.take(100) == list(range(offset, offset + count))
+
+
 async def test_async_for_yields_seq_and_value_and_ends_on_close() -> None:
     """``async for`` yields (seq, value) pairs and stops once the channel is closed and drained."""
     tx, rx = make(8)

@@ -145,11 +145,18 @@ class ChannelMachine(RuleBasedStateMachine):
             return Expect("closed")
         return Expect("empty")
 
-    def check_read(self, r: ModelReceiver, max_count: int, many: bool) -> None:
-        """Read from ``r`` and check the outcome against the model."""
+    def check_read(self, r: ModelReceiver, max_count: int, how: str) -> None:
+        """Read from ``r`` (``try_recv``, ``try_recv_many`` or ``take``) and check the outcome
+        against the model."""
         want = self.expect(r, max_count)
         try:
-            if many:
+            if how == "take":
+                values = r.rx.take(max_count)
+                if not values:  # take's word for both "empty" and "closed"
+                    assert want.kind in ("empty", "closed"), f"take gave [], expected {want}"
+                    return
+                first = want.first
+            elif how == "many":
                 first, values = r.rx.try_recv_many(max_count)
             else:
                 seq, value = r.rx.try_recv()
@@ -186,14 +193,15 @@ class ChannelMachine(RuleBasedStateMachine):
             assert s.tx.send(value) == self.open_receivers
             self.tail += 1
 
-    @rule(i=index, max_count=st.none() | st.integers(min_value=1, max_value=10))
-    def read(self, i: int, max_count: int | None) -> None:
-        """``try_recv`` (``max_count`` None) or ``try_recv_many`` on one receiver."""
+    @rule(
+        i=index,
+        max_count=st.integers(min_value=1, max_value=10),
+        how=st.sampled_from(["one", "many", "take"]),
+    )
+    def read(self, i: int, max_count: int, how: str) -> None:
+        """``try_recv``, ``try_recv_many`` or ``take`` on one receiver."""
         r = self.receivers[i % len(self.receivers)]
-        if max_count is None:
-            self.check_read(r, 1, many=False)
-        else:
-            self.check_read(r, max_count, many=True)
+        self.check_read(r, 1 if how == "one" else max_count, how)
 
     @rule(i=index, offset=st.none() | st.integers(min_value=-30, max_value=3))
     def subscribe(self, i: int, offset: int | None) -> None:
@@ -271,8 +279,8 @@ class ChannelMachine(RuleBasedStateMachine):
             if r.closed:
                 continue
             while self.expect(r, self.capacity).kind != "closed":
-                self.check_read(r, self.capacity, many=True)
-            self.check_read(r, self.capacity, many=True)
+                self.check_read(r, self.capacity, "many")
+            self.check_read(r, self.capacity, "many")
             assert r.cover.until == self.tail
             assert r.cover.until - r.cover.start >= r.cover.lost
 

@@ -345,6 +345,30 @@ class Receiver(Generic[T]):
             values = ring[lo:] + ring[:hi]
         return first, values
 
+    def take(self, max_count: int) -> list[T]:
+        """Up to ``max_count`` consecutive ready values, oldest first; an empty list when none
+        is ready, the channel being open or closed. Raises ``Lagged`` like ``try_recv``.
+
+        ``try_recv_many`` for loops over many receivers (the fan-out's fast path): nothing is
+        raised for a receiver with nothing to read, and the sequence number is not returned.
+        """
+        if max_count < 1:
+            raise ValueError(f"max_count must be at least 1, got {max_count}")
+        s = self._shared
+        first, tail = self._next, s.tail
+        if first >= tail or self._closed:
+            return []
+        if first < tail - s.capacity or first < s.first_seq:
+            self._check_lag()  # raises: values were lost
+        stop = min(tail, first + max_count)
+        self._next = stop
+        cap = s.capacity
+        lo, hi = (first - s.first_seq) % cap, (stop - s.first_seq) % cap
+        ring = s.ring
+        if lo < hi or hi == 0:
+            return ring[lo : hi or cap]
+        return ring[lo:] + ring[:hi]
+
     # -- waiting --
 
     def notify(self, callback: Callable[[], None]) -> None:
@@ -354,10 +378,11 @@ class Receiver(Generic[T]):
         called from the next ``send`` or the last sender's ``close``. A later ``notify`` or
         ``recv`` on this receiver replaces it. This lets one task wait on many receivers.
         """
-        if self.ready():
+        s = self._shared
+        if self._closed or self._next < s.tail or s.senders == 0:  # self.ready(), inlined
             callback()
         else:
-            self._shared.parked[self] = callback
+            s.parked[self] = callback
 
     def ready(self) -> bool:
         """Whether a read would not wait: a value, a lag or a close is pending."""

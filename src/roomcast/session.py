@@ -182,7 +182,10 @@ class Session:
 
     def arm(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once something is ready (at once if something is)."""
-        if self._pending or self.needs_store() or self.state is State.CLOSED:
+        if self._pending or self._refill or self._private_gap is not None:
+            callback()
+            return
+        if self.state is State.CLOSED:
             callback()
             return
         for rx in self._rooms.values():
@@ -231,26 +234,32 @@ class Session:
         ``take``: see ``needs_store``. This is the fan-out's fast path: list slices of the
         rings, no task switch, no I/O.
         """
-        out = self._pending[:max_count]
-        del self._pending[:max_count]
-        user = self.user
+        pending = self._pending
+        if pending:
+            out = pending[:max_count]
+            del pending[:max_count]
+        else:
+            out = []
+        refill, user = self._refill, self.user
         for room, rx in self._rooms.items():
-            if len(out) >= max_count:
+            left = max_count - len(out)
+            if left <= 0:
                 break
-            if room in self._refill:
+            if refill and room in refill:
                 continue
             try:
-                _, values = rx.try_recv_many(max_count - len(out))
+                values = rx.take(left)
             except Lagged as lag:
-                self._refill[room] = _Refill(lag.first_missed_seq, lag.next_seq)
+                refill[room] = _Refill(lag.first_missed_seq, lag.next_seq)
                 continue
-            except (Empty, ChannelClosed):
-                continue
-            out += values
-            if user is not None and user.registered:
-                user.mark(room, values[-1].seq)
-        if self._inbox is not None and self._private_gap is None and len(out) < max_count:
-            self._take_private(out, max_count)
+            if values:
+                out += values
+                if user is not None and user.registered:
+                    user.mark(room, values[-1].seq)
+        inbox = self._inbox
+        if inbox is not None and self._private_gap is None and len(out) < max_count:
+            if inbox.ready():
+                self._take_private(out, max_count)
         return out
 
     def needs_store(self) -> bool:

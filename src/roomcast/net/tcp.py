@@ -204,21 +204,22 @@ class _Connection(asyncio.Protocol):
         the store is served by a task until it is done; the fast path never leaves this call.
         """
         session, transport = self._session, self._transport
-        if session is None or transport is None or transport.is_closing() or self._refiller:
+        if session is None or transport is None or self._refiller is not None:
             return
-        if self._resumed is not None:  # resume_writing pumps again
+        if self._resumed is not None or transport.is_closing():  # resume_writing pumps again
             return
-        events = session.take_ready(self._limits.batch)
+        batch = self._limits.batch
+        events = session.take_ready(batch)
         if events:
             transport.write(self._codec.encode(events))
         if session.needs_store():
             self._refiller = asyncio.create_task(self._refill(session))
-        elif session.state is State.CLOSED and not events:
-            self.close()
-        elif len(events) >= self._limits.batch:
+        elif len(events) >= batch:
             self._ready()  # more may be ready: next turn, after the others had theirs
-        else:
+        elif events or session.state is not State.CLOSED:
             session.arm(self._ready)
+        else:
+            self.close()
 
     async def _refill(self, session: Session) -> None:
         try:
@@ -293,7 +294,8 @@ class LineServer:
         self.connections: set[_Connection] = set()  # open connections
         self._server: asyncio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
-        self._dirty: set[_Connection] = set()  # connections to pump at the next flush
+        # connections to pump at the next flush, in the order they became ready
+        self._dirty: dict[_Connection, None] = {}
         self._flush_scheduled = False
         self._all_closed = asyncio.Event()  # set when no connection is open
 
@@ -319,14 +321,14 @@ class LineServer:
 
     def schedule(self, conn: _Connection) -> None:
         """Pump ``conn`` at the next flush (one per loop turn for every ready connection)."""
-        self._dirty.add(conn)
+        self._dirty[conn] = None
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         """Pump every connection that has something ready: one write each."""
-        dirty, self._dirty = self._dirty, set()
+        dirty, self._dirty = self._dirty, {}
         self._flush_scheduled = False
         for conn in dirty:
             conn.pump()
