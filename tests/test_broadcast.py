@@ -349,6 +349,16 @@ async def test_recv_many_wraps_around_the_ring_at_every_offset(capacity: int) ->
                     assert await rx.recv_many(max_count) == want
 
 
+def test_start_seq_is_where_a_receiver_began() -> None:
+    """``start_seq`` stays the sequence number the receiver was subscribed at."""
+    tx, first = make(4)
+    fill(tx, range(3))
+    rx = tx.subscribe()
+    fill(tx, range(3, 5))
+    assert rx.take(10) == [3, 4]
+    assert (first.start_seq, rx.start_seq, rx.next_seq) == (0, 3, 5)
+
+
 def test_take_returns_what_is_ready_and_raises_only_lagged() -> None:
     """``take`` reads like ``try_recv_many`` but says "nothing" with an empty list, whether the
     channel is open or closed; a lag is still raised, exactly."""

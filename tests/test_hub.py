@@ -794,6 +794,21 @@ async def test_every_session_of_an_account_gets_the_messages() -> None:
     assert hub.online == 2
 
 
+async def test_a_session_that_comes_after_the_first_private_message_gets_the_next() -> None:
+    """The private channel is made by the first private message; a later session of the
+    same user receives on it too."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    laptop, _ = await login(hub, "alice")
+    bob = await named(hub, "bob")
+    await hub.handle(bob, PrivateMessage(to="alice", text="one"))
+    phone, _ = await login(hub, "alice")
+    await ready(phone)  # its login replay
+    await hub.handle(bob, PrivateMessage(to="alice", text="two"))
+    assert [e.text for e in await ready(laptop) if isinstance(e, Private)] == ["one", "two"]
+    assert [e.text for e in await ready(phone) if isinstance(e, Private)] == ["two"]
+
+
 async def test_logout_keeps_the_connection_without_a_name() -> None:
     """After logout the session is NEW again and can pick a guest name."""
     hub, _ = make_hub()

@@ -280,11 +280,12 @@ class Receiver(Generic[T]):
     Only one task may wait on a receiver at a time.
     """
 
-    __slots__ = ("_closed", "_next", "_shared", "__weakref__")
+    __slots__ = ("_closed", "_next", "_shared", "start_seq", "__weakref__")
 
     def __init__(self, shared: _Shared[T], start: int) -> None:
         self._shared = shared  # the channel this receiver reads from
         self._next = start  # sequence number of the next value to read
+        self.start_seq = start  # the sequence number it started reading at
         self._closed = False  # released by close()
         shared.receivers += 1
 

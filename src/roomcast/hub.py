@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from roomcast.auth import Passwords, Throttle, check_password
-from roomcast.broadcast import Sender, channel
+from roomcast.broadcast import Receiver, Sender, channel
 from roomcast.errors import Broken, ClientError
 from roomcast.model import (
     Action,
@@ -342,7 +342,8 @@ class Hub:
         if user is None or user.sessions:
             return
         del self._users[fold(user.name)]
-        user.inbox.close()
+        if user.inbox is not None:
+            user.inbox.close()
         for room in list(user.rooms.values()):
             try:
                 quit_message = await self._announce(room, user.name, Kind.QUIT, reason)
@@ -383,7 +384,7 @@ class Hub:
 
     async def _set_name(self, session: Session, name: str) -> list[Event]:
         await self._check_free(name)
-        user = User(name, self._inbox(), registered=False)
+        user = User(name, registered=False)
         self._users[fold(name)] = user
         session.attach(user)
         log.info("named name=%s peer=%s", name, session.peer)
@@ -405,11 +406,20 @@ class Hub:
         if fold(name) in self._users:  # taken while the store answered
             raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
 
-    def _inbox(self) -> Sender[Private]:
-        inbox: Sender[Private]
-        inbox, first = channel(self.limits.inbox_capacity)
-        first.close()
-        return inbox
+    def _send_private(self, user: User, private: Private) -> None:
+        """Into ``user``'s private channel, made on its first private message; a user that
+        has gone gets it from the store."""
+        if not user.sessions:
+            return
+        inbox = user.inbox
+        if inbox is None:
+            first: Receiver[Private]
+            inbox, first = channel(self.limits.inbox_capacity)
+            first.close()
+            user.inbox = inbox
+            for session in user.sessions:
+                session.open_inbox(inbox)
+        inbox.send(private)
 
     async def _register(self, session: Session, password: str) -> list[Event]:
         user = self._user(session)
@@ -469,7 +479,7 @@ class Hub:
             raise ClientError("name_taken", f"a guest is using {account.name!r} now: try later")
         returning = user is None
         if user is None:
-            user = User(account.name, self._inbox(), registered=True)
+            user = User(account.name, registered=True)
             user.private_mark = account.private_read_seq
             self._users[fold(account.name)] = user
         session.attach(user)
@@ -643,10 +653,10 @@ class Hub:
         )
         private = await self.store.append_private(draft)
         recipient = self._users.get(fold(to_name))  # may have come or gone meanwhile
-        if recipient is not None and not recipient.inbox.closed:
-            recipient.inbox.send(private)
-        if recipient is not user and not user.inbox.closed:
-            user.inbox.send(private)
+        if recipient is not None:
+            self._send_private(recipient, private)
+        if recipient is not user:
+            self._send_private(user, private)
         if recipient is None:
             return [Info(text=f"{to_name} is away: they will get it when they log in")]
         return []

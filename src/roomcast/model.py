@@ -79,8 +79,10 @@ def seq_number(n: int) -> int:
 
 
 def fold(name: str) -> str:
-    """The key under which a name is unique: names compare case-insensitively."""
-    return name.lower()
+    """The key under which a name is unique: names compare case-insensitively. A name in
+    lower case is its own key, so the maps keyed by it share one string."""
+    key = name.lower()
+    return name if key == name else key
 
 
 def user_name(text: str) -> str:

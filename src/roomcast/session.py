@@ -78,9 +78,11 @@ class User:
         "sessions",
     )
 
-    def __init__(self, name: str, inbox: Sender[Private], *, registered: bool) -> None:
+    def __init__(self, name: str, *, registered: bool) -> None:
         self.name = name  # as the user spelled it
-        self.inbox = inbox  # the user's private-message channel
+        # the user's private-message channel, made for its first private message (most users
+        # never get one, and an idle channel would cost each connection a tenth of its memory)
+        self.inbox: Sender[Private] | None = None
         self.registered = registered  # has an account: memberships and markers persist
         self.rooms: dict[str, Room] = {}  # room name -> room, in join order
         self.sessions: list[Session] = []  # open sessions of this user
@@ -120,7 +122,6 @@ class Session:
 
     __slots__ = (
         "_inbox",
-        "_live",
         "_pending",
         "_private_gap",
         "_private_held",
@@ -157,7 +158,6 @@ class Session:
         self._private_gap: tuple[int, int | None] | None = None
         self._private_held: list[Private] = []  # read from the ring, waiting for the gap
         self._refill: dict[str, _Refill] = {}  # room -> range still to read from the store
-        self._live: dict[str, int] = {}  # room -> seq of the first message received live
         self._pending: list[Event] = []  # to deliver before anything else, in order
         self._wakeup: asyncio.Event | None = None  # made by the first receive()
         self.on_wake: Callable[[], None] | None = None  # a transport's "pull me" callback
@@ -351,8 +351,7 @@ class Session:
 
     def subscribe(self, room: str, tx: Sender[Message]) -> int:
         """Start receiving ``room`` live; return the seq of the first live message."""
-        rx = self._rooms[room] = tx.subscribe()
-        self._live[room] = rx.next_seq
+        rx = self._rooms[room] = tx.subscribe()  # its start_seq: the first message live
         self._wake()  # the writer re-arms on the new receiver
         return rx.next_seq
 
@@ -360,7 +359,7 @@ class Session:
         """Deliver ``room``'s stored messages from ``first`` up to where this session started
         receiving it live, before reading on live. What it already delivered is not repeated
         (a replay can then come after live messages it already sent: order by seq)."""
-        end = self._live[room]
+        end = self._rooms[room].start_seq
         current = self._refill.get(room)
         if current is not None:
             first = min(first, current.first)
@@ -389,7 +388,6 @@ class Session:
         if rx is None:
             return
         self._refill.pop(room, None)
-        self._live.pop(room, None)
         while True:
             try:
                 self._pending += rx.try_recv_many(len(rx) or 1)[1]
@@ -409,7 +407,14 @@ class Session:
         self.user = user
         self.state = State.ACTIVE
         user.sessions.append(self)
-        self._inbox = user.inbox.subscribe()
+        if user.inbox is not None:
+            self._inbox = user.inbox.subscribe()
+
+    def open_inbox(self, inbox: Sender[Private]) -> None:
+        """Start receiving the user's private-message channel, just made."""
+        if self._inbox is None:
+            self._inbox = inbox.subscribe()
+            self._wake()  # the writer re-arms on the new receiver
 
     def detach(self) -> None:
         """Drop the user and every receiver; the session is NEW again.
