@@ -43,8 +43,8 @@ The senders and probes are asyncio protocols on uvloop in this process.
 Method of one run ("step"). Connect the senders, probes and receivers (64 handshakes in
 flight); then a sender sends a marked "ready" message, again every second, until every
 receiver has one (so every receiver is in the room); then wait until no byte has arrived
-anywhere for a second (roomcast tells every member of every join: with 10,000 receivers that
-is 50 million join lines, which must be over before measuring). Then pace R messages/s for D
+anywhere for a second (roomcast tells every member of a room of up to 1,000 about every
+join: half a million join lines, which must be over before measuring). Then pace R messages/s for D
 seconds and wait until every receiver has every message, or ``--grace`` seconds (3) after
 the last send. Reported: deliveries/s (received / time from the first send to the last
 delivery), the delivery ratio (received / (sent * N)), latency p50/p99/max from the probes,
@@ -61,16 +61,16 @@ doubling while runs pass, then bisecting (geometric mean) between the highest pa
 lowest failure until they are within 20 %, in at most ``--max-steps`` (10) steps. After a
 failure it starts a fresh server (a backlog or closed connections would spoil the next
 step) and tries the same rate once more: a rate fails only if it fails twice (``--no-retry``
-turns that off). It reports the highest passing R and its deliveries/s.
+turns that off). It reports the highest passing R and its deliveries/s, then runs one more
+step at half that R and reports its latency.
 
 Ratios are of roomcast to each baseline within the same run and the same N: the machine has
 two shared cores, so absolute figures move with the neighbours' load, ratios much less.
 
-Run ``python bench/fanout.py`` (both modes, N = 100, 1,000, 10,000, D = 5 s: about 6.5
-minutes, 4 of them roomcast's setup at N = 10,000 running into ``--setup-timeout`` (120 s)
-per mode), ``--quick`` (N = 100 and 1,000, D = 2 s: about 75 s), ``--find-max --receivers
-1000`` (5 to 10 minutes; ``--only`` to bound it), ``--help`` for the rest. Results are in
-docs/performance.md.
+Run ``python bench/fanout.py`` (both modes, N = 100, 1,000, 10,000, D = 5 s: a few
+minutes, most of them setting up 10,000 receivers), ``--quick`` (N = 100 and 1,000,
+D = 2 s: about 75 s), ``--find-max --receivers 1000`` (5 to 10 minutes; ``--only`` to
+bound it), ``--help`` for the rest. Results are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -1294,10 +1294,12 @@ async def find_max(
     start: float,
     max_steps: int,
     retry: bool = True,
-) -> tuple[list[Result], list[str]]:
+) -> tuple[list[Result], Result | None, list[str]]:
     """Double R while runs pass, then bisect; a fresh server after each failure, and
-    (``retry``) a failing rate is tried once more on a fresh server before it counts."""
+    (``retry``) a failing rate is tried once more on a fresh server before it counts.
+    Then one more step at half the highest passing R: the latency there."""
     results: list[Result] = []
+    half: Result | None = None
     problems: list[str] = []
     lo: float | None = None
     hi: float | None = None
@@ -1340,10 +1342,20 @@ async def find_max(
                 break
             else:
                 rate = float(round(math.sqrt(lo * hi)))
+        top = best(results)
+        if top is not None:
+            if session is not None and not await session.quiet(0.5, 30):
+                problems += await session.close()
+                session = None
+            if session is None:
+                session = Session(target, shape, tmpdir, reader)
+                await session.open()
+            half = await session.step(top.rate / 2)
+            print("  " + fmt_row(half) + "  (half of the highest passing R)", flush=True)
     finally:
         if session is not None:
             problems += await session.close()
-    return results, problems
+    return results, half, problems
 
 
 def best(results: list[Result]) -> Result | None:
@@ -1385,7 +1397,7 @@ async def bench(args: argparse.Namespace) -> int:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     tmpdir = tempfile.mkdtemp(prefix="roomcast-fanout-")
     all_results: list[Result] = []
-    max_results: list[tuple[Target, int, list[Result]]] = []
+    max_results: list[tuple[Target, int, list[Result], Result | None]] = []
     problems: dict[str, list[str]] = {}
     try:
         reader = build_reader(tmpdir) if args.python_max < max(args.receivers) else None
@@ -1415,7 +1427,7 @@ async def bench(args: argparse.Namespace) -> int:
                     key = f"{target.label} N={n}"
                     try:
                         if args.find_max:
-                            results, probs = await find_max(
+                            results, half, probs = await find_max(
                                 target,
                                 shape,
                                 tmpdir,
@@ -1424,7 +1436,7 @@ async def bench(args: argparse.Namespace) -> int:
                                 args.max_steps,
                                 retry=not args.no_retry,
                             )
-                            max_results.append((target, n, results))
+                            max_results.append((target, n, results, half))
                             top = best(results)
                             if top is not None:
                                 all_results.append(top)
@@ -1442,7 +1454,7 @@ async def bench(args: argparse.Namespace) -> int:
                         problems[key] = probs
         if args.find_max:
             print(f"\nfind-max: highest R passing (ratio >= 99 %, p99 <= {PASS_P99_MS:g} ms)")
-            for target, n, results in max_results:
+            for target, n, results, _ in max_results:
                 top = best(results)
                 tried = ", ".join(f"{r.rate:,.0f}{'' if r.passed else '(fail)'}" for r in results)
                 if top is None:
@@ -1451,6 +1463,14 @@ async def bench(args: argparse.Namespace) -> int:
                     print(
                         f"  {target.label:<14} N={n:>6,}  R={top.rate:>8,.0f} msg/s  "
                         f"{top.rate_delivered:>11,.0f} deliveries/s  [{tried}]"
+                    )
+            print("\nlatency at half the highest passing R (ms)")
+            for target, n, _, half in max_results:
+                if half is not None:
+                    print(
+                        f"  {target.label:<14} N={n:>6,}  R={half.rate:>8,.0f} msg/s  "
+                        f"p50 {half.p50:>7.1f}  p99 {half.p99:>7.1f}  max {half.pmax:>7.1f}  "
+                        f"delivered {100 * half.ratio:.2f} %"
                     )
         ratio_table(
             all_results,
