@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
 from roomcast.auth import Cost, Passwords
-from roomcast.errors import Closed
+from roomcast.errors import Broken, Closed
 from roomcast.hub import GENERAL, Hub, Limits
 from roomcast.model import (
     Action,
@@ -45,7 +47,8 @@ from roomcast.model import (
     WhoList,
 )
 from roomcast.session import Session, State
-from roomcast.store import MemoryStore
+from roomcast.store import MemoryStore, Storage
+from roomcast.store.sqlite import SqliteStore
 
 CHEAP = Cost(time_cost=1, memory_cost=1024, parallelism=1)  # real argon2id, test-sized
 
@@ -64,7 +67,7 @@ class FakeClock:
 
 
 def make_hub(
-    store: MemoryStore | None = None, clock: FakeClock | None = None, **limits: int
+    store: Storage | None = None, clock: FakeClock | None = None, **limits: int
 ) -> tuple[Hub, FakeClock]:
     clock = clock or FakeClock()
     ids = itertools.count(1)
@@ -511,13 +514,11 @@ class CountingStore(MemoryStore):
         super().__init__()
         self.writes = 0
 
-    async def append(self, draft: Draft) -> Message:
+    def append_many(
+        self, drafts: Sequence[Draft], *, then: Callable[[list[Message]], None] | None = None
+    ) -> asyncio.Future[list[Message]]:
         self.writes += 1
-        return await super().append(draft)
-
-    async def append_many(self, drafts: Sequence[Draft]) -> list[Message]:
-        self.writes += 1
-        return [await super(CountingStore, self).append(d) for d in drafts]
+        return super().append_many(drafts, then=then)
 
 
 async def test_a_run_of_messages_is_one_store_write_delivered_in_order() -> None:
@@ -544,6 +545,63 @@ async def test_a_run_of_messages_is_one_store_write_delivered_in_order() -> None
     ]
     assert [g for g in got if g[0] == "#rust"] == [("#rust", Kind.ACTION, "waves")]
     assert texts(await ready(alice)) == ["one", "two"]  # the echo is the acknowledgement
+
+
+async def test_a_message_whose_sender_was_cancelled_while_storing_is_still_sent(
+    tmp_path: Path,
+) -> None:
+    """The store has the message once it commits, so the room gets it too, even when the
+    task that said it was cancelled meanwhile (its client went away); the next message
+    follows it in sequence."""
+    store = await SqliteStore.open(tmp_path / "store.db")
+    try:
+        hub, _ = make_hub(store, rate=1000, burst=1000)
+        alice, bob = await named(hub, "alice"), await named(hub, "bob")
+        await ready(bob)
+        saying = asyncio.create_task(hub.say(alice, [Say(text="one")]))
+        await asyncio.sleep(0)  # the write is queued
+        saying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await saying
+        assert await hub.say(alice, [Say(text="two")]) == []
+        assert texts(await ready(bob)) == ["one", "two"]
+    finally:
+        await hub.close()
+        await store.close()
+
+
+class FailingStore(MemoryStore):
+    """A memory store whose room writes fail while ``failing`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failing = False
+
+    def append_many(
+        self, drafts: Sequence[Draft], *, then: Callable[[list[Message]], None] | None = None
+    ) -> asyncio.Future[list[Message]]:
+        if not self.failing:
+            return super().append_many(drafts, then=then)
+        stored: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+        stored.set_exception(Broken("disk on fire"))
+        return stored
+
+
+async def test_a_store_failure_is_told_to_the_sender_and_the_room_goes_on() -> None:
+    """When the store fails, the sender hears "unavailable" and nobody gets the message;
+    once it works again, so does the room, in sequence."""
+    store = FailingStore()
+    hub, _ = make_hub(store, rate=1000, burst=1000)
+    alice, bob = await named(hub, "alice"), await named(hub, "bob")
+    await ready(bob)
+    store.failing = True
+    [error] = await hub.say(alice, [Say(text="lost"), Say(text="lost too")])
+    assert isinstance(error, Error) and error.code == "unavailable"
+    [error] = await hub.handle(alice, Join(room="#new"))
+    assert isinstance(error, Error) and error.code == "unavailable"
+    store.failing = False
+    assert await hub.say(alice, [Say(text="back", room=GENERAL)]) == []
+    assert texts(await ready(bob)) == ["back"]
 
 
 async def test_a_run_refuses_each_bad_message_alone() -> None:

@@ -150,6 +150,7 @@ def _new_id() -> str:
 
 
 FLOOD = "you are sending too fast: wait a moment, then retry"
+UNAVAILABLE = Error(code="unavailable", message="the server could not do that now; try again")
 
 
 class _Bucket:
@@ -231,10 +232,7 @@ class Hub:
             log.info("client error peer=%s name=%s code=%s", session.peer, session.name, e.code)
             return [Error(code=e.code, message=e.message)]
         except Broken:
-            log.exception("store failure for peer=%s", session.peer)
-            return [
-                Error(code="unavailable", message="the server could not do that now; try again")
-            ]
+            return [self._failed(session)]
 
     async def say(self, session: Session, commands: Sequence[Say | Action]) -> list[Event]:
         """Carry out a run of ``Say``/``Action`` commands from ``session`` with one store write;
@@ -261,13 +259,15 @@ class Hub:
             rooms.append(room)
         if drafts:
             try:
-                await self._publish_many(rooms, drafts)
+                await self._queue(rooms, drafts)
             except Broken:
-                log.exception("store failure for peer=%s", session.peer)
-                errors.append(
-                    Error(code="unavailable", message="the server could not do that now; try again")
-                )
+                errors.append(self._failed(session))
         return errors
+
+    def _failed(self, session: Session) -> Error:
+        """Log a store failure met on ``session``'s behalf; the error to send it."""
+        log.exception("store failure for peer=%s", session.peer)
+        return UNAVAILABLE
 
     def _illegal(self, session: Session, command: Command) -> ClientError:
         got = type(command).__name__
@@ -612,24 +612,38 @@ class Hub:
 
     async def _publish(self, room: Room, sender: str, kind: Kind, text: str) -> Message:
         draft = self._draft(room, sender, kind, text, self._clock())
-        (message,) = await self._publish_many([room], [draft])
+        (message,) = await self._queue([room], [draft])
         return message
 
-    async def _publish_many(self, rooms: list[Room], drafts: list[Draft]) -> list[Message]:
-        """Store ``drafts`` (``drafts[i]`` in ``rooms[i]``) in one write, then broadcast each."""
-        for room in rooms:
-            room.appending += 1  # the room must stay open until its messages are sent
-        try:
-            messages = await self.store.append_many(drafts)
-        finally:
+    def _queue(self, rooms: list[Room], drafts: list[Draft]) -> asyncio.Future[list[Message]]:
+        """Queue ``drafts`` (``drafts[i]`` in ``rooms[i]``) for the store in one write; each is
+        broadcast as soon as it is durable: the store calls back on the loop, so no task
+        switch comes between the commit and the broadcast, and a cancelled caller cannot leave
+        a stored message unsent. The rooms stay open until then."""
+        settled = False
+
+        def settle(messages: list[Message] | None) -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
             for room in rooms:
                 room.appending -= 1
-        for room, message in zip(rooms, messages, strict=True):
-            if not room.tx.closed:
-                room.send(message)
-        for room in dict.fromkeys(rooms):
-            self._drop_if_unused(room)
-        return messages
+            for room, message in zip(rooms, messages or (), strict=False):
+                if not room.tx.closed:
+                    room.send(message)
+            for room in dict.fromkeys(rooms):
+                self._drop_if_unused(room)
+
+        def failed(stored: asyncio.Future[list[Message]]) -> None:
+            if not stored.cancelled() and stored.exception() is not None:
+                settle(None)  # nothing was stored
+
+        for room in rooms:
+            room.appending += 1
+        stored = self.store.append_many(drafts, then=settle)
+        stored.add_done_callback(failed)
+        return stored
 
     async def _private(self, session: Session, to: str, text: str) -> list[Event]:
         user = self._user(session)

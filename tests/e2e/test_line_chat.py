@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+from collections.abc import Sequence
 
 import pytest
 
+from roomcast.errors import Broken
+from roomcast.model import Draft
 from roomcast.net.tcp import TcpLimits
 from roomcast.server import Server
 from roomcast.wire.line import GREETING, HELP
@@ -70,6 +73,29 @@ async def test_the_sender_gets_its_own_messages_back_in_order(
     await alice.send(*texts)
     for text in texts:
         assert await alice.readline() == f"[#general] alice: {text}"
+
+
+async def test_a_store_failure_is_told_to_the_sender_who_can_go_on(
+    server: Server, clients: Clients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines the store cannot keep are answered with an error, not echoed; the connection
+    and the room go on once the store works again."""
+    alice = await clients.connect(server, "alice")
+    store = server.hub.store
+    working = store.append_many
+
+    def failing(drafts: Sequence[Draft], *, then: object = None) -> asyncio.Future[None]:
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stored.set_exception(Broken("disk on fire"))
+        return stored
+
+    monkeypatch.setattr(store, "append_many", failing)
+    await alice.send("lost", "lost too")
+    await alice.expect("! the server could not do that now; try again", exact=True)
+    monkeypatch.setattr(store, "append_many", working)
+    await alice.send("back")
+    await alice.expect("[#general] alice: back", exact=True)
+    assert not [line for line in alice.lines if "lost" in line]
 
 
 async def test_a_private_message_reaches_the_recipient_and_the_sender_only(

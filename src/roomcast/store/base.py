@@ -21,9 +21,10 @@ no letter or digit is ignored, and a query with no word left matches nothing.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,9 +87,18 @@ class Store(Protocol):
         """Store ``draft`` under its room's next sequence number; return once it is durable."""
         ...
 
-    async def append_many(self, drafts: Sequence[Draft]) -> list[Message]:
-        """Store ``drafts`` in order, each under its room's next sequence number, all or none;
-        return once they are durable. One write for a run of messages."""
+    def append_many(
+        self, drafts: Sequence[Draft], *, then: Callable[[list[Message]], None] | None = None
+    ) -> asyncio.Future[list[Message]]:
+        """Store ``drafts`` in order, each under its room's next sequence number, all or none.
+        One write for a run of messages.
+
+        The write is queued by the call itself, so writes are made in the order of the calls;
+        the future is done once they are durable. ``then``, if given, is called with the
+        stored messages as soon as they are, on the event loop, before the future is done,
+        and even if the future was cancelled meanwhile: the hub broadcasts there, so no stored
+        message goes unsent and each room gets its messages in sequence order without a task
+        switch."""
         ...
 
     async def append_private(self, draft: PrivateDraft) -> Private:

@@ -7,9 +7,10 @@ durable stores (``tests/store/test_contract.py`` runs against both).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from roomcast.errors import ClientError
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
@@ -65,14 +66,24 @@ class MemoryStore:
         return sorted(name for name, r in self._rooms.items() if r.latest)
 
     async def append(self, draft: Draft) -> Message:
+        return self._append(draft)
+
+    def _append(self, draft: Draft) -> Message:
         r = self._room(draft.room)
         r.latest += 1
         message = draft.with_seq(r.latest)
         r.messages.append(message)
         return message
 
-    async def append_many(self, drafts: Sequence[Draft]) -> list[Message]:
-        return [await self.append(draft) for draft in drafts]
+    def append_many(
+        self, drafts: Sequence[Draft], *, then: Callable[[list[Message]], None] | None = None
+    ) -> asyncio.Future[list[Message]]:
+        messages = [self._append(draft) for draft in drafts]
+        if then is not None:
+            then(messages)
+        stored: asyncio.Future[list[Message]] = asyncio.get_running_loop().create_future()
+        stored.set_result(messages)
+        return stored
 
     async def append_private(self, draft: PrivateDraft) -> Private:
         self._private_seq += 1

@@ -192,11 +192,23 @@ class SqliteStore:
 
         Cancelling the caller does not withdraw the write: it is committed all the same.
         """
-        if self._closing:
-            raise Broken("the SQLite store is closed")
+        return await self._queue(run, atomic=atomic)
+
+    def _queue(
+        self,
+        run: Callable[[], T],
+        *,
+        atomic: bool = False,
+        then: Callable[[T], None] | None = None,
+    ) -> asyncio.Future[T]:
+        """Queue ``run`` for the writer now; the future is done once its batch is committed,
+        after ``then`` was called with the result (on the loop, even if it was cancelled)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._writer.put(Job(run=run, future=future, atomic=atomic))
-        return await future
+        if self._closing:
+            future.set_exception(Broken("the SQLite store is closed"))
+        else:
+            self._writer.put(Job(run=run, future=future, atomic=atomic, then=then))
+        return future
 
     async def _read(self, run: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``run`` on a reader thread, in one read transaction."""
@@ -244,11 +256,11 @@ class SqliteStore:
     async def append(self, draft: Draft) -> Message:
         return await self._write(functools.partial(self._writer.append, draft))
 
-    async def append_many(self, drafts: Sequence[Draft]) -> list[Message]:
-        if not drafts:
-            return []
+    def append_many(
+        self, drafts: Sequence[Draft], *, then: Callable[[list[Message]], None] | None = None
+    ) -> asyncio.Future[list[Message]]:
         run = functools.partial(self._writer.append_many, drafts)
-        return await self._write(run, atomic=len(drafts) > 1)
+        return self._queue(run, atomic=len(drafts) > 1, then=then)
 
     async def append_private(self, draft: PrivateDraft) -> Private:
         return await self._write(functools.partial(self._writer.append_private, draft))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
 import sqlite3
 import threading
@@ -46,7 +47,13 @@ class Job:
     run: Callable[[], Any]  # runs on the writer thread, inside the batch's transaction
     future: asyncio.Future[Any]  # resolved on its loop after COMMIT
     atomic: bool  # several statements: wrap in a savepoint so a refusal undoes them all
+    then: Callable[[Any], None] | None = None  # called with the result on the loop after COMMIT
 
+
+Outcome = tuple[Job, bool, Any]  # a job, whether it succeeded, its result or its exception
+
+
+log = logging.getLogger("roomcast.store")
 
 STOP: Final = None  # the queue item that tells the writer to finish
 # The search index is filled in passes, not per commit: an FTS5 insert costs 31 us a row in
@@ -127,7 +134,7 @@ class Writer:
 
     def _commit(self, batch: list[Job]) -> None:
         """Run ``batch`` in one transaction, commit, then settle every job's future."""
-        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        outcomes: list[Outcome] = []
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             (version,) = self._conn.execute("PRAGMA data_version").fetchone()
@@ -142,7 +149,7 @@ class Writer:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
             self._forget()
-            outcomes = [(job.future, False, broken(e)) for job in batch]
+            outcomes = [(job, False, broken(e)) for job in batch]
             self._unindexed += 1  # an index pass in the batch may be undone: run one again
         else:
             self.commits += 1
@@ -150,7 +157,7 @@ class Writer:
             self.largest_batch = max(self.largest_batch, len(batch))
         settle_threadsafe(outcomes)
 
-    def _attempt(self, job: Job) -> tuple[asyncio.Future[Any], bool, Any]:
+    def _attempt(self, job: Job) -> Outcome:
         """Run one job; a refusal (``ClientError``, a violated constraint) fails that job
         alone, any other error fails the whole batch."""
         if job.atomic:
@@ -169,10 +176,10 @@ class Writer:
                 self._conn.execute("RELEASE job")
                 # the caches go back with the rows
                 self._room_seq, self._dirty, self._private_seq, self._private_dirty = counters
-            return job.future, False, e if isinstance(e, ClientError) else broken(e)
+            return job, False, e if isinstance(e, ClientError) else broken(e)
         if job.atomic:
             self._conn.execute("RELEASE job")
-        return job.future, True, value
+        return job, True, value
 
     def _forget(self) -> None:
         self._room_seq.clear()
@@ -228,7 +235,21 @@ class Writer:
         return d.with_seq(seq)
 
     def append_many(self, drafts: Sequence[Draft]) -> list[Message]:
-        return [self.append(d) for d in drafts]
+        """Several messages in one statement: runs as an atomic job (see ``_attempt``), which
+        puts the sequence caches back if the insert fails."""
+        if len(drafts) == 1:
+            return [self.append(drafts[0])]
+        messages = []
+        for d in drafts:
+            seq = self._room_seq[d.room] = (self._latest(d.room, create_at=d.ts) or 0) + 1
+            self._dirty.add(d.room)
+            messages.append(d.with_seq(seq))
+        self._conn.executemany(
+            INSERT_MESSAGE,
+            [(m.id, m.room, m.seq, m.sender, m.kind.value, m.text, m.ts) for m in messages],
+        )
+        self._unindexed += len(messages)
+        return messages
 
     def append_private(self, d: PrivateDraft) -> Private:
         seq = self._latest_private() + 1
@@ -349,18 +370,25 @@ class Writer:
         )
 
 
-def settle_threadsafe(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+def settle_threadsafe(outcomes: list[Outcome]) -> None:
     """Hand the outcomes to each future's loop, in order, one wake-up per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
     for outcome in outcomes:
-        by_loop.setdefault(outcome[0].get_loop(), []).append(outcome)
+        by_loop.setdefault(outcome[0].future.get_loop(), []).append(outcome)
     for loop, items in by_loop.items():
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
             loop.call_soon_threadsafe(_settle, items)
 
 
-def _settle(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in items:
+def _settle(items: list[Outcome]) -> None:
+    for job, ok, value in items:
+        if ok and job.then is not None:  # even if the caller was cancelled: it is stored
+            try:
+                job.then(value)
+            except Exception as e:  # the caller hears of it; if it is gone, the log does
+                log.exception("after a write")
+                ok, value = False, e
+        future = job.future
         if future.done():  # the caller was cancelled; the write stands all the same
             continue
         if ok:
