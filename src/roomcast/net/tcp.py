@@ -3,8 +3,9 @@
 Each connection has a reader task that hands decoded commands to the hub one at a time (a run
 of plain lines is handed over together, so the store commits them in one batch) and writes
 the replies. Delivery has no task: when a session has something ready, its connection is
-marked, and once per loop turn ``LineServer.flush`` pumps every marked connection: every ready
-message of every room, rendered once per message for everyone, in one ``transport.write``.
+marked, and ``LineServer.flush`` pumps every marked connection, at most once per loop turn
+and with a short gap after a long flush: every ready message of every room, rendered once
+per message for everyone, in one ``transport.write``.
 
 Flow control: when the transport's write buffer passes ``high_water`` the writer stops pulling,
 so the session's receivers fall behind in the room rings (which costs the server nothing) and
@@ -40,6 +41,7 @@ class TcpLimits:
     stall_timeout: float = 30.0  # seconds above high_water before the connection is closed
     max_pending: int = 64  # decoded commands waiting for the hub before reading pauses
     batch: int = 512  # events pulled per write
+    flush_gap: float = 0.005  # most seconds between two flushes, as long as the last one took
     close_grace: float = 2.0  # seconds a closing client gets to take what is buffered
 
 
@@ -297,6 +299,7 @@ class LineServer:
         # connections to pump at the next flush, in the order they became ready
         self._dirty: dict[_Connection, None] = {}
         self._flush_scheduled = False
+        self._next_flush = 0.0  # loop time before which no flush starts
         self._all_closed = asyncio.Event()  # set when no connection is open
 
     async def start(self, host: str, port: int) -> None:
@@ -324,14 +327,28 @@ class LineServer:
         self._dirty[conn] = None
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
+            wait = self._next_flush - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self.flush)
+            else:
+                loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        """Pump every connection that has something ready: one write each."""
+        """Pump every connection that has something ready: one write each.
+
+        The next flush waits as long as this one took, up to ``flush_gap``: with thousands of
+        members a flush takes milliseconds, and flushes back to back would make every other
+        step of every message (reading it, storing it, broadcasting it) wait for a whole
+        flush. The gap lets those steps run, and the next flush carries more per write."""
         dirty, self._dirty = self._dirty, {}
         self._flush_scheduled = False
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         for conn in dirty:
             conn.pump()
+        took = loop.time() - start
+        self._next_flush = start + took + min(took, self.limits.flush_gap)
 
     def forget(self, conn: _Connection) -> None:
         """Drop a closed connection from the open set."""
