@@ -1563,10 +1563,7 @@ def main(argv: list[str] | None = None) -> int:
     print("roomcast settings the bench changes (flag value: default):")
     for flag, value, default in ROOMCAST_CHANGES:
         print(f"  {flag} {value}  (default {default})")
-    print(
-        "  note: --high-water applies to the line listener only; the WebSocket writer waits "
-        "for aiohttp's own buffer limit"
-    )
+    print("  note: --high-water and --stall-timeout apply to line and WebSocket connections")
     start = time.perf_counter()
     try:
         code = uvloop.run(bench(args))

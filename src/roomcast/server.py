@@ -65,7 +65,9 @@ class Server:
             self.web = WebServer(
                 self.hub,
                 tokens,
-                limits=WebLimits(origins=origins, stall_timeout=cfg.stall_timeout),
+                limits=WebLimits(
+                    origins=origins, high_water=cfg.high_water, stall_timeout=cfg.stall_timeout
+                ),
             )
             await self.web.start(cfg.host, cfg.http_port)
             log.info("listening http=%s:%d", cfg.host, self.web.port)

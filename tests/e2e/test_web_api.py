@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -29,7 +30,9 @@ from websockets.typing import Origin
 
 from roomcast import __version__
 from roomcast.auth import Cost, Passwords
+from roomcast.net.web import _Socket
 from roomcast.server import Server
+from tests.e2e.conftest import LogWatch
 
 StartServer = Callable[..., Awaitable[Server]]  # the ``start_server`` fixture of conftest.py
 Obj = dict[str, Any]  # one decoded JSON object
@@ -1197,6 +1200,208 @@ async def test_a_server_shutdown_closes_websockets_with_1001(
     await server.stop()  # the fixture stops it again: stop is idempotent
     for ws in (alice, nameless):
         assert await ws.closed() == (1001, "server shutting down")
+
+
+# --- slow WebSocket clients, the heartbeat and shutdown -------------------------------------
+
+
+def ws_socket_of(server: Server, name: str) -> _Socket:
+    """The server's WebSocket connection object for the user ``name``."""
+    assert server.web is not None
+    for sock in server.web.sockets:
+        if sock.session.name == name:
+            return sock
+    raise AssertionError(f"no WebSocket connection for {name!r}")
+
+
+def ws_transport_of(server: Server, name: str) -> asyncio.Transport:
+    """The server-side transport of the WebSocket user ``name``."""
+    return ws_socket_of(server, name)._transport
+
+
+def throttle_ws(server: Server, name: str) -> None:
+    """A slow network path to ``name`` (conftest's ``throttle``, for a WebSocket): a small
+    kernel send buffer on the server's socket, so that what the client does not read piles up
+    where flow control sees it."""
+    sock = ws_transport_of(server, name).get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+
+
+def stop_reading(ws: Ws) -> None:
+    """Take nothing more from the socket, like a hung client: the kernel buffers fill up."""
+    ws.conn.transport.pause_reading()
+
+
+async def read_to_close(ws: Ws, *, max_events: int) -> tuple[int | None, str | None]:
+    """Read every event up to the end of the connection; return the close code and reason."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    try:
+        for _ in range(max_events):
+            await ws.next(deadline - loop.time())
+    except ConnectionClosed:
+        return ws.conn.close_code, ws.conn.close_reason
+    raise AssertionError(f"still open after {max_events} events: {ws.events[-8:]}")
+
+
+def texts_from(ws: Ws, sender: str) -> list[str]:
+    """The texts of the room messages ``ws`` read from ``sender``, in order."""
+    return [e["text"] for e in ws.events if e["type"] == "message" and e["from"] == sender]
+
+
+async def test_a_websocket_client_that_stops_reading_is_cut_after_the_stall_and_slows_nobody(
+    start_server: StartServer,
+    sockets: Sockets,
+    log_watch: LogWatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A WebSocket client that stops reading holds nobody back, costs bounded memory (what is
+    unsent for it stays under high_water plus one batch), and is closed with 1008 and the
+    reason after stall_timeout; what it got before is the chat's start, in order."""
+    high_water, stall_timeout = 16384, 3.0
+    server = await start_server(high_water=high_water, stall_timeout=stall_timeout, **FAST)
+    assert server.web is not None and server.web.limits.high_water == high_water
+    witness = await sockets.ws(server, "witness")
+    speaker = await sockets.ws(server, "speaker")
+    slow = await sockets.ws(server, "slow")
+    stop_reading(slow)
+    throttle_ws(server, "slow")
+    slow_transport = ws_transport_of(server, "slow")
+
+    chunks, per_chunk, pad = 20, 100, "x" * 80  # 2,000 messages of ~200 bytes of JSON
+    texts = [f"n {i:04d} {pad}" for i in range(chunks * per_chunk)]
+    sizes: list[int] = []
+    for chunk in range(chunks):
+        for text in texts[chunk * per_chunk : (chunk + 1) * per_chunk]:
+            await speaker.send({"type": "send", "text": text})
+        last = texts[(chunk + 1) * per_chunk - 1]
+        await witness.said(last)
+        await speaker.said(last)
+        sizes.append(slow_transport.get_write_buffer_size())
+
+    longest = max(len(orjson.dumps(e)) for e in witness.events if e["type"] == "message")
+    bound = high_water + server.web.limits.batch * (longest + 1) + 64  # plus one batch frame
+    assert max(sizes) > high_water, f"the slow client never filled its buffer: {sizes}"
+    assert max(sizes) < bound, f"buffer over high_water plus one batch ({bound}): {sizes}"
+    assert texts_from(witness, "speaker") == texts
+    assert texts_from(speaker, "speaker") == texts
+
+    await log_watch.wait_for(
+        lambda messages: any(m.startswith("too slow") for m in messages),
+        within=stall_timeout + TIMEOUT,
+    )
+    assert "too slow peer=" in caplog.text
+    slow.conn.transport.resume_reading()
+    reason = "too slow: not reading for 3 s"
+    assert await read_to_close(slow, max_events=len(texts) + 100) == (1008, reason)
+    got = texts_from(slow, "speaker")
+    assert got == texts[: len(got)]  # what it got before the cut is the chat's start, in order
+    quit_ = await witness.expect(lambda e: e["type"] == "presence" and e["from"] == "slow")
+    assert quit_["reason"] == reason
+
+
+async def test_stop_with_websocket_clients_that_never_read_closes_them_all_and_returns(
+    start_server: StartServer, sockets: Sockets
+) -> None:
+    """Stopping the server while clients sit on unread frames closes every connection: they get
+    ``close_grace`` to take what is buffered, then they are cut, and stop returns."""
+    server = await start_server(high_water=16384, stall_timeout=300.0, **FAST)
+    assert server.web is not None
+    speaker = await sockets.ws(server, "speaker")
+    names = [f"slow{i}" for i in range(20)]
+    slow: list[Ws] = []
+    for name in names:
+        slow.append(await sockets.ws(server, name))
+        stop_reading(slow[-1])
+        throttle_ws(server, name)
+    stuck = [ws_transport_of(server, name) for name in names]
+    pad = "x" * 80
+    for chunk in range(10):
+        for i in range(100):
+            await speaker.send({"type": "send", "text": f"n {chunk:02d}{i:03d} {pad}"})
+        await speaker.said(f"n {chunk:02d}099 {pad}")
+    assert all(transport.get_write_buffer_size() > 0 for transport in stuck)
+
+    async with asyncio.timeout(30.0):  # generous: stop must return, not wait for the clients
+        await server.stop()
+    assert not server.web.sockets
+    assert all(transport.is_closing() for transport in stuck)
+    assert server.hub.online == 0
+    assert await read_to_close(speaker, max_events=2000) == (1001, "server shutting down")
+    for ws in slow:  # cut: what was buffered for them may be lost, the connection is over
+        ws.conn.transport.resume_reading()
+        code, _ = await read_to_close(ws, max_events=2000)
+        assert code in (1001, 1006)
+
+
+async def test_a_client_that_answers_no_ping_is_dropped_by_the_heartbeat(
+    start_server: StartServer, sockets: Sockets
+) -> None:
+    """aiohttp's heartbeat still watches idle connections: one whose client stops answering
+    pings is closed, and its room sees it leave."""
+    server = await start_server()
+    assert server.web is not None
+    server.web.limits = replace(server.web.limits, heartbeat=0.5)  # for connections from now on
+    witness = await sockets.ws(server, "witness")  # it answers pings: it keeps reading
+    mute = await sockets.ws(server, "mute")
+    stop_reading(mute)
+    presence = await witness.expect(lambda e: e["type"] == "presence" and e["from"] == "mute")
+    assert presence["status"] == "offline"
+    mute.conn.transport.resume_reading()
+    assert (await read_to_close(mute, max_events=100))[0] == 1006  # closed without a word
+    await still_chatting(witness, witness, "the witness is still here")
+
+
+async def test_a_dead_client_with_frames_unsent_is_dropped_by_the_heartbeat(
+    start_server: StartServer, sockets: Sockets
+) -> None:
+    """A client that neither reads nor answers pings, with frames still unsent to it (so its
+    connection cannot just finish closing), is dropped once aiohttp's heartbeat gives up on
+    it, whether or not its room still talks: its room sees it leave, the socket is cut."""
+    server = await start_server(high_water=4 * 2**20, stall_timeout=300.0, **FAST)
+    assert server.web is not None
+    server.web.limits = replace(server.web.limits, heartbeat=0.5)
+    assert server.web._sweeper is not None
+    server.web._sweeper.cancel()
+    server.web._sweep()  # from now on, once per (new) heartbeat
+    witness = await sockets.ws(server, "witness")
+    mute = await sockets.ws(server, "mute")
+    stop_reading(mute)
+    throttle_ws(server, "mute")
+    transport = ws_transport_of(server, "mute")
+    pad = "x" * 100
+    for i in range(2000):  # far more than the kernel buffers of a throttled path take
+        await witness.send({"type": "send", "text": f"n {i:04d} {pad}"})
+    last = f"n 1999 {pad}"
+    await witness.expect(lambda e: e.get("text") == last, max_frames=2100)
+    presence = await witness.expect(lambda e: e["type"] == "presence" and e["from"] == "mute")
+    assert presence["status"] == "offline"
+    assert transport.is_closing()
+    mute.conn.transport.resume_reading()
+    await read_to_close(mute, max_events=3000)
+
+
+async def test_sends_without_ids_that_come_together_are_said_in_order(
+    start_server: StartServer, sockets: Sockets
+) -> None:
+    """Send frames without an id that arrive back to back are stored and broadcast together, in
+    order; a refused one in the middle and a ping are answered in their place."""
+    server = await start_server(**FAST)
+    witness = await sockets.ws(server, "witness")
+    speaker = await sockets.ws(server, "speaker")
+    texts = [f"run {i:03d}" for i in range(300)]
+    frames = [orjson.dumps({"type": "send", "text": text}).decode() for text in texts]
+    frames.insert(150, orjson.dumps({"type": "send", "text": "y" * 5000}).decode())
+    frames.insert(200, '{"type":"ping","id":7}')
+    for frame in frames:
+        await speaker.conn.send(frame)
+    await witness.said("run 299")
+    assert texts_from(witness, "speaker") == texts
+    error = await speaker.expect(lambda e: e["type"] == "error")
+    assert error["code"] == "bad_text"
+    await speaker.reply(7, "pong")
+    await speaker.said("run 299")
+    assert texts_from(speaker, "speaker") == texts
 
 
 # --- WebSocket and line clients together, and quitting --------------------------------------

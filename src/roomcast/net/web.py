@@ -15,6 +15,21 @@ Routes (docs/protocol.md has the details):
     GET  /ws                                the WebSocket JSON protocol
 
 A room in a URL has no '#': ``/api/rooms/general`` is ``#general``.
+
+A WebSocket connection, once upgraded, is delivered to like a line connection (``net/tcp.py``):
+no writer task. Its session calls it back when something is ready, the connection is marked,
+and once per loop turn ``WebServer`` pumps every marked connection: what is ready, in one
+frame, in one ``transport.write``. A run of room messages is framed once for every member
+(``wire.websocket.Frames``): frames from a server are not masked, so the bytes are the same.
+aiohttp still parses the client's frames and keeps the heartbeat; its handler task reads
+them once bytes came (a run of sends goes to the hub together, one store write) and, while
+none come, waits on one future, not inside a read. Our writes go straight to the transport,
+whole frames only, so replies and deliveries interleave frame by frame, never inside one.
+Flow control is the line listener's: above ``high_water`` buffered bytes the connection stops
+pulling (its receivers fall behind in the rings and are refilled from the store later) and
+stops reading requests; ``stall_timeout`` seconds there and it is closed with 1008 and a
+reason. ``stop`` closes every connection at once and cuts, after ``close_grace``, those that
+do not take their close.
 """
 
 from __future__ import annotations
@@ -22,23 +37,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from roomcast import __version__
 from roomcast.errors import Broken, ClientError, Closed
 from roomcast.hub import Hub
-from roomcast.model import FetchHistory, Message, Missed, room_name, seq_number
+from roomcast.model import (
+    Action,
+    Command,
+    FetchHistory,
+    Message,
+    Missed,
+    Say,
+    room_name,
+    seq_number,
+)
 from roomcast.session import Session, State
 from roomcast.tokens import Tokens
-from roomcast.wire.json import JsonCodec, Reply, encoded_messages, message_object
+from roomcast.wire.json import JsonCodec, Reply, RequestId, encoded_messages, message_object
+from roomcast.wire.websocket import Frames, close_frame, text_frame
 
 __all__ = ["WebLimits", "WebServer"]
 
@@ -64,9 +89,14 @@ class WebLimits:
 
     max_frame: int = 65536  # bytes in one WebSocket frame or API request body
     origins: tuple[str, ...] = ()  # allowed WebSocket origins; () = the page's own origin
-    stall_timeout: float = 30.0  # seconds a WebSocket client may stay unable to take a frame
+    high_water: int = 256 * 1024  # WebSocket write-buffer bytes above which we stop pulling
+    stall_timeout: float = 30.0  # seconds a WebSocket client may stay above high_water
     batch: int = 512  # events per frame
+    max_pending: int = 64  # WebSocket frames read before they are handled (a run of sends)
+    flush_gap: float = 0.005  # most seconds between two WebSocket flushes, as long as one took
     keepalive: float = 15.0  # seconds between SSE comments on an idle stream
+    heartbeat: float = 30.0  # seconds between WebSocket pings (aiohttp's heartbeat)
+    close_grace: float = 2.0  # seconds a closing WebSocket client gets to take what is buffered
 
 
 def _json(obj: object, status: int = 200) -> web.Response:
@@ -89,21 +119,34 @@ class WebServer:
         self.tokens = tokens  # signs and checks login tokens
         self.limits = limits or WebLimits()
         self.messages = encoded_messages()  # each room message encoded once for everyone
-        self.sockets: dict[web.WebSocketResponse, Session] = {}  # open WebSocket connections
+        # one codec for every WebSocket connection: it holds no per-connection state
+        self.codec = JsonCodec(messages=self.messages, verify_token=self.tokens.verify)
+        self.frames = Frames(self.codec, self.messages)  # a shared run framed once for all
+        self.sockets: set[_Socket] = set()  # open WebSocket connections
         self.streams: set[Session] = set()  # open event streams
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        # aiohttp refuses sizes >= its limit; ours are the largest accepted
-        app = web.Application(client_max_size=self.limits.max_frame + 1, middlewares=[self._errors])
+        # WebSocket connections to pump at the next flush, in the order they became ready
+        self._dirty: dict[_Socket, None] = {}
+        self._flush_scheduled = False
+        self._next_flush = 0.0  # loop time before which no flush starts
+        self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
+        self._all_closed = asyncio.Event()  # set when no WebSocket connection is open
+        self._sweeper: asyncio.TimerHandle | None = None  # runs _sweep once per heartbeat
+        # aiohttp refuses sizes >= its limit; ours are the largest accepted. No middleware:
+        # each API handler is wrapped instead (``_guard``), so that an open WebSocket's
+        # suspended stack holds no middleware frames.
+        app = web.Application(client_max_size=self.limits.max_frame + 1)
+        guard = self._guard
         app.router.add_get("/", self._index)
         app.router.add_static("/static/", _static_dir(), append_version=False)
-        app.router.add_get("/health", self._health)
-        app.router.add_post("/api/register", self._register)
-        app.router.add_post("/api/login", self._login)
-        app.router.add_get("/api/rooms", self._rooms)
-        app.router.add_get("/api/rooms/{room}/messages", self._history)
-        app.router.add_post("/api/rooms/{room}/messages", self._post)
-        app.router.add_get("/api/rooms/{room}/events", self._events)
+        app.router.add_get("/health", guard(self._health))
+        app.router.add_post("/api/register", guard(self._register))
+        app.router.add_post("/api/login", guard(self._login))
+        app.router.add_get("/api/rooms", guard(self._rooms))
+        app.router.add_get("/api/rooms/{room}/messages", guard(self._history))
+        app.router.add_post("/api/rooms/{room}/messages", guard(self._post))
+        app.router.add_get("/api/rooms/{room}/events", guard(self._events))
         app.router.add_get("/ws", self._websocket)
         self.app = app
 
@@ -115,6 +158,7 @@ class WebServer:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await self._site.start()
+        self._sweeper = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._sweep)
 
     @property
     def port(self) -> int:
@@ -124,33 +168,64 @@ class WebServer:
         return port
 
     async def stop(self, reason: str = "server shutting down") -> None:
-        """Tell every WebSocket client ``reason``, end the streams, stop listening."""
-        for ws, session in list(self.sockets.items()):
-            await self.hub.disconnect(session, reason)
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.close(code=1001, message=reason.encode()[:120])
+        """Close every WebSocket with 1001 and ``reason``, end the streams, stop listening.
+
+        A WebSocket client gets ``limits.close_grace`` seconds to take what is buffered for
+        it; then it is cut. Its session leaves the hub at once either way.
+        """
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for sock in list(self.sockets):
+            sock.close(1001, reason)
         for session in list(self.streams):
             self.hub.unwatch(session)
+        if self.sockets:
+            await self._closed(within=self.limits.close_grace + 1.0)
+            for sock in list(self.sockets):
+                sock.abort()
+            await self._closed(within=1.0)
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def _closed(self, *, within: float) -> None:
+        """Wait until every WebSocket handler has ended, or ``within`` seconds."""
+        if not self.sockets:
+            return
+        self._all_closed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._all_closed.wait()
+
     # -- plumbing --
 
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except ClientError as e:
-            log.info("client error %s %s code=%s", request.method, request.path, e.code)
-            return _error(e)
-        except web.HTTPRequestEntityTooLarge:
-            log.info("client error %s %s code=too_large", request.method, request.path)
-            limit = self.limits.max_frame
-            message = f"the body is over {limit} bytes"
-            return _json({"error": {"code": "too_large", "message": message}}, 413)
-        except Broken:
-            log.exception("store failure on %s %s", request.method, request.path)
-            return _json({"error": {"code": "unavailable", "message": "try again later"}}, 503)
+    def _guard(self, handler: Handler) -> Handler:
+        """``handler`` with client errors and store failures answered as JSON errors."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except ClientError as e:
+                log.info("client error %s %s code=%s", request.method, request.path, e.code)
+                return _error(e)
+            except web.HTTPRequestEntityTooLarge:
+                log.info("client error %s %s code=too_large", request.method, request.path)
+                limit = self.limits.max_frame
+                message = f"the body is over {limit} bytes"
+                return _json({"error": {"code": "too_large", "message": message}}, 413)
+            except Broken:
+                log.exception("store failure on %s %s", request.method, request.path)
+                return _json({"error": {"code": "unavailable", "message": "try again later"}}, 503)
+
+        return guarded
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it finishes."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
@@ -307,81 +382,409 @@ class WebServer:
         return urlsplit(origin).netloc == request.host
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        """Upgrade, then read the client's frames until the connection ends.
+
+        This handler's task (aiohttp's) is the connection's reader; deliveries need no task.
+        """
         if not self._origin_allowed(request):
             log.warning("websocket origin refused origin=%s", request.headers.get("Origin"))
             return _json({"error": {"code": "bad_origin", "message": "origin not allowed"}}, 403)
+        limits = self.limits
         ws = web.WebSocketResponse(
-            max_msg_size=self.limits.max_frame + 1, heartbeat=30.0, compress=False
+            max_msg_size=limits.max_frame + 1, heartbeat=limits.heartbeat, compress=False
         )
         await ws.prepare(request)
         transport = request.transport
-        peername = transport.get_extra_info("peername") if transport is not None else None
-        peer = f"{request.remote}:{peername[1] if peername else 0}"
-        session = self.hub.connect(peer)
-        codec = JsonCodec(messages=self.messages, verify_token=self.tokens.verify)
-        self.sockets[ws] = session
-        log.info("connect peer=%s transport=websocket", peer)
-        writer: asyncio.Task[None] | None = None  # started once the session has a name
-        reason = "connection closed"
+        if transport is None:  # gone during the handshake
+            return ws
+        sock = _Socket(self, transport, self.hub.connect(_peer(transport)))
+        session = sock.session
+        self.sockets.add(sock)
+        log.info("connect peer=%s transport=websocket", session.peer)
+        reason: str | None = None
         try:
-            async for msg in ws:
-                if msg.type is WSMsgType.TEXT:
-                    await self._ws_request(ws, session, codec, msg.data)
-                    if writer is None and session.state is not State.NEW:
-                        # after the welcome went out: what the session receives comes next
-                        writer = asyncio.create_task(self._ws_writer(ws, session, codec))
-                    if session.state is State.CLOSED:
-                        reason = session.close_reason
-                        assert writer is not None  # started just above
-                        await writer  # delivers what was left, then closes
-                        break
-                elif msg.type is WSMsgType.BINARY:
-                    reason = "binary frame"
-                    await ws.close(code=1003, message=b"send JSON text frames")
-                    break
-                elif msg.type is WSMsgType.ERROR:
-                    error = ws.exception()
-                    too_large = "exceeds limit" in str(error) or ws.close_code == 1009
-                    reason = "frame too large" if too_large else "protocol error"
-                    break
+            while reason is None:
+                arrival = sock.arrival()  # None: bytes came since we last looked
+                if arrival is not None:  # idle: parked on one future, no read in progress
+                    await arrival
+                reason = await self._ws_read(ws, sock)
+        except Exception:  # a bug must cost this connection only, and be seen
+            log.exception("internal error peer=%s", session.peer)
+            reason = "internal error"
+            sock.close(1011, reason)
         finally:
-            if writer is not None:
-                writer.cancel()
-            self.sockets.pop(ws, None)
-            await self.hub.disconnect(session, reason)
-            reason = session.close_reason or reason
-            log.info("disconnect peer=%s name=%s reason=%s", peer, session.last_name, reason)
+            sock.detach()
+            self._forget(sock)
+            reason = reason or "connection closed"
+            if sock.quit_reason is None:
+                await self.hub.disconnect(session, reason)
+            reason = sock.quit_reason or session.close_reason or reason
+            log.info(
+                "disconnect peer=%s name=%s reason=%s", session.peer, session.last_name, reason
+            )
         return ws
 
-    async def _ws_request(
-        self, ws: web.WebSocketResponse, session: Session, codec: JsonCodec, data: str
-    ) -> None:
-        parsed = codec.parse(data)
-        if isinstance(parsed, Reply):
-            flood = self.hub.spend(session)
-            frame = parsed.frame if flood is None else codec.encode([flood])
-            await ws.send_frame(frame, WSMsgType.TEXT)
-            return
-        request_id, command = parsed
-        for frame in codec.replies(await self.hub.handle(session, command), request_id):
-            await ws.send_frame(frame, WSMsgType.TEXT)
-
-    async def _ws_writer(
-        self, ws: web.WebSocketResponse, session: Session, codec: JsonCodec
-    ) -> None:
-        try:
-            while True:
-                events = await session.receive(self.limits.batch)
-                try:
-                    async with asyncio.timeout(self.limits.stall_timeout):  # no task per send
-                        await ws.send_frame(codec.encode(events), WSMsgType.TEXT)
+    async def _ws_read(self, ws: web.WebSocketResponse, sock: _Socket) -> str | None:
+        """Handle every frame that has come, then return ``None``; or, once the connection
+        is over, why."""
+        most = self.limits.max_pending
+        while True:
+            texts: list[str] = []
+            end: WSMessage | None = None
+            while len(texts) < most:
+                try:  # a frame now, or none: aiohttp's queue has nothing more for us
+                    msg = await ws.receive(timeout=_POLL)
                 except TimeoutError:
-                    log.warning("too slow peer=%s name=%s", session.peer, session.name)
-                    reason = f"too slow: not reading for {self.limits.stall_timeout:g} s"
-                    await self.hub.disconnect(session, reason)
-                    await ws.close(code=1008, message=reason.encode())
-                    return
-        except Closed:
-            await ws.close(code=1000, message=b"goodbye")
-        except ConnectionError:
-            pass
+                    break
+                if msg.type is not WSMsgType.TEXT:
+                    end = msg
+                    break
+                texts.append(msg.data)
+            if texts:
+                await self._ws_requests(sock, texts)
+                if sock.resumed is not None:  # the client is not reading what we write
+                    await sock.resumed
+            if end is not None:
+                if end.type is WSMsgType.BINARY:
+                    sock.close(1003, "send JSON text frames", quit_reason="binary frame")
+                    return "binary frame"
+                if end.type is WSMsgType.ERROR:
+                    error = ws.exception()
+                    too_large = "exceeds limit" in str(error) or ws.close_code == 1009
+                    return "frame too large" if too_large else "protocol error"
+                return "connection closed"  # the client closed, or the connection is gone
+            if len(texts) < most:
+                return None
+
+    async def _ws_requests(self, sock: _Socket, texts: list[str]) -> None:
+        """Handle the frames read, in order. A run of sends without an ``id`` (nothing to
+        answer but errors) is handed to the hub together: one store write for the run, as for
+        a run of lines on the line protocol."""
+        hub, codec, session = self.hub, self.codec, sock.session
+        parsed = [codec.parse(text) for text in texts]
+        i = 0
+        while i < len(parsed):
+            if session.state is State.CLOSED or sock.closing:  # quit: the rest is not read
+                return
+            item = parsed[i]
+            i += 1
+            if isinstance(item, Reply):
+                flood = hub.spend(session)
+                sock.send(text_frame(item.frame if flood is None else codec.encode([flood])))
+                continue
+            request_id, command = item
+            if request_id is None and isinstance(command, Say | Action):
+                if session.state is State.ACTIVE:
+                    says = [command]
+                    while i < len(parsed) and (said := _said(parsed[i])) is not None:
+                        says.append(said)
+                        i += 1
+                    errors = await hub.say(session, says)
+                    if errors:
+                        sock.send(text_frame(codec.encode(errors)))
+                    continue
+            replies = codec.replies(await hub.handle(session, command), request_id)
+            if replies:
+                sock.send(self.frames.replies(replies))
+            if session.on_wake is None and session.state is not State.NEW:
+                # after the welcome went out: what the session receives comes next
+                session.on_wake = sock.ready
+                sock.ready()
+
+    # -- WebSocket delivery: pulled once per loop turn, no task switch per message --
+
+    def schedule(self, sock: _Socket) -> None:
+        """Pump ``sock`` at the next flush (one per loop turn at most for every ready
+        connection)."""
+        self._dirty[sock] = None
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = asyncio.get_running_loop()
+            wait = self._next_flush - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._flush)
+            else:
+                loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Pump every WebSocket connection that has something ready: one write each.
+
+        As in the line listener, the next flush waits as long as this one took, up to
+        ``flush_gap``: flushes back to back would make reading, storing and broadcasting the
+        next messages wait for whole flushes; after the gap, each write carries more."""
+        dirty, self._dirty = self._dirty, {}
+        self._flush_scheduled = False
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for sock in dirty:
+            try:
+                sock.pump()
+            except Exception:  # a bug must cost this connection only, and be seen
+                log.exception("internal error peer=%s", sock.session.peer)
+                sock.close(1011, "internal error")
+        took = loop.time() - start
+        self._next_flush = start + took + min(took, self.limits.flush_gap)
+
+    def _sweep(self) -> None:
+        """Once per heartbeat: end the connections aiohttp closed on its own (its heartbeat
+        got no pong) while their reader was parked and no delivery noticed."""
+        self._sweeper = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._sweep)
+        for sock in list(self.sockets):
+            sock.check()
+
+    def _forget(self, sock: _Socket) -> None:
+        """Drop an ended WebSocket connection from the open set."""
+        self.sockets.discard(sock)
+        self._dirty.pop(sock, None)
+        if not self.sockets:
+            self._all_closed.set()
+
+
+# The reader's receive timeout: a deadline already due, so that ``receive`` returns a frame
+# aiohttp has queued and times out (at the next loop turn) when there is none. aiohttp parses
+# each chunk of bytes as it arrives; the reader takes every frame queued, then parks on one
+# future until the next chunk (an idle connection holds no read in progress: bench/idle.py).
+_POLL = 1e-6
+
+
+def _said(item: Reply | tuple[RequestId, Command]) -> Say | Action | None:
+    """The ``send`` or ``action`` request ``item`` is, if it has no ``id``; else ``None``."""
+    if isinstance(item, Reply) or item[0] is not None:
+        return None
+    command = item[1]
+    return command if isinstance(command, Say | Action) else None
+
+
+def _peer(transport: asyncio.Transport) -> str:
+    """``host:port`` of the client, for logs and throttling."""
+    peername = transport.get_extra_info("peername")
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return f"{peername[0]}:{peername[1]}"
+    return "?"
+
+
+class _Socket(asyncio.Protocol):
+    """One WebSocket connection after its handshake: its session, its flow control, its writes.
+
+    It stands between the transport and aiohttp's protocol (``transport.set_protocol``): every
+    callback goes on to aiohttp, which reads the client's frames and keeps the heartbeat, and
+    the write-side ones (``pause_writing``, ``resume_writing``, ``connection_lost``) drive this
+    connection's flow control as in the line listener. An idle connection holds no task and
+    no timer of its own: these slots, and the one future its reader (aiohttp's handler task)
+    waits on until bytes come.
+    """
+
+    __slots__ = (
+        "_arrived",
+        "_arrival",
+        "_closing",
+        "_cut",
+        "_inner",
+        "_refiller",
+        "_server",
+        "_stall",
+        "_transport",
+        "quit_reason",
+        "ready",
+        "resumed",
+        "session",
+    )
+
+    def __init__(self, server: WebServer, transport: asyncio.Transport, session: Session) -> None:
+        self._server = server  # shared hub, frames, limits and the flush
+        self._transport = transport
+        self.session = session
+        # aiohttp's protocol: reads frames, answers pings, keeps the heartbeat
+        self._inner = cast(asyncio.Protocol, transport.get_protocol())
+        self.resumed: asyncio.Future[None] | None = None  # set when writing may go on
+        # "something is ready: pump me": one bound method, made once, that the session and
+        # its receivers keep (on_wake, arm) instead of one apiece
+        self.ready: Callable[[], None] = self._pump_soon
+        self.quit_reason: str | None = None  # why we closed it, once we did
+        self._refiller: asyncio.Task[None] | None = None  # reads the store for the session
+        self._stall: asyncio.TimerHandle | None = None  # cuts a client above high_water too long
+        self._cut: asyncio.TimerHandle | None = None  # aborts a closing client that never reads
+        self._closing = False  # closed by us or gone: nothing more is written
+        self._arrived = True  # bytes came that the reader has not looked at (the upgrade's)
+        self._arrival: asyncio.Future[None] | None = None  # the parked reader's wake-up
+        transport.set_protocol(self)
+        transport.set_write_buffer_limits(high=server.limits.high_water)
+
+    # -- asyncio.Protocol callbacks: aiohttp's, and flow control --
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)  # aiohttp parses: complete frames are queued now
+        self._wake_reader()
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+        loop = asyncio.get_running_loop()
+        if self.resumed is None:
+            self.resumed = loop.create_future()
+        if self._stall is None and not self._closing:
+            self._stall = loop.call_later(self._server.limits.stall_timeout, self._too_slow)
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+        self._set_resumed()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if not self._closing:
+            self.ready()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        for timer in (self._stall, self._cut):
+            if timer is not None:
+                timer.cancel()
+        self._stall = self._cut = None
+        self._set_resumed()
+        if self._refiller is not None:
+            self._refiller.cancel()
+        self.session.on_wake = None
+        self._inner.connection_lost(exc)
+        self._wake_reader()  # it reads the end of the connection
+
+    # -- the read side: the reader parks while no byte comes --
+
+    def arrival(self) -> asyncio.Future[None] | None:
+        """``None`` if bytes came since the last call; else a future set when some come."""
+        if self._arrived:
+            self._arrived = False
+            return None
+        arrival = self._arrival = asyncio.get_running_loop().create_future()
+        return arrival
+
+    def _wake_reader(self) -> None:
+        arrival, self._arrival = self._arrival, None
+        if arrival is None:
+            self._arrived = True
+        elif not arrival.done():
+            arrival.set_result(None)
+
+    @property
+    def closing(self) -> bool:
+        """Whether it is closed or closing: nothing more is read or written."""
+        return self._closing
+
+    # -- the write side --
+
+    def _pump_soon(self) -> None:
+        """Something is ready for the session: pump this connection at the next flush."""
+        self._server.schedule(self)
+
+    def pump(self) -> None:
+        """Write every event ready for the session in one frame, then wait for more.
+
+        Called once per loop turn at most (``WebServer._flush``). A lag or a replay that needs
+        the store is served by a task until it is done; the fast path never leaves this call.
+        """
+        if self._closing or self._refiller is not None or self.resumed is not None:
+            return  # closed; or a refill, or resume_writing, pumps again
+        if self._transport.is_closing():  # closed by aiohttp (heartbeat): nothing to write
+            self.check()
+            return
+        session, server = self.session, self._server
+        batch = server.limits.batch
+        events = session.take_ready(batch)
+        if events:
+            self._transport.write(server.frames(events))
+        if session.needs_store():
+            self._refiller = asyncio.create_task(self._refill())
+        elif len(events) >= batch:
+            self.ready()  # more may be ready: next turn, after the others had theirs
+        elif events or session.state is not State.CLOSED:
+            session.arm(self.ready)
+        else:  # it quit and has had everything
+            self.close(1000, "goodbye")
+
+    async def _refill(self) -> None:
+        session, server = self.session, self._server
+        try:
+            while session.needs_store() and not self._closing:
+                if self.resumed is not None:
+                    await self.resumed
+                    continue
+                events = await session.take(server.limits.batch)
+                if events and not self._closing:
+                    self._transport.write(server.frames(events))
+        except Exception:  # a store failure: this connection cannot be served in order
+            log.exception("refill failed peer=%s", session.peer)
+            self.close(1011, "internal error")
+        finally:
+            self._refiller = None
+            if not self._closing:
+                self.ready()
+
+    def send(self, data: bytes) -> None:
+        """Write whole frames (replies to a request) unless the connection is closing."""
+        if not self._closing and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _set_resumed(self) -> None:
+        resumed, self.resumed = self.resumed, None
+        if resumed is not None and not resumed.done():
+            resumed.set_result(None)
+
+    def _too_slow(self) -> None:
+        self._stall = None
+        stall = self._server.limits.stall_timeout
+        log.warning("too slow peer=%s name=%s", self.session.peer, self.session.name)
+        self.close(1008, f"too slow: not reading for {stall:g} s")
+
+    # -- closing --
+
+    def close(self, code: int, reason: str, *, quit_reason: str | None = None) -> None:
+        """Send a close frame with ``code`` and ``reason`` after what is buffered, and close.
+
+        The session leaves the hub at once (its rooms see it quit with ``quit_reason``, by
+        default ``reason``), whatever the socket does; a client that does not take what is
+        buffered within ``close_grace`` seconds is cut.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        server, session = self._server, self.session
+        if session.state is not State.CLOSED:
+            self.quit_reason = quit_reason or reason
+            server.spawn(server.hub.disconnect(session, self.quit_reason))
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write(close_frame(code, reason))
+            transport.close()
+        self._cut_later()
+
+    def check(self) -> None:
+        """If aiohttp closed the transport (its heartbeat got no pong), end this connection:
+        nothing more is written, what is buffered gets ``close_grace`` seconds, and the reader
+        wakes up to read the end."""
+        if not self._closing and self._transport.is_closing():
+            self._closing = True
+            self._cut_later()
+            self._wake_reader()
+
+    def abort(self) -> None:
+        """Close at once, dropping what is buffered."""
+        self._transport.abort()
+
+    def detach(self) -> None:
+        """The reader has ended: stop delivering; what is still buffered gets ``close_grace``
+        seconds to go out before the connection is cut."""
+        self._closing = True
+        self.session.on_wake = None
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+        if self._refiller is not None:
+            self._refiller.cancel()
+        self._cut_later()
+
+    def _cut_later(self) -> None:
+        transport = self._transport
+        if self._cut is None and transport.get_write_buffer_size():
+            loop = asyncio.get_running_loop()
+            self._cut = loop.call_later(self._server.limits.close_grace, transport.abort)
