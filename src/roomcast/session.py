@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 
 from roomcast.broadcast import Closed as ChannelClosed
@@ -156,9 +156,11 @@ class Session:
         self._private_seen = 0  # newest private message seq delivered (or read before)
         # private messages to fetch from the store first: (after seq, before seq or None)
         self._private_gap: tuple[int, int | None] | None = None
-        self._private_held: list[Private] = []  # read from the ring, waiting for the gap
+        self._private_held: Sequence[Private] = ()  # read from the ring, waiting for the gap
         self._refill: dict[str, _Refill] = {}  # room -> range still to read from the store
-        self._pending: list[Event] = []  # to deliver before anything else, in order
+        # to deliver before anything else, in order; made when first needed (an idle
+        # connection holds no empty list)
+        self._pending: list[Event] | None = None
         self._wakeup: asyncio.Event | None = None  # made by the first receive()
         self.on_wake: Callable[[], None] | None = None  # a transport's "pull me" callback
 
@@ -262,6 +264,13 @@ class Session:
                 self._take_private(out, max_count)
         return out
 
+    def _pend(self, events: Sequence[Event]) -> None:
+        """Deliver ``events`` before anything else (after what is pending already)."""
+        if self._pending is None:
+            self._pending = list(events)
+        else:
+            self._pending += events
+
     def needs_store(self) -> bool:
         """Whether something is waiting to be read from the store (a lag, a replay)."""
         return bool(self._refill) or self._private_gap is not None
@@ -284,7 +293,7 @@ class Session:
             return
         self._emit_privates(out, privates)
 
-    def _emit_privates(self, out: list[Event], privates: list[Private]) -> None:
+    def _emit_privates(self, out: list[Event], privates: Sequence[Private]) -> None:
         seen = self._private_seen
         if seen and privates and privates[0].seq <= seen:  # a store replay delivered these
             privates = [p for p in privates if p.seq > seen]
@@ -311,7 +320,7 @@ class Session:
             self._private_gap = (found[-1].seq, before)
             return
         self._private_gap = None
-        held, self._private_held = self._private_held, []
+        held, self._private_held = self._private_held, ()
         self._emit_privates(out, held)
 
     async def _read_store(self, room: str, out: list[Event], max_count: int) -> None:
@@ -368,7 +377,7 @@ class Session:
         if first < end:
             self._refill[room] = _Refill(first, end, header)
         elif header is not None:
-            self._pending.append(header)
+            self._pend([header])
         self._wake()
 
     def replay_privates(self, after: int) -> None:
@@ -390,11 +399,9 @@ class Session:
         self._refill.pop(room, None)
         while True:
             try:
-                self._pending += rx.try_recv_many(len(rx) or 1)[1]
+                self._pend(rx.try_recv_many(len(rx) or 1)[1])
             except Lagged as lag:
-                self._pending.append(
-                    Missed(room=room, first_seq=lag.first_missed_seq, count=lag.count)
-                )
+                self._pend([Missed(room=room, first_seq=lag.first_missed_seq, count=lag.count)])
             except (Empty, ChannelClosed):
                 break
         rx.close()
@@ -425,7 +432,7 @@ class Session:
             self.unsubscribe(room)
         if self._inbox is not None:
             with contextlib.suppress(Lagged, Empty, ChannelClosed):
-                self._pending += self._inbox.try_recv_many(len(self._inbox) or 1)[1]
+                self._pend(self._inbox.try_recv_many(len(self._inbox) or 1)[1])
             self._inbox.close()
             self._inbox = None
         if self.user is not None:
@@ -434,7 +441,7 @@ class Session:
             self.user = None
         self._private_seen = 0
         self._private_gap = None
-        self._private_held = []
+        self._private_held = ()
         self.current = None
         self.state = State.NEW
         self._wake()
@@ -444,7 +451,7 @@ class Session:
         raises ``Closed``."""
         self.detach()
         if farewell is not None:
-            self._pending.append(farewell)
+            self._pend([farewell])
         self.state = State.CLOSED
         self.close_reason = reason
 
