@@ -867,6 +867,21 @@ async def test_a_session_that_comes_after_the_first_private_message_gets_the_nex
     assert [e.text for e in await ready(phone) if isinstance(e, Private)] == ["two"]
 
 
+async def test_a_private_message_sent_during_the_login_replay_is_not_lost() -> None:
+    """While a new session's replay of stored private messages is pending, the user sends
+    one (its copy comes live, with a lower number) and receives one (which the replay finds
+    in the store): the session gets both, once each."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    bob = await named(hub, "bob")
+    laptop, _ = await login(hub, "alice")
+    phone, _ = await login(hub, "alice")  # its replay has not been read yet
+    await hub.handle(laptop, PrivateMessage(to="bob", text="from alice"))
+    await hub.handle(bob, PrivateMessage(to="alice", text="from bob"))
+    got = [e.text for e in await ready(phone) if isinstance(e, Private)]
+    assert sorted(got) == ["from alice", "from bob"]
+
+
 async def test_logout_keeps_the_connection_without_a_name() -> None:
     """After logout the session is NEW again and can pick a guest name."""
     hub, _ = make_hub()

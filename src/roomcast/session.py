@@ -28,7 +28,7 @@ from enum import Enum
 from roomcast.broadcast import Closed as ChannelClosed
 from roomcast.broadcast import Empty, Lagged, Receiver, Sender
 from roomcast.errors import Broken, Closed
-from roomcast.model import Event, Message, Missed, Private
+from roomcast.model import Event, Message, Missed, Private, fold
 from roomcast.store.base import Store
 
 __all__ = ["Room", "Session", "State", "User"]
@@ -295,13 +295,17 @@ class Session:
 
     def _emit_privates(self, out: list[Event], privates: Sequence[Private]) -> None:
         seen = self._private_seen
-        if seen and privates and privates[0].seq <= seen:  # a store replay delivered these
-            privates = [p for p in privates if p.seq > seen]
+        if seen and privates and privates[0].seq <= seen and self.user is not None:
+            # A store replay delivered those sent to this user up to seq ``seen``; it never
+            # holds the copies of what the user sent, which may come with lower numbers.
+            me = fold(self.user.name)
+            privates = [p for p in privates if p.seq > seen or fold(p.recipient) != me]
         if privates:
             out += privates
-            self._private_seen = privates[-1].seq
+            newest = max(seen, privates[-1].seq)
+            self._private_seen = newest
             if self.user is not None and self.user.registered:
-                self.user.mark_private(privates[-1].seq)
+                self.user.mark_private(newest)
 
     async def _read_private_store(self, out: list[Event], max_count: int) -> None:
         """The next page of private messages to this user from the store (login, lag)."""
