@@ -3,9 +3,9 @@
 Each connection has a reader task that hands decoded commands to the hub one at a time (a run
 of plain lines is handed over together, so the store commits them in one batch) and writes
 the replies. Delivery has no task: when a session has something ready, its connection is
-marked, and ``LineServer.flush`` pumps every marked connection, at most once per loop turn
-and with a short gap after a long flush: every ready message of every room, rendered once
-per message for everyone, in one ``transport.write``.
+marked, and a ``Flusher`` (``roomcast.net.flush``) pumps every marked connection, at most
+once per loop turn and with a short gap after a long flush: every ready message of every
+room, rendered once per message for everyone, in one ``transport.write``.
 
 Flow control: when the transport's write buffer passes ``high_water`` the writer stops pulling,
 so the session's receivers fall behind in the room rings (which costs the server nothing) and
@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from roomcast.hub import Hub
 from roomcast.model import Error, Event, Info, Say
+from roomcast.net.flush import Flusher
 from roomcast.session import Session, State
 from roomcast.wire.line import LineCodec, Renderer
 
@@ -202,7 +203,7 @@ class _Connection(asyncio.Protocol):
     def pump(self) -> None:
         """Write every event ready for the session in one write, then wait for more.
 
-        Called once per loop turn at most (``LineServer.flush``). A lag or a replay that needs
+        Called once per loop turn at most (by the ``Flusher``). A lag or a replay that needs
         the store is served by a task until it is done; the fast path never leaves this call.
         """
         session, transport = self._session, self._transport
@@ -296,10 +297,7 @@ class LineServer:
         self.connections: set[_Connection] = set()  # open connections
         self._server: asyncio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
-        # connections to pump at the next flush, in the order they became ready
-        self._dirty: dict[_Connection, None] = {}
-        self._flush_scheduled = False
-        self._next_flush = 0.0  # loop time before which no flush starts
+        self._flusher = Flusher[_Connection](self.limits.flush_gap, self._failed)
         self._all_closed = asyncio.Event()  # set when no connection is open
 
     async def start(self, host: str, port: int) -> None:
@@ -323,36 +321,17 @@ class LineServer:
         task.add_done_callback(self._background.discard)
 
     def schedule(self, conn: _Connection) -> None:
-        """Pump ``conn`` at the next flush (one per loop turn for every ready connection)."""
-        self._dirty[conn] = None
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop = asyncio.get_running_loop()
-            wait = self._next_flush - loop.time()
-            if wait > 0:
-                loop.call_later(wait, self.flush)
-            else:
-                loop.call_soon(self.flush)
+        """Pump ``conn`` at the next flush (see ``roomcast.net.flush``)."""
+        self._flusher.mark(conn)
 
-    def flush(self) -> None:
-        """Pump every connection that has something ready: one write each.
-
-        The next flush waits as long as this one took, up to ``flush_gap``: with thousands of
-        members a flush takes milliseconds, and flushes back to back would make every other
-        step of every message (reading it, storing it, broadcasting it) wait for a whole
-        flush. The gap lets those steps run, and the next flush carries more per write."""
-        dirty, self._dirty = self._dirty, {}
-        self._flush_scheduled = False
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for conn in dirty:
-            conn.pump()
-        took = loop.time() - start
-        self._next_flush = start + took + min(took, self.limits.flush_gap)
+    def _failed(self, conn: _Connection, error: Exception) -> None:
+        log.error("internal error peer=%s", conn._peer, exc_info=error)
+        conn.close("internal error")
 
     def forget(self, conn: _Connection) -> None:
         """Drop a closed connection from the open set."""
         self.connections.discard(conn)
+        self._flusher.forget(conn)
         if not self.connections:
             self._all_closed.set()
 

@@ -60,6 +60,7 @@ from roomcast.model import (
     room_name,
     seq_number,
 )
+from roomcast.net.flush import Flusher
 from roomcast.session import Session, State
 from roomcast.tokens import Tokens
 from roomcast.wire.json import JsonCodec, Reply, RequestId, encoded_messages, message_object
@@ -126,10 +127,7 @@ class WebServer:
         self.streams: set[Session] = set()  # open event streams
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        # WebSocket connections to pump at the next flush, in the order they became ready
-        self._dirty: dict[_Socket, None] = {}
-        self._flush_scheduled = False
-        self._next_flush = 0.0  # loop time before which no flush starts
+        self._flusher = Flusher[_Socket](self.limits.flush_gap, self._failed)
         self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
         self._all_closed = asyncio.Event()  # set when no WebSocket connection is open
         self._sweeper: asyncio.TimerHandle | None = None  # runs _sweep once per heartbeat
@@ -494,36 +492,12 @@ class WebServer:
     # -- WebSocket delivery: pulled once per loop turn, no task switch per message --
 
     def schedule(self, sock: _Socket) -> None:
-        """Pump ``sock`` at the next flush (one per loop turn at most for every ready
-        connection)."""
-        self._dirty[sock] = None
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop = asyncio.get_running_loop()
-            wait = self._next_flush - loop.time()
-            if wait > 0:
-                loop.call_later(wait, self._flush)
-            else:
-                loop.call_soon(self._flush)
+        """Pump ``sock`` at the next flush (see ``roomcast.net.flush``)."""
+        self._flusher.mark(sock)
 
-    def _flush(self) -> None:
-        """Pump every WebSocket connection that has something ready: one write each.
-
-        As in the line listener, the next flush waits as long as this one took, up to
-        ``flush_gap``: flushes back to back would make reading, storing and broadcasting the
-        next messages wait for whole flushes; after the gap, each write carries more."""
-        dirty, self._dirty = self._dirty, {}
-        self._flush_scheduled = False
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        for sock in dirty:
-            try:
-                sock.pump()
-            except Exception:  # a bug must cost this connection only, and be seen
-                log.exception("internal error peer=%s", sock.session.peer)
-                sock.close(1011, "internal error")
-        took = loop.time() - start
-        self._next_flush = start + took + min(took, self.limits.flush_gap)
+    def _failed(self, sock: _Socket, error: Exception) -> None:
+        log.error("internal error peer=%s", sock.session.peer, exc_info=error)
+        sock.close(1011, "internal error")
 
     def _sweep(self) -> None:
         """Once per heartbeat: end the connections aiohttp closed on its own (its heartbeat
@@ -535,7 +509,7 @@ class WebServer:
     def _forget(self, sock: _Socket) -> None:
         """Drop an ended WebSocket connection from the open set."""
         self.sockets.discard(sock)
-        self._dirty.pop(sock, None)
+        self._flusher.forget(sock)
         if not self.sockets:
             self._all_closed.set()
 
@@ -680,7 +654,7 @@ class _Socket(asyncio.Protocol):
     def pump(self) -> None:
         """Write every event ready for the session in one frame, then wait for more.
 
-        Called once per loop turn at most (``WebServer._flush``). A lag or a replay that needs
+        Called once per loop turn at most (by the ``Flusher``). A lag or a replay that needs
         the store is served by a task until it is done; the fast path never leaves this call.
         """
         if self._closing or self._refiller is not None or self.resumed is not None:
