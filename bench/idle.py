@@ -39,6 +39,7 @@ import uvloop
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import fanout  # this directory, put first on sys.path just above
+from machine import pin, proc_status_bytes, raise_fd_limit
 
 TARGETS = (
     fanout.Target("roomcast", "line"),
@@ -88,10 +89,10 @@ async def measure(
         await session.open_base()
         assert session.server is not None
         pid = session.server.pid
-        before = fanout.proc_status_bytes(pid, "VmRSS")
+        before = proc_status_bytes(pid, "VmRSS")
         await session.add_bulk(connections)
-        after = fanout.proc_status_bytes(pid, "VmRSS")
-        peak = fanout.proc_status_bytes(pid, "VmHWM")
+        after = proc_status_bytes(pid, "VmRSS")
+        peak = proc_status_bytes(pid, "VmHWM")
         return Idle(
             target, connections, before, after, peak, session.connect_time, session.settle_time
         )
@@ -153,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--setup-timeout", type=float, default=600.0, help="s to connect+settle")
     args = parser.parse_args(argv)
-    pinned = fanout.pin(fanout.LOADGEN_CPU)
-    fds = fanout.raise_fd_limit()
+    pinned = pin(fanout.LOADGEN_CPU)
+    fds = raise_fd_limit()
     if fds < args.connections + 100:
         parser.error(f"only {fds} file descriptors allowed for {args.connections} connections")
     print(

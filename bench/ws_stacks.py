@@ -47,7 +47,6 @@ import contextlib
 import hashlib
 import os
 import platform
-import resource
 import socket
 import statistics
 import sys
@@ -58,6 +57,18 @@ from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, cast
 
 import uvloop
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from machine import (  # this directory, put first on sys.path just above
+    core_busy,
+    core_ticks,
+    pin,
+    proc_cpu_split,
+    proc_status_bytes,
+    raise_fd_limit,
+    self_cpu,
+)
 
 if TYPE_CHECKING:  # imported where used, so that each server imports only its own stack
     from aiohttp import web
@@ -184,26 +195,6 @@ def frame_size(payload_len: int) -> int:
 
 
 # Helpers shared by both processes.
-
-
-def pin(cpu: int) -> bool:
-    """Pin this process to ``cpu`` if the machine has it; whether it did."""
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        return False
-    return True
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def say(line: str) -> None:
@@ -518,58 +509,6 @@ async def connect_all(port: int, count: int, expected: int, tally: Tally) -> lis
     return clients
 
 
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of process ``pid``."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
-def proc_status_bytes(pid: int, key: str) -> int:
-    """A ``kB`` field of /proc/<pid>/status, in bytes."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
-def core_ticks() -> dict[int, tuple[int, int]]:
-    """Per core, (busy, total) clock ticks since boot from /proc/stat.
-
-    Busy is user + nice + system + irq + softirq: it includes the loopback TCP work the
-    kernel does in softirq context, which no process's own CPU time fully shows. Total
-    adds idle, iowait and steal.
-    """
-    out: dict[int, tuple[int, int]] = {}
-    with open("/proc/stat") as f:
-        for line in f:
-            name, *values = line.split()
-            if not name.startswith("cpu") or name == "cpu":
-                continue
-            user, nice, system, idle, iowait, irq, softirq, steal = map(int, values[:8])
-            busy = user + nice + system + irq + softirq
-            out[int(name[3:])] = (busy, busy + idle + iowait + steal)
-    return out
-
-
-def core_busy(
-    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], core: int
-) -> float:
-    """The busy share of ``core`` between two core_ticks() readings."""
-    if core not in before or core not in after:
-        return float("nan")
-    busy = after[core][0] - before[core][0]
-    total = after[core][1] - before[core][1]
-    return busy / total if total else float("nan")
-
-
-def self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def read_line(stream: asyncio.StreamReader) -> str:
     line = await stream.readline()
     if not line:
@@ -626,7 +565,7 @@ async def run_once(config: Config, sizes: Sizes, pinned: bool) -> Result:
             raise RuntimeError(f"server not pinned: {os.sched_getaffinity(proc.pid)}")
         idle_rss = proc_status_bytes(proc.pid, "VmRSS")
         cores_before = core_ticks()
-        (user_before, sys_before), client_before = proc_cpu(proc.pid), self_cpu()
+        (user_before, sys_before), client_before = proc_cpu_split(proc.pid), self_cpu()
         start = time.perf_counter()
         clients[0].send_text(GO)
         # The server reports when its send loop ends, or fails: then stop waiting at once.
@@ -650,7 +589,7 @@ async def run_once(config: Config, sizes: Sizes, pinned: bool) -> Result:
                 f"{config.label}: timed out, {got:,} of {sizes.clients * len(texts):,} frames"
             ) from None
         client_cpu = self_cpu() - client_before
-        user_after, sys_after = proc_cpu(proc.pid)
+        user_after, sys_after = proc_cpu_split(proc.pid)
         cores_after = core_ticks()
         peak_rss = proc_status_bytes(proc.pid, "VmHWM")
 
