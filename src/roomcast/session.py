@@ -184,10 +184,7 @@ class Session:
 
     def arm(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once something is ready (at once if something is)."""
-        if self._pending or self._refill or self._private_gap is not None:
-            callback()
-            return
-        if self.state is State.CLOSED:
+        if self._pending or self.needs_store() or self.state is State.CLOSED:
             callback()
             return
         for rx in self._rooms.values():
