@@ -8,6 +8,7 @@ import pytest
 
 from roomcast.errors import ClientError
 from roomcast.model import (
+    MAX_SEQ,
     MAX_TEXT,
     Draft,
     Join,
@@ -15,10 +16,12 @@ from roomcast.model import (
     PrivateMessage,
     Quit,
     Say,
+    Search,
     SetName,
     clean_text,
     fold,
     room_name,
+    seq_text,
     user_name,
 )
 
@@ -80,3 +83,43 @@ def test_values_are_frozen() -> None:
     assert (message.seq, message.text, message.room) == (7, "hi", "#a")
     with pytest.raises(dataclasses.FrozenInstanceError):
         message.text = "changed"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0", 0), ("42", 42), ("007", 7), (str(MAX_SEQ), MAX_SEQ), ("0" * 5000 + "5", 5)],
+)
+def test_seq_text_reads_ascii_digits(text: str, value: int) -> None:
+    """ASCII digits spell a sequence number, leading zeros and all."""
+    assert seq_text(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "-1", "1.5", "1e3", " 1", "\u00b2", "\u0661"])
+def test_seq_text_is_none_for_what_is_not_ascii_digits(text: str) -> None:
+    """A sign, a point, a space or a non-ASCII digit make no number: the caller says why."""
+    assert seq_text(text) is None
+
+
+@pytest.mark.parametrize("text", [str(MAX_SEQ + 1), "9" * 20, "9" * 5000, "1" + "0" * 100_000])
+def test_seq_text_refuses_numbers_too_big_before_converting_them(text: str) -> None:
+    """Past MAX_SEQ, and past the 4,300 digits int() takes, it is bad_seq, not ValueError."""
+    with pytest.raises(ClientError) as caught:
+        seq_text(text)
+    assert caught.value.code == "bad_seq"
+
+
+@pytest.mark.parametrize(
+    ("words", "cleaned"),
+    [("a\x00b", "a b"), ("  two\t words\n", "two words"), ("x\x1b[0m", "x [0m")],
+)
+def test_search_words_lose_control_characters(words: str, cleaned: str) -> None:
+    """Control characters in search words separate words, like punctuation; runs of blanks
+    become one space."""
+    assert Search(room=None, words=words).words == cleaned
+
+
+def test_search_words_of_control_characters_only_are_refused() -> None:
+    """Words with nothing but control characters and blanks are bad_search."""
+    with pytest.raises(ClientError) as caught:
+        Search(room=None, words="\x00\x01 \x7f")
+    assert caught.value.code == "bad_search"

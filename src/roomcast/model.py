@@ -57,12 +57,14 @@ __all__ = [
     "fold",
     "room_name",
     "seq_number",
+    "seq_text",
     "user_name",
 ]
 
 MAX_NAME = 32  # characters in a user or room name (without the '#')
 MAX_TEXT = 4000  # characters in one message's text
 MAX_SEQ = 2**63 - 1  # the largest sequence number (a signed 64-bit integer in every store)
+MAX_SEQ_DIGITS = len(str(MAX_SEQ))  # 19: a longer number is refused before it is converted
 
 _NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME}}}")
 # C0 and C1 control characters and DEL: stripped so nobody can drive another's terminal.
@@ -76,6 +78,21 @@ def seq_number(n: int) -> int:
     if not 0 <= n <= MAX_SEQ:
         raise ClientError("bad_seq", f"a sequence number is between 0 and {MAX_SEQ}")
     return n
+
+
+def seq_text(text: str) -> int | None:
+    """The sequence number (or count) ``text`` spells in ASCII digits; ``None`` if it is not
+    digits; ``bad_seq`` above ``MAX_SEQ``.
+
+    The length is checked before the conversion: ``int()`` of thousands of digits costs time
+    quadratic in their number and, past 4,300 digits, raises ``ValueError``.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0")
+    if len(digits) > MAX_SEQ_DIGITS:
+        raise ClientError("bad_seq", f"a sequence number is between 0 and {MAX_SEQ}")
+    return seq_number(int(digits or "0"))
 
 
 def fold(name: str) -> str:
@@ -302,8 +319,11 @@ class Search:
     def __post_init__(self) -> None:
         if self.room is not None:
             object.__setattr__(self, "room", room_name(self.room))
-        if not self.words.strip():
+        # Control characters (NUL among them) separate words, like punctuation does.
+        words = " ".join(_CONTROL.sub(" ", self.words).split())
+        if not words:
             raise ClientError("bad_search", "give some words to search for")
+        object.__setattr__(self, "words", words)
         if self.limit < 1:
             raise ClientError("bad_search", f"the limit must be 1 or more, got {self.limit}")
 

@@ -413,6 +413,21 @@ async def test_metacharacters_are_stored_verbatim_and_break_nothing(store: Stora
     assert (await store.room("#a")).latest_seq == len(HOSTILE)
 
 
+async def test_a_nul_inside_a_search_word_separates_tokens(store: Storage) -> None:
+    """A NUL in a query word is a separator like any character that is not a letter or
+    digit: ``hel<NUL>lo`` looks for the phrase "hel lo", and it never fails the store."""
+    for text in ["hello world", "hel lo there"]:
+        await store.append(draft("#a", text))
+
+    async def found(words: str) -> list[int]:
+        return [m.seq for m in await store.search("#a", words, limit=10)]
+
+    assert await found("hel\x00lo") == [2]
+    assert await found("world\x00") == [1]
+    assert await found("\x00world\x00 hello") == [1]
+    assert await found("a\x00\x00") == []
+
+
 async def test_emoji_text_round_trips(store: Storage) -> None:
     """10 KB of emoji (skin tones, joiners, flags) come back exactly as sent."""
     rng = random.Random(7)

@@ -254,6 +254,26 @@ def test_a_field_of_the_wrong_type_is_a_bad_frame_naming_it(
     assert error["id"] == "r"
 
 
+@pytest.mark.parametrize("key", ["since", "before", "after", "around", "limit"])
+def test_a_number_of_thousands_of_digits_is_refused_as_a_frame(key: str) -> None:
+    """orjson reads no integer past 64 bits: 5,000 digits are not JSON it takes (bad_json),
+    and 30 digits are a float, not a whole number (bad_frame); nothing raises."""
+    kind = "join" if key == "since" else "history"
+    for digits, code in (("9" * 5000, "bad_json"), ("9" * 30, "bad_frame")):
+        text = f'{{"type": "{kind}", "room": "#a", "{key}": {digits}, "id": 1}}'
+        parsed = JsonCodec(messages=encoded_messages()).parse(text)
+        assert isinstance(parsed, Reply)
+        assert orjson.loads(parsed.frame)["code"] == code
+
+
+def test_search_words_lose_their_control_characters() -> None:
+    """A NUL inside search words separates words; the words are sent back cleaned."""
+    parsed = JsonCodec(messages=encoded_messages()).parse(
+        orjson.dumps({"type": "search", "words": "a\u0000b", "id": 1})
+    )
+    assert parsed == (1, Search(room=None, words="a b"))
+
+
 @pytest.mark.parametrize(
     "frame",
     [

@@ -188,6 +188,27 @@ def test_missing_arguments_get_the_usage(line: str, usage: str) -> None:
     assert error == Error(code="usage", message=f"usage: {usage}")
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "/history before " + "9" * 5000,
+        "/history #a around " + "9" * 5000,
+        "/history " + "9" * 5000,
+        "/join #a since " + "9" * 5000,
+        "/join #a since 9223372036854775808",
+    ],
+)
+def test_a_number_too_big_is_bad_seq_not_an_exception(line: str) -> None:
+    """A sequence number or count past MAX_SEQ (even past int()'s 4,300 digits) is bad_seq."""
+    [error] = codec(max_line=16384).parse(line)
+    assert isinstance(error, Error) and error.code == "bad_seq", error
+
+
+def test_search_words_lose_their_control_characters() -> None:
+    """A NUL or an escape inside search words separates words, as punctuation does."""
+    assert codec().parse("/search a\x00b \x1b[2J") == [Search(room=None, words="a b [2J")]
+
+
 def test_unknown_command() -> None:
     """An unknown command says so and points to /help."""
     [error] = codec().parse("/frobnicate now")

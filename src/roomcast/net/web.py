@@ -58,7 +58,7 @@ from roomcast.model import (
     Missed,
     Say,
     room_name,
-    seq_number,
+    seq_text,
 )
 from roomcast.net.flush import Flusher
 from roomcast.session import Session, State
@@ -257,9 +257,10 @@ class WebServer:
         value = request.query.get(key)
         if value is None or value == "":
             return None
-        if not (value.isascii() and value.isdigit()):
+        n = seq_text(value)  # bad_seq past MAX_SEQ, its length checked before converting
+        if n is None:
             raise ClientError("bad_request", f"{key!r} must be a whole number")
-        return seq_number(int(value))
+        return n
 
     # -- pages and API --
 
@@ -328,10 +329,8 @@ class WebServer:
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         room = self._room(request)
-        since_header = request.headers.get("Last-Event-ID", "").strip()
-        if since_header.isascii() and since_header.isdigit():
-            since: int | None = seq_number(int(since_header))
-        else:
+        since = seq_text(request.headers.get("Last-Event-ID", "").strip())
+        if since is None:  # absent or not a number: the query may say where to resume
             since = self._seq(request, "since")
         session = await self.hub.watch(request.remote or "?", room, since)
         self.streams.add(session)

@@ -105,8 +105,11 @@ def _message(room: str, row: tuple[Any, ...]) -> Message:
 
 def _fts_query(words: str) -> str | None:
     """``words`` as an FTS5 query: each word a quoted string (so it is never syntax), all
-    required; ``None`` when no word has a letter or digit (see ``store.base``)."""
-    quoted = ['"' + w.replace('"', '""') + '"' for w in words.split() if _has_token(w)]
+    required; ``None`` when no word has a letter or digit (see ``store.base``). A NUL ends
+    an FTS5 string early ("unterminated string"): like any other character that is not a
+    letter or digit, it separates tokens, so it becomes a space."""
+    spaced = words.replace("\x00", " ")
+    quoted = ['"' + w.replace('"', '""') + '"' for w in spaced.split() if _has_token(w)]
     return " ".join(quoted) or None
 
 

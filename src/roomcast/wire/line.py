@@ -51,7 +51,7 @@ from roomcast.model import (
     Welcome,
     Who,
     WhoList,
-    seq_number,
+    seq_text,
 )
 from roomcast.wire.cache import EncodedMessages
 
@@ -106,9 +106,10 @@ def _two_args(arg: str, usage: str) -> tuple[str, str]:
 
 
 def _seq(text: str, usage: str) -> int:
-    if not (text.isascii() and text.isdigit()):
+    n = seq_text(text)
+    if n is None:
         raise _usage(usage)
-    return seq_number(int(text))
+    return n
 
 
 def _join(arg: str) -> Join:

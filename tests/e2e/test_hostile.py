@@ -1,0 +1,154 @@
+"""End to end: what a stranger sends to an open server, over real sockets.
+
+Each test runs an in-process ``Server`` on port 0 (fixtures in ``conftest.py``, which also runs
+each test on asyncio's loop and on uvloop) and attacks it the way it was attacked: numbers of
+thousands of digits, control characters inside search words, names that look like someone
+else's, lines shaped to pass for another user's. HTTP goes through aiohttp's client, the
+line protocol through asyncio streams.
+
+No test sleeps to wait for something: each awaits the line, frame or response it needs under
+a timeout, and every read loop is bounded in count and in time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from roomcast.server import Server
+from tests.e2e.conftest import TIMEOUT, Clients, LogWatch, StartServer
+
+HUGE = "9" * 5000  # past the 4,300 digits int() converts
+PASSWORD = "correct horse"
+
+
+def http_base(server: Server) -> str:
+    """The server's HTTP root URL."""
+    assert server.web is not None
+    return f"http://127.0.0.1:{server.web.port}"
+
+
+@pytest.fixture
+async def http(start_server: StartServer) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client, closed before the servers are stopped."""
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT * 2)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        yield session
+
+
+async def get_json(
+    http: aiohttp.ClientSession, url: str, **kwargs: Any
+) -> tuple[int, dict[str, Any]]:
+    """GET ``url``; the status and the JSON body."""
+    async with http.get(url, **kwargs) as response:
+        return response.status, orjson.loads(await response.read())
+
+
+def no_traceback(log_watch: LogWatch) -> None:
+    """Nothing was logged as an internal error or a store failure."""
+    bad = [m for m in log_watch.messages if "internal error" in m or "store failure" in m]
+    assert not bad, bad
+
+
+# --- numbers of thousands of digits -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [f"/history before {HUGE}", f"/history {HUGE}", f"/join #rust since {HUGE}"],
+)
+async def test_a_number_of_5000_digits_on_a_line_is_refused_and_the_line_goes_on(
+    start_server: StartServer, clients: Clients, log_watch: LogWatch, command: str
+) -> None:
+    """A sequence number or count of 5,000 digits gets an error line; the connection stays."""
+    server = await start_server(max_line=16384)
+    alice = await clients.connect(server, "alice")
+    await alice.send(command)
+    refusal = await alice.expect(lambda line: line.startswith("! "))
+    assert "sequence number" in refusal and "closing" not in refusal
+    await alice.send("still here")
+    await alice.expect("[#general] alice: still here", exact=True)
+    no_traceback(log_watch)
+
+
+@pytest.mark.parametrize("query", ["limit", "before", "after"])
+async def test_a_number_of_5000_digits_in_a_history_query_is_a_400(
+    server: Server, http: aiohttp.ClientSession, log_watch: LogWatch, query: str
+) -> None:
+    """``?limit=`` (or before, after) with 5,000 digits is a 400 with a JSON error, not a 500."""
+    url = f"{http_base(server)}/api/rooms/general/messages"
+    status, body = await get_json(http, url, params={query: HUGE})
+    assert status == 400, body
+    assert body["error"]["code"] == "bad_seq"
+    no_traceback(log_watch)
+
+
+@pytest.mark.parametrize("where", ["query", "header"])
+async def test_a_number_of_5000_digits_to_resume_an_event_stream_is_a_400(
+    server: Server, http: aiohttp.ClientSession, log_watch: LogWatch, where: str
+) -> None:
+    """``?since=`` or ``Last-Event-ID`` with 5,000 digits is a 400 with a JSON error."""
+    url = f"{http_base(server)}/api/rooms/general/events"
+    if where == "query":
+        status, body = await get_json(http, url, params={"since": HUGE})
+    else:
+        status, body = await get_json(http, url, headers={"Last-Event-ID": HUGE})
+    assert status == 400, body
+    assert body["error"]["code"] == "bad_seq"
+    no_traceback(log_watch)
+
+
+# --- search input --------------------------------------------------------------------------
+
+
+async def test_a_nul_inside_a_search_word_on_a_line_finds_what_it_can(
+    start_server: StartServer, clients: Clients, log_watch: LogWatch, tmp_path: Path
+) -> None:
+    """``/search a<NUL>b`` in a SQLite-backed server answers with results, not a failure."""
+    server = await start_server(store=f"sqlite:{tmp_path / 'chat.db'}")
+    alice = await clients.connect(server, "alice")
+    await alice.send("hello world")
+    await alice.expect("[#general] alice: hello world", exact=True)
+    await alice.send("/search hel\0lo", "/search world\0")
+    first = await alice.expect(lambda line: line.startswith(("-- search", "! ")))
+    second = await alice.expect(lambda line: line.startswith(("-- search", "! ")))
+    assert first.startswith("-- search of #general for 'hel lo': 0 found"), first
+    assert second.startswith("-- search of #general for 'world': 1 found"), second
+    no_traceback(log_watch)
+
+
+async def test_a_nul_inside_search_words_over_websocket_finds_what_it_can(
+    start_server: StartServer, http: aiohttp.ClientSession, log_watch: LogWatch, tmp_path: Path
+) -> None:
+    """``{"type": "search", "words": "a\\u0000b"}`` gets a search reply, not ``unavailable``."""
+    server = await start_server(store=f"sqlite:{tmp_path / 'chat.db'}")
+    async with http.ws_connect(f"{http_base(server)}/ws") as ws:
+        await ws.send_str(orjson.dumps({"type": "hello", "name": "alice", "id": 1}).decode())
+        await ws.send_str(orjson.dumps({"type": "send", "text": "hello world", "id": 2}).decode())
+        await ws.send_str(orjson.dumps({"type": "search", "words": "wor\0ld", "id": 3}).decode())
+        reply: dict[str, Any] = {}
+        for _ in range(100):
+            frame = orjson.loads(await ws.receive_str(timeout=TIMEOUT))
+            events = frame["events"] if frame["type"] == "batch" else [frame]
+            found = [e for e in events if e.get("id") == 3]
+            if found:
+                reply = found[0]
+                break
+        assert reply.get("type") == "search", reply
+        assert reply["words"] == "wor ld"
+    no_traceback(log_watch)
+
+
+# --- the files of the data directory ------------------------------------------------------
+
+
+def mode(path: Path) -> int:
+    """The permission bits of ``path``."""
+    return stat.S_IMODE(os.stat(path).st_mode)
