@@ -257,6 +257,22 @@ def test_load_key_creates_a_private_32_byte_key_file_and_reads_it_back(tmp_path:
     assert load_key(str(data_dir)) == key
 
 
+def test_load_key_makes_its_directory_private_and_narrows_an_open_key(tmp_path: Path) -> None:
+    """A data directory load_key makes is 0700 whatever the umask; a key file others can
+    read (an older version's) is made 0600 and still used."""
+    data_dir = tmp_path / "roomcast"
+    old = os.umask(0o022)
+    try:
+        key = load_key(str(data_dir))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
+    path = data_dir / "secret.key"
+    path.chmod(0o644)
+    assert load_key(str(data_dir)) == key
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
 def test_a_key_from_the_file_keeps_tokens_valid_across_restarts(tmp_path: Path) -> None:
     """Tokens issued with the file's key verify with the key loaded again later."""
     token = Tokens(load_key(str(tmp_path))).issue("alice")

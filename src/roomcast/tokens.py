@@ -2,8 +2,9 @@
 
 The payload is the JSON ``{"n": name, "e": expiry}`` (UTC seconds). A token proves that the
 server logged ``name`` in before ``expiry``; it carries no password. The signing key is 32
-random bytes kept in the data directory (``secret.key``, mode 0600), so tokens outlive a
-restart; without a data directory a key is made per process.
+random bytes kept in the data directory (``secret.key``, mode 0600, in a directory made
+0700: ``roomcast.files``), so tokens outlive a restart; without a data directory a key is
+made per process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from roomcast.errors import ClientError
+from roomcast.files import narrow, private_dir
 from roomcast.model import user_name
 
 __all__ = ["Tokens", "load_key"]
@@ -32,8 +34,9 @@ def load_key(data_dir: str | None) -> bytes:
     path = Path(data_dir) / _KEY_FILE
     try:
         key = path.read_bytes()
+        narrow(path)  # an older version may have left it readable by others
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         key = os.urandom(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:

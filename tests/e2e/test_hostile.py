@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +152,47 @@ async def test_a_nul_inside_search_words_over_websocket_finds_what_it_can(
 def mode(path: Path) -> int:
     """The permission bits of ``path``."""
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The umask most systems give (022: files world-readable unless made otherwise)."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_the_data_directory_and_its_files_are_readable_by_their_owner_only(
+    start_server: StartServer, clients: Clients, tmp_path: Path
+) -> None:
+    """A new data directory is 0700 and the database, its WAL and SHM and the token key
+    0600: password hashes and private messages are not for other local users."""
+    data = tmp_path / "data" / "roomcast"
+    server = await start_server(store="", data_dir=str(data))
+    alice = await clients.connect(server, "alice")
+    await alice.send("a line, so that the WAL has something in it")
+    await alice.expect("[#general] alice: a line", within=TIMEOUT)
+    files = sorted(p.name for p in data.iterdir())
+    assert {"roomcast.db", "roomcast.db-wal", "roomcast.db-shm", "secret.key"} <= set(files)
+    assert mode(data) == 0o700
+    assert {name: mode(data / name) for name in files} == dict.fromkeys(files, 0o600)
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_files_an_older_server_left_readable_are_made_private_on_start(
+    start_server: StartServer, clients: Clients, tmp_path: Path, log_watch: LogWatch
+) -> None:
+    """A database and key left 0644 by an older version are 0600 once the server starts,
+    and the log says so."""
+    data = tmp_path / "roomcast"
+    first = await start_server(store="", data_dir=str(data))
+    await first.stop()
+    for path in data.iterdir():
+        path.chmod(0o644)
+    server = await start_server(store="", data_dir=str(data))
+    alice = await clients.connect(server, "alice")
+    await alice.send("hello")
+    await alice.expect("[#general] alice: hello", exact=True)
+    assert {p.name: mode(p) for p in data.iterdir()} == {p.name: 0o600 for p in data.iterdir()}
+    assert any("0644" in m and "roomcast.db" in m for m in log_watch.messages)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import sqlite3
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +89,27 @@ async def test_schema_version_is_recorded(path: Path) -> None:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema")}
     assert {"rooms", "messages", "messages_fts", "private_messages", "accounts"} <= tables
     assert {"memberships", "counters"} <= tables
+
+
+async def test_the_files_are_for_their_owner_only(tmp_path: Path) -> None:
+    """Under umask 022 a new store's directory is 0700 and the database, its WAL and its SHM
+    0600; files an older version left 0644 are narrowed when the store opens."""
+    path = tmp_path / "data" / "chat.db"
+    old = os.umask(0o022)
+    try:
+        store = await SqliteStore.open(path)
+        await store.append(draft())
+        files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+        assert files == {"chat.db": 0o600, "chat.db-wal": 0o600, "chat.db-shm": 0o600}
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        for name in files:
+            (path.parent / name).chmod(0o644)
+        store2 = await SqliteStore.open(path)
+        await store2.close()
+        await store.close()
+    finally:
+        os.umask(old)
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in path.parent.iterdir())
 
 
 @pytest.fixture(params=["zero bytes", "version 0 with a table of its own"])

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from roomcast.errors import Broken
+from roomcast.files import narrow, private_dir, private_file
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "configure", "migrate", "open_writer"]
 
@@ -136,13 +137,18 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def open_writer(given: Path, busy_timeout: float) -> tuple[Path, sqlite3.Connection]:
-    """Create the file (and its directories) if needed, configure and migrate it; return its
-    absolute path (``~`` expanded) and the connection. ``busy_timeout``: seconds to wait for
-    a write lock held by another connection before failing."""
+    """Create the file (0600; a missing directory 0700) if needed, configure and migrate it;
+    return its absolute path (``~`` expanded) and the connection. ``busy_timeout``: seconds
+    to wait for a write lock held by another connection before failing."""
     path = given
     try:
         path = given.expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Password hashes and private messages: for the owner only (roomcast.files); SQLite
+        # gives the -wal and -shm files the database file's permissions.
+        private_dir(path.parent)
+        private_file(path)
+        for suffix in ("-wal", "-shm"):
+            narrow(path.with_name(path.name + suffix))
         conn = sqlite3.connect(
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
