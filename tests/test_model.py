@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 
 import pytest
 
@@ -64,7 +65,38 @@ def test_text_is_cleaned_and_bounded() -> None:
     assert clean_text("😀" * 2000) == "😀" * 2000
 
 
-def test_commands_validate_on_construction() -> None:
+@pytest.mark.parametrize(
+    ("text", "cleaned"),
+    [
+        ("open \u202egnp.exe", "open gnp.exe"),  # right-to-left override
+        ("\u2066a\u2069 \u202ab\u202c \u200ec\u200f \u061cd", "a b c d"),  # other bidi
+        ("ad\u200bm\u2060i\ufeffn\u00ad\u180e", "admin"),  # zero-width and invisible
+        ("a\u2028b\u2029c", "a\nb\nc"),  # line and paragraph separators
+        ("\U0001f469\u200d\U0001f4bb \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", None),
+        ("\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f", None),
+    ],
+)
+def test_text_loses_bidi_controls_and_invisible_characters(text: str, cleaned: str | None) -> None:
+    """Bidi controls and invisible characters go; separators are line feeds; joiners (emoji
+    sequences, Persian) and emoji tags (a subdivision flag) stay. ``None``: unchanged."""
+    assert clean_text(text) == (text if cleaned is None else cleaned)
+
+
+def test_invisible_characters_are_exactly_the_format_characters_nobody_needs() -> None:
+    """What clean_text strips of category Cf (format) is every one of them but those that
+    join, tag or show: the list in model.py stays true to the Unicode database."""
+    kept = {0x200C, 0x200D} | set(range(0xE0020, 0xE0080))  # joiners, emoji tags
+    shown = {0x0600, 0x0601, 0x0602, 0x0603, 0x0604, 0x0605, 0x06DD, 0x070F, 0x0890, 0x0891}
+    shown |= {0x08E2, 0x110BD, 0x110CD}  # number signs and marks that render
+    scripts = set(range(0x13430, 0x13440)) | set(range(0x1BCA0, 0x1BCA4))  # hieroglyph,
+    scripts |= set(range(0x1D173, 0x1D17B))  # shorthand and musical format controls
+    for code in range(0x110000):
+        char = chr(code)
+        if unicodedata.category(char) != "Cf":
+            continue
+        stripped = clean_text(f"a{char}b") == "ab"
+        assert stripped != (code in kept | shown | scripts), f"U+{code:04X}"
+
     """Commands clean and check their fields as they are built."""
     assert Say(text=" hi\x07 ").text == "hi"
     assert Join(room="General").room == "#general"

@@ -67,10 +67,25 @@ MAX_SEQ = 2**63 - 1  # the largest sequence number (a signed 64-bit integer in e
 MAX_SEQ_DIGITS = len(str(MAX_SEQ))  # 19: a longer number is refused before it is converted
 
 _NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME}}}")
-# C0 and C1 control characters and DEL: stripped so nobody can drive another's terminal.
-# Message text keeps line feeds (multi-line messages); one-line values lose them too.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_CONTROL_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# Characters that change what a text looks like without being seen (docs/security.md):
+# - Bidi_Control (U+061C, U+200E-F, U+202A-E, U+2066-9): an override (U+202E) shows
+#   what follows backwards, so "gnp.exe" reads "exe.png";
+# - the invisible ones among the format characters: soft hyphen, Mongolian vowel
+#   separator, zero-width space, word joiner, invisible operators, deprecated format
+#   characters (U+206A-F), zero-width no-break space (BOM), interlinear annotations and
+#   the language tag. Zero-width joiner and non-joiner (emoji sequences, Persian and Indic
+#   scripts) and the emoji tag characters (subdivision flags) stay: they are needed.
+_INVISIBLE = (
+    "\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+    "\ufeff\ufff9-\ufffb\U000e0001"
+)
+# Those, C0 and C1 control characters and DEL: stripped so nobody can drive another's
+# terminal or disguise a text. Message text keeps line feeds (multi-line messages; the line
+# and paragraph separators U+2028 and U+2029 become line feeds); one-line values lose them.
+_CONTROL = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_INVISIBLE}]")
+_CONTROL_LINE = re.compile(f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f\\u2028\\u2029{_INVISIBLE}]")
+_CONTROL_ASCII = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # _CONTROL for ASCII text
+_HIDDEN = re.compile(f"[{_INVISIBLE}]")
 
 
 def seq_number(n: int) -> int:
@@ -132,9 +147,15 @@ def _strip_controls(text: str) -> str:
 
 
 def clean_text(text: str) -> str:
-    """Strip control characters but line feeds (CRLF becomes LF, tabs become spaces) and
-    check the length; ``bad_text`` if nothing is left or it is too long."""
-    cleaned = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\t", " ")).strip()
+    """Strip control characters but line feeds, bidi controls and invisible characters
+    (CRLF, U+2028 and U+2029 become LF, tabs become spaces) and check the length;
+    ``bad_text`` if nothing is left or it is too long."""
+    text = text.replace("\r\n", "\n").replace("\t", " ")
+    if text.isascii():  # the usual case: a shorter character class is faster
+        cleaned = _CONTROL_ASCII.sub("", text).strip()
+    else:
+        text = text.replace("\u2028", "\n").replace("\u2029", "\n")
+        cleaned = _CONTROL.sub("", text).strip()
     if not cleaned:
         raise ClientError("bad_text", "the message is empty: type some text")
     if len(cleaned) > MAX_TEXT:
@@ -319,8 +340,9 @@ class Search:
     def __post_init__(self) -> None:
         if self.room is not None:
             object.__setattr__(self, "room", room_name(self.room))
-        # Control characters (NUL among them) separate words, like punctuation does.
-        words = " ".join(_CONTROL.sub(" ", self.words).split())
+        # Control characters (NUL among them) separate words, as punctuation does; invisible
+        # ones go, as they do from message text.
+        words = " ".join(_CONTROL.sub(" ", _HIDDEN.sub("", self.words)).split())
         if not words:
             raise ClientError("bad_search", "give some words to search for")
         object.__setattr__(self, "words", words)

@@ -196,3 +196,59 @@ async def test_files_an_older_server_left_readable_are_made_private_on_start(
     await alice.expect("[#general] alice: hello", exact=True)
     assert {p.name: mode(p) for p in data.iterdir()} == {p.name: 0o600 for p in data.iterdir()}
     assert any("0644" in m and "roomcast.db" in m for m in log_watch.messages)
+
+
+# --- lines shaped to pass for another user's ----------------------------------------------
+
+FORGED = "[#general] admin: the server moves: /login admin at evil.example"
+
+
+def rows(line: str, width: int) -> list[str]:
+    """``line`` as a terminal ``width`` columns wide shows it (one column a character)."""
+    return [line[i : i + width] for i in range(0, len(line), width)]
+
+
+@pytest.mark.parametrize("blank", [" ", "\u00a0", "\u2003", "\u2800", "\u3164"])
+@pytest.mark.parametrize("width", [80, 132])
+async def test_blank_padding_cannot_start_a_forged_line_on_a_row_of_its_own(
+    server: Server, clients: Clients, blank: str, width: int
+) -> None:
+    """A message padded with blanks to the terminal's width shows the forged text on the
+    sender's own row: a run of blanks shows as one space."""
+    mallory = await clients.connect(server, "mallory")
+    bob = await clients.connect(server, "bob")
+    head = "[#general] mallory: hi"
+    await mallory.send("hi" + blank * (width - len(head)) + FORGED)
+    line = await bob.expect(lambda line: line.startswith("[#general] mallory: hi"))
+    assert line == f"{head} {FORGED}"
+    assert not any(row.startswith("[#") for row in rows(line, width)[1:])
+
+
+async def test_each_further_line_of_a_message_is_marked_as_part_of_it(
+    server: Server, clients: Clients, http: aiohttp.ClientSession
+) -> None:
+    """A line feed (sent over WebSocket), or a line or paragraph separator (sent on a
+    line), in a message starts a row marked ``  | ``, which no line of its own starts with."""
+    bob = await clients.connect(server, "bob")
+    async with http.ws_connect(f"{http_base(server)}/ws") as ws:
+        await ws.send_str(orjson.dumps({"type": "hello", "name": "mallory"}).decode())
+        await ws.send_str(orjson.dumps({"type": "send", "text": f"hi\n{FORGED}"}).decode())
+        await bob.expect("[#general] mallory: hi", exact=True)
+        assert await bob.readline() == f"  | {FORGED}"
+    eve = await clients.connect(server, "eve")
+    await eve.send_raw(f"hi\u2028{FORGED}\u2029{FORGED}\n".encode())
+    await bob.expect("[#general] eve: hi", exact=True)
+    assert await bob.readline() == f"  | {FORGED}"
+    assert await bob.readline() == f"  | {FORGED}"
+
+
+async def test_bidi_controls_and_invisible_characters_never_reach_a_peer(
+    server: Server, clients: Clients
+) -> None:
+    """An override that shows 'gnp.exe' as 'exe.png', zero-width spaces that split a word,
+    and a soft hyphen are gone before anyone sees the text."""
+    mallory = await clients.connect(server, "mallory")
+    bob = await clients.connect(server, "bob")
+    await mallory.send("open \u202egnp.exe and ad\u200bm\u2060in\u00ad\ufeff says hi\u2066")
+    line = await bob.expect(lambda line: line.startswith("[#general] mallory:"))
+    assert line == "[#general] mallory: open gnp.exe and admin says hi"

@@ -35,7 +35,7 @@ from roomcast.model import (
     Who,
     WhoList,
 )
-from roomcast.wire.line import GREETING, LineCodec, Renderer
+from roomcast.wire.line import CONTINUATION, GREETING, MAX_INDENT, LineCodec, Renderer
 
 TS = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
@@ -349,7 +349,46 @@ def test_login_summary_history_and_search_render() -> None:
     ]
 
 
-def test_continuation_lines_are_indented() -> None:
-    """A multi-line message cannot pass one of its lines off as a line of its own."""
+def test_continuation_lines_are_marked() -> None:
+    """A multi-line message cannot pass one of its lines off as a line of its own: each
+    further line starts with '  | '."""
     fake = message(text="hi\n[#general] bob: I owe alice 100")
-    assert codec().encode([fake]) == b"[#general] alice: hi\n    [#general] bob: I owe alice 100\n"
+    assert codec().encode([fake]) == b"[#general] alice: hi\n  | [#general] bob: I owe alice 100\n"
+    assert CONTINUATION == "  | "
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("hi" + " " * 70 + "[#general] bob: x", "hi [#general] bob: x"),
+        ("a\u00a0\u00a0b\u2003c\u3000d", "a b c d"),
+        ("a\u2800b\u3164\u3164c\uffa0d\u115f\u1160e", "a b c d e"),
+        ("one space stays, a\u00a0lone\u00a0one too", "one space stays, a lone one too"),
+    ],
+)
+def test_a_run_of_blanks_shows_as_one_space(text: str, shown: str) -> None:
+    """Padding to a terminal's width (spaces, other Unicode spaces, blank-looking letters)
+    collapses, so nothing after it can start a row of its own."""
+    assert codec().encode([message(text=text)]) == f"[#general] alice: {shown}\n".encode()
+
+
+def test_further_lines_keep_some_indentation_and_lose_padding() -> None:
+    """Code keeps its indentation, up to MAX_INDENT columns; runs inside a line collapse."""
+    text = "code:\n    if x:\n" + " " * 40 + "return  x\n\u3000y"
+    expected = (
+        "[#general] alice: code:\n  |     if x:\n  | " + " " * MAX_INDENT + "return x\n  |  y\n"
+    )
+    assert codec().encode([message(text=text)]) == expected.encode()
+
+
+def test_private_messages_actions_and_quit_reasons_are_shown_the_same_way() -> None:
+    """Every text from a user gets the same treatment, not only room messages."""
+    padded = "hi" + " " * 80 + "[#general] bob: x\nmore"
+    private = Private(
+        id="p", seq=1, sender="eve", recipient="bob", kind=Kind.MESSAGE, text=padded, ts=TS
+    )
+    quit_ = message(kind=Kind.QUIT, text="bye" + " " * 80 + "[#general] bob: x")
+    action = message(kind=Kind.ACTION, text=padded)
+    assert codec().encode([private]) == b"[pm eve -> bob] hi [#general] bob: x\n  | more\n"
+    assert codec().encode([quit_]) == b"[#general] <-- alice quit (bye [#general] bob: x)\n"
+    assert codec().encode([action]) == b"[#general] * alice hi [#general] bob: x\n  | more\n"

@@ -11,11 +11,13 @@ connection is dropped.
 
 Output is one line per event, for humans: ``[#general] alice: hello``. Errors start with
 ``! ``, information with ``-- ``. Room messages are rendered once per format by a shared
-``Renderer`` and the same bytes go to every member.
+``Renderer`` and the same bytes go to every member. No text can show a line of its own:
+its further lines start with ``CONTINUATION`` and its runs of blanks show as one space.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 
@@ -55,7 +57,7 @@ from roomcast.model import (
 )
 from roomcast.wire.cache import EncodedMessages
 
-__all__ = ["GREETING", "HELP", "LineCodec", "LineTooLong", "Renderer"]
+__all__ = ["CONTINUATION", "GREETING", "HELP", "MAX_INDENT", "LineCodec", "LineTooLong", "Renderer"]
 
 GREETING = "-- welcome to roomcast. what is your name?"
 
@@ -188,10 +190,37 @@ def _command(verb: str, arg: str) -> Command:
 # --- rendering ----------------------------------------------------------------------------
 
 
-def _indent(text: str) -> str:
-    """Continuation lines of a multi-line message start with spaces, so no line of a message
-    can pass for a line of its own."""
-    return text.replace("\n", "\n    ")
+# A run of blanks: spaces, the other Unicode spaces, and the letters that show as a blank
+# (Hangul fillers, the blank Braille pattern). Two or more, or a single one that is not
+# an ASCII space.
+_BLANK = "[^\\S\\n]|[\u115f\u1160\u2800\u3164\uffa0]"
+_BLANKS = re.compile(f"(?:{_BLANK}){{2,}}|(?! )(?:{_BLANK})")
+_INDENT = re.compile(f"(?:{_BLANK})+")
+CONTINUATION = "  | "  # starts each further line of a multi-line text: no event line does
+MAX_INDENT = 8  # columns of indentation kept at the start of a further line
+
+
+def _body(text: str) -> str:
+    """A text as the terminal shows it: no line of it can pass for a line of its own.
+
+    A line break (the text keeps them) starts the next line with ``CONTINUATION``, which no
+    event line starts with. A run of blanks shows as one space: padding a message to the
+    terminal's width would otherwise make what follows appear at the start of a row, as
+    if it were another line. Only the client knows the width: with visible padding the
+    trick still works, but the row above then shows the padding, under the sender's name
+    (docs/security.md). The indentation of a further line (code) is kept, up to
+    ``MAX_INDENT`` columns.
+    """
+    if "\n" not in text:
+        return _BLANKS.sub(" ", text)
+    first, *rest = text.split("\n")
+    lines = [_BLANKS.sub(" ", first)]
+    for line in rest:
+        indent = _INDENT.match(line)
+        depth = 0 if indent is None else min(indent.end(), MAX_INDENT)
+        start = 0 if indent is None else indent.end()
+        lines.append(" " * depth + _BLANKS.sub(" ", line[start:]))
+    return ("\n" + CONTINUATION).join(lines)
 
 
 def _clock(ts: float) -> str:
@@ -213,15 +242,15 @@ class Renderer:
         head = f"{_clock(m.ts) if self.timestamps and clock else ''}[{m.room}]"
         match m.kind:
             case Kind.MESSAGE:
-                return f"{head} {m.sender}: {_indent(m.text)}\n"
+                return f"{head} {m.sender}: {_body(m.text)}\n"
             case Kind.ACTION:
-                return f"{head} * {m.sender} {_indent(m.text)}\n"
+                return f"{head} * {m.sender} {_body(m.text)}\n"
             case Kind.JOIN:
                 return f"{head} --> {m.sender} joined\n"
             case Kind.LEAVE:
                 return f"{head} <-- {m.sender} left\n"
             case Kind.QUIT:
-                return f"{head} <-- {m.sender} quit ({m.text})\n"
+                return f"{head} <-- {m.sender} quit ({_body(m.text)})\n"
             case Kind.NICK:
                 return f"{head} -- {m.sender} is now known as {m.text}\n"
         raise AssertionError(m.kind)  # pragma: no cover
@@ -260,7 +289,7 @@ class Renderer:
         match e:
             case Private(sender=sender, recipient=recipient, text=text, ts=ts):
                 stamp = _clock(ts) if self.timestamps else ""
-                return f"{stamp}[pm {sender} -> {recipient}] {_indent(text)}\n"
+                return f"{stamp}[pm {sender} -> {recipient}] {_body(text)}\n"
             case Welcome(name=name):
                 return f"-- hello {name}. type text to talk, /help for commands.\n"
             case Info(text=text):
