@@ -13,8 +13,10 @@ Join").
     CLOSED  nothing
 
 Names are unique case-insensitively among online users, and a guest cannot take a registered
-name. Every new guest joins ``#general``. Room membership belongs to the user (all its
-sessions are in the same rooms); the current room, where plain text goes, to the session.
+name, nor a name that looks like one online or registered (``roomcast.names``: ``aIice``,
+``a1ice`` and ``alice_`` look like ``alice``). Every new guest joins ``#general``. Room
+membership belongs to the user (all its sessions are in the same rooms); the current room,
+where plain text goes, to the session.
 A registered user's memberships and read markers persist: on login it is put back in its
 rooms and gets, for each, a summary and the messages it missed (the newest ``replay_cap``),
 then its private messages sent while it was away. Joins, leaves and quits are announced
@@ -87,6 +89,7 @@ from roomcast.model import (
     fold,
     user_name,
 )
+from roomcast.names import Lookalikes, lookalike_online, lookalike_registered
 from roomcast.session import Room, Session, State, User
 from roomcast.store.base import Account, Storage
 
@@ -192,6 +195,7 @@ class Hub:
         self._new_id = new_id  # message id generator
         self._rooms: dict[str, Room] = {}  # room name -> room with online members
         self._users: dict[str, User] = {}  # folded name -> online user
+        self._looks = Lookalikes()  # the names of _users, by skeleton
         self._sessions: set[Session] = set()  # every open session
         self._buckets: dict[Session, _Bucket] = {}  # flood control per session
         self._post_buckets: dict[str, _Bucket] = {}  # flood control of posts per account
@@ -342,6 +346,7 @@ class Hub:
         if user is None or user.sessions:
             return
         del self._users[fold(user.name)]
+        self._looks.discard(user.name)
         if user.inbox is not None:
             user.inbox.close()
         for room in list(user.rooms.values()):
@@ -386,25 +391,36 @@ class Hub:
         await self._check_free(name)
         user = User(name, registered=False)
         self._users[fold(name)] = user
+        self._looks.add(name)
         session.attach(user)
         log.info("named name=%s peer=%s", name, session.peer)
         replies: list[Event] = [Welcome(name=name)]
         replies += await self._join(session, GENERAL, None)
         return replies
 
-    async def _check_free(self, name: str) -> None:
-        """Raise unless a guest may take ``name`` (online check first, then accounts)."""
-        if fold(name) in self._users:
-            raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
-        account = await self.store.account(name)
-        if account is not None:
+    async def _check_free(self, name: str, current: str | None = None) -> None:
+        """Raise unless a guest (named ``current``, for /nick) may take ``name``: nobody
+        online has it or a name like it, and it neither is nor looks like a registered name
+        (``roomcast.names``). Online first, then the store (one indexed lookup)."""
+        self._check_online(name, current)
+        account = await self.store.account_like(name)
+        if account is not None and fold(account.name) == fold(name):
             raise ClientError(
                 "registered",
                 f"{account.name!r} is registered: /login {account.name} <password>,"
                 " or pick another name",
             )
-        if fold(name) in self._users:  # taken while the store answered
+        if account is not None:
+            raise lookalike_registered(name, account.name)
+        self._check_online(name, current)  # taken while the store answered
+
+    def _check_online(self, name: str, current: str | None = None) -> None:
+        """Raise if a user online other than ``current`` has ``name``, or a name like it."""
+        if fold(name) in self._users:
             raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
+        other = self._looks.like(name, besides=current)
+        if other is not None:
+            raise lookalike_online(name, other)
 
     def _send_private(self, user: User, private: Private) -> None:
         """Into ``user``'s private channel, made on its first private message; a user that
@@ -426,6 +442,9 @@ class Hub:
         if user.registered:
             raise ClientError("registered", f"{user.name} is registered already")
         check_password(password)
+        other = self._looks.like(user.name)  # the store checks the registered names
+        if other is not None:
+            raise lookalike_online(user.name, other)
         password_hash = await self.passwords.hash(password)
         account = await self.store.create_account(user.name, password_hash, now=self._clock())
         user.registered = True
@@ -449,6 +468,9 @@ class Hub:
         check_password(password)
         if fold(name) in self._users:
             raise ClientError("name_taken", f"the name {name!r} is in use: choose another")
+        other = self._looks.like(name)  # the store checks the registered names
+        if other is not None:
+            raise lookalike_online(name, other)
         password_hash = await self.passwords.hash(password)
         account = await self.store.create_account(name, password_hash, now=self._clock())
         log.info("registered name=%s", account.name)
@@ -482,6 +504,7 @@ class Hub:
             user = User(account.name, registered=True)
             user.private_mark = account.private_read_seq
             self._users[fold(account.name)] = user
+            self._looks.add(account.name)
         session.attach(user)
         log.info("login name=%s peer=%s", account.name, session.peer)
         replies: list[Event] = [Welcome(name=account.name)]
@@ -681,11 +704,13 @@ class Hub:
         if user.registered:
             raise ClientError("registered", "a registered name cannot change: register another")
         if fold(name) != fold(old):
-            await self._check_free(name)
+            await self._check_free(name, old)
         if session.user is not user or user.name != old:  # changed while the store answered
             raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
         del self._users[fold(old)]
         self._users[fold(name)] = user
+        self._looks.discard(old)
+        self._looks.add(name)
         user.name = name
         for room in list(user.rooms.values()):
             room.members[fold(name)] = room.members.pop(fold(old))

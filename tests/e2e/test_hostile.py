@@ -22,11 +22,13 @@ import aiohttp
 import orjson
 import pytest
 
+from roomcast.auth import Cost, Passwords
 from roomcast.server import Server
 from tests.e2e.conftest import TIMEOUT, Clients, LogWatch, StartServer
 
 HUGE = "9" * 5000  # past the 4,300 digits int() converts
-PASSWORD = "correct horse"
+PASSWORD = "correct-horse"  # one word: /register takes one
+CHEAP = Cost(time_cost=1, memory_cost=8, parallelism=1)  # argon2id at almost no cost
 
 
 def http_base(server: Server) -> str:
@@ -252,3 +254,90 @@ async def test_bidi_controls_and_invisible_characters_never_reach_a_peer(
     await mallory.send("open \u202egnp.exe and ad\u200bm\u2060in\u00ad\ufeff says hi\u2066")
     line = await bob.expect(lambda line: line.startswith("[#general] mallory:"))
     assert line == "[#general] mallory: open gnp.exe and admin says hi"
+
+
+# --- names that look like someone else's --------------------------------------------------
+
+LOOKALIKES = ["aIice", "a1ice", "alice_", "_alice", "ALICE.", "a-lice"]
+
+
+async def register_on_a_line(clients: Clients, server: Server, name: str) -> None:
+    """Register ``name`` over the line protocol (cheaply hashed), then leave."""
+    server.hub.passwords = Passwords(CHEAP)
+    owner = await clients.connect(server, name)
+    await owner.send(f"/register {PASSWORD}")
+    await owner.expect(f"-- registered {name}")
+    await owner.send("/quit")
+    await owner.read_to_eof()
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+async def test_a_guest_cannot_take_a_name_that_looks_like_a_registered_one(
+    server: Server, clients: Clients, log_watch: LogWatch, name: str
+) -> None:
+    """With alice registered and away, a guest asking for aIice, a1ice or alice_ is told
+    it looks like alice, and stays unnamed until it picks a name of its own."""
+    await register_on_a_line(clients, server, "alice")
+    guest = await clients.connect(server)
+    await guest.readline()  # the greeting
+    await guest.send(name)
+    refusal = await guest.expect(lambda line: line.startswith(("! ", "-- hello")))
+    assert refusal == f"! {name!r} looks like the registered name 'alice': choose another name"
+    await guest.send("mallory")
+    await guest.expect("[#general] --> mallory joined", exact=True)
+    assert any("code=lookalike" in m for m in log_watch.messages)
+
+
+@pytest.mark.parametrize("name", LOOKALIKES)
+async def test_a_guest_cannot_take_a_name_that_looks_like_one_online(
+    server: Server, clients: Clients, name: str
+) -> None:
+    """With the guest alice online, another guest cannot become aIice, a1ice or alice_."""
+    await clients.connect(server, "alice")
+    guest = await clients.connect(server)
+    await guest.readline()
+    await guest.send(name)
+    refusal = await guest.expect(lambda line: line.startswith(("! ", "-- hello")))
+    assert refusal == f"! {name!r} looks like 'alice', who is online: choose another name"
+
+
+async def test_nick_cannot_turn_a_guest_into_a_lookalike(server: Server, clients: Clients) -> None:
+    """/nick to a name like an online or a registered one is refused; to a name like one's
+    own (alice_ to alice) it is not."""
+    await register_on_a_line(clients, server, "carol")
+    await clients.connect(server, "alice")
+    mallory = await clients.connect(server, "mallory")
+    await mallory.send("/nick a1ice", "/nick CaroI")
+    await mallory.expect("! 'a1ice' looks like 'alice', who is online: choose another name")
+    await mallory.expect(
+        "! 'CaroI' looks like the registered name 'carol': choose another name", exact=True
+    )
+    bob = await clients.connect(server, "bob_")
+    await bob.send("/nick bob")
+    await bob.expect("-- you are now known as bob", exact=True)
+
+
+async def test_registering_a_lookalike_of_someone_online_is_refused(
+    server: Server, clients: Clients, http: aiohttp.ClientSession
+) -> None:
+    """While the guest alice is online, POST /api/register of aIice is 409 lookalike; and a
+    registered alice makes a1ice unregistrable."""
+    server.hub.passwords = Passwords(CHEAP)
+    await clients.connect(server, "alice")
+    url = f"{http_base(server)}/api/register"
+    async with http.post(url, json={"name": "aIice", "password": PASSWORD}) as response:
+        body = orjson.loads(await response.read())
+        assert response.status == 409, body
+    assert body["error"]["code"] == "lookalike"
+    assert (
+        body["error"]["message"] == "'aIice' looks like 'alice', who is online: choose another name"
+    )
+    async with http.post(url, json={"name": "bob", "password": PASSWORD}) as response:
+        assert response.status == 201
+    async with http.post(url, json={"name": "b0b", "password": PASSWORD}) as response:
+        body = orjson.loads(await response.read())
+        assert response.status == 409, body
+    assert body["error"] == {
+        "code": "lookalike",
+        "message": "'b0b' looks like the registered name 'bob': choose another name",
+    }

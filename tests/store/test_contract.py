@@ -283,6 +283,45 @@ async def test_account_names_are_taken_ignoring_case(store: Storage) -> None:
     assert account is not None and (account.name, account.password_hash) == ("Ann", "hash-1")
 
 
+async def test_an_account_is_found_by_a_name_that_looks_like_it(store: Storage) -> None:
+    """account_like finds the account of the name itself first, else one whose name looks
+    like it (``roomcast.names.skeleton``), else nothing; deleted accounts are not found."""
+    ann = await store.create_account("Ann_1", "hash", now=1.0)
+    assert await store.account_like("ANN_1") == ann
+    assert await store.account_like("AnnI") == ann
+    assert await store.account_like("a.n.n.l") == ann
+    assert await store.account_like("anna") is None
+    await store.delete_account("ann_1")
+    assert await store.account_like("annl") is None
+
+
+async def test_a_name_that_looks_like_a_registered_one_cannot_be_registered(
+    store: Storage,
+) -> None:
+    """create_account refuses a look-alike with ``lookalike``, naming the registered name;
+    once that account is deleted, the look-alike can be registered."""
+    await store.create_account("bob", "hash", now=1.0)
+    for name in ("b0b", "BOB_", "-b.o.b-"):
+        with pytest.raises(ClientError) as caught:
+            await store.create_account(name, "hash", now=2.0)
+        assert caught.value.code == "lookalike"
+        assert caught.value.message == (
+            f"{name!r} looks like the registered name 'bob': choose another name"
+        )
+    await store.delete_account("bob")
+    assert (await store.create_account("b0b", "hash", now=3.0)).name == "b0b"
+
+
+async def test_concurrent_look_alike_registrations_let_one_win(store: Storage) -> None:
+    """Registering alice and aIice at once stores exactly one of them."""
+    results = await asyncio.gather(
+        store.create_account("alice", "h", now=1.0),
+        store.create_account("aIice", "h", now=1.0),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["Account", "ClientError"]
+
+
 async def test_set_password(store: Storage) -> None:
     """The password hash can be replaced; for a missing account it fails with ``no_account``."""
     await store.create_account("ann", "old", now=1.0)

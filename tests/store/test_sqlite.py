@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from roomcast.errors import Broken
+from roomcast.errors import Broken, ClientError
 from roomcast.model import Draft, Kind, Message, PrivateDraft
 from roomcast.store import sqlite_writer
 from roomcast.store.sqlite import SqliteStore
-from roomcast.store.sqlite_schema import SCHEMA_VERSION
+from roomcast.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 
 _ids = itertools.count()
 
@@ -136,6 +136,42 @@ async def test_migrates_an_older_file(older_file: Path) -> None:
         if "notes" in tables:
             assert conn.execute("SELECT text FROM notes").fetchall() == [("kept",)]
     assert "messages" in tables
+
+
+async def test_accounts_older_than_the_skeleton_column_get_theirs(path: Path) -> None:
+    """A database from before the look-alike rule is migrated: its accounts get their
+    skeletons, so the rule covers them at once, and accounts that already look alike are
+    both kept."""
+    step = next(i for i, m in enumerate(MIGRATIONS) if any("skeleton" in s for s in m))
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for statements in MIGRATIONS[:step]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {step:d}")
+        for key, name in [("alice", "Alice"), ("john.doe", "john.doe"), ("john_doe", "john_doe")]:
+            conn.execute(
+                "INSERT INTO accounts (key, name, password_hash, created) VALUES (?, ?, 'h', 1)",
+                (key, name),
+            )
+    store = await SqliteStore.open(path)
+    try:
+        found = await store.account_like("a1ice")
+        assert found is not None and found.name == "Alice"
+        with pytest.raises(ClientError) as caught:
+            await store.create_account("ALICE_", "h", now=2.0)
+        assert caught.value.code == "lookalike"
+        like = await store.account_like("johndoe")
+        assert like is not None and like.name in {"john.doe", "john_doe"}
+        assert (await store.account("john_doe")) is not None
+    finally:
+        await store.close()
+    from roomcast.store import sqlite as module
+
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        plan = conn.execute("EXPLAIN QUERY PLAN " + module._ACCOUNT_LIKE, ("x",)).fetchall()
+    assert [row[3] for row in plan] == [
+        "SEARCH accounts USING INDEX accounts_by_skeleton (skeleton=?)"
+    ]
 
 
 async def test_a_newer_schema_is_refused(path: Path) -> None:

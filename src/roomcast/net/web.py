@@ -80,6 +80,7 @@ _STATUS = {  # HTTP status of a client error, by code; 400 otherwise
     "throttled": 429,
     "flood": 429,
     "name_taken": 409,
+    "lookalike": 409,
     "not_found": 404,
 }
 

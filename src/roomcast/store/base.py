@@ -157,8 +157,16 @@ class Accounts(Protocol):
         """The account registered as ``name`` in any case, or ``None``."""
         ...
 
+    async def account_like(self, name: str) -> Account | None:
+        """The account registered as ``name`` in any case if there is one, else an account
+        whose name looks like ``name`` (the same ``roomcast.names.skeleton``), else
+        ``None``. One indexed lookup."""
+        ...
+
     async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
-        """Register ``name``; ``ClientError('name_taken')`` if it is registered in any case.
+        """Register ``name``; ``ClientError('name_taken')`` if it is registered in any case,
+        ``ClientError('lookalike')`` if a registered name looks like it (checked in the same
+        step, so two look-alikes registered at once cannot both succeed).
 
         The new account has read every private message already stored: its
         ``private_read_seq`` starts at the newest private sequence number.

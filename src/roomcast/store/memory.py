@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from roomcast.errors import ClientError
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
+from roomcast.names import lookalike_registered, skeleton
 from roomcast.store.base import Account, Page, RoomInfo, search_tokens
 
 __all__ = ["MemoryStore"]
@@ -48,6 +49,7 @@ class MemoryStore:
         self._privates: deque[Private] = deque(maxlen=keep)  # newest private messages
         self._private_seq = 0  # seq of the newest private message
         self._accounts: dict[str, Account] = {}  # folded name -> account
+        self._skeletons: dict[str, set[str]] = {}  # skeleton(name) -> folded names
         self._memberships: dict[str, dict[str, int]] = {}  # folded name -> room -> read_seq
 
     def _room(self, room: str) -> _Room:
@@ -148,14 +150,25 @@ class MemoryStore:
     async def account(self, name: str) -> Account | None:
         return self._accounts.get(fold(name))
 
+    async def account_like(self, name: str) -> Account | None:
+        found = self._accounts.get(fold(name))
+        if found is not None:
+            return found
+        keys = self._skeletons.get(skeleton(name))
+        return self._accounts[min(keys)] if keys else None
+
     async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
         key = fold(name)
         if key in self._accounts:
             raise ClientError("name_taken", f"the name {name!r} is registered: choose another")
+        like = await self.account_like(name)
+        if like is not None:
+            raise lookalike_registered(name, like.name)
         account = Account(
             name=name, password_hash=password_hash, created=now, private_read_seq=self._private_seq
         )
         self._accounts[key] = account
+        self._skeletons.setdefault(skeleton(name), set()).add(key)
         self._memberships[key] = {}
         return account
 
@@ -168,8 +181,13 @@ class MemoryStore:
 
     async def delete_account(self, name: str) -> bool:
         key = fold(name)
-        if self._accounts.pop(key, None) is None:
+        account = self._accounts.pop(key, None)
+        if account is None:
             return False
+        like = skeleton(account.name)
+        self._skeletons[like].discard(key)
+        if not self._skeletons[like]:
+            del self._skeletons[like]
         del self._memberships[key]
         kept = [p for p in self._privates if fold(p.recipient) != key]
         self._privates = deque(kept, maxlen=self._keep)

@@ -55,6 +55,7 @@ from typing import Any, TypeVar
 
 from roomcast.errors import Broken
 from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
+from roomcast.names import skeleton
 from roomcast.store.base import Account, Page, RoomInfo
 from roomcast.store.sqlite_schema import open_writer
 from roomcast.store.sqlite_writer import STOP, Job, Writer, broken
@@ -86,6 +87,12 @@ _PRIVATES = (
     " WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 _NO_SEQ = 2**62  # an upper bound above any sequence number
+_ACCOUNT_COLUMNS = "name, password_hash, created, private_read_seq"
+_ACCOUNT = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE key = ?"
+_ACCOUNT_LIKE = (  # one seek, whatever statistics the planner has (PRAGMA optimize)
+    f"SELECT {_ACCOUNT_COLUMNS} FROM accounts INDEXED BY accounts_by_skeleton"
+    " WHERE skeleton = ? ORDER BY key LIMIT 1"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,6 +108,15 @@ class Statistics:
 def _message(room: str, row: tuple[Any, ...]) -> Message:
     id_, seq, sender, kind, text, ts = row
     return Message(id=id_, room=room, seq=seq, sender=sender, kind=Kind(kind), text=text, ts=ts)
+
+
+def _account(row: tuple[Any, ...] | None) -> Account | None:
+    if row is None:
+        return None
+    shown, password_hash, created, private_read_seq = row
+    return Account(
+        name=shown, password_hash=password_hash, created=created, private_read_seq=private_read_seq
+    )
 
 
 def _fts_query(words: str) -> str | None:
@@ -324,19 +340,16 @@ class SqliteStore:
 
     async def account(self, name: str) -> Account | None:
         def run(conn: sqlite3.Connection) -> Account | None:
-            row = conn.execute(
-                "SELECT name, password_hash, created, private_read_seq FROM accounts WHERE key = ?",
-                (fold(name),),
-            ).fetchone()
+            return _account(conn.execute(_ACCOUNT, (fold(name),)).fetchone())
+
+        return await self._read(run)
+
+    async def account_like(self, name: str) -> Account | None:
+        def run(conn: sqlite3.Connection) -> Account | None:
+            row = conn.execute(_ACCOUNT, (fold(name),)).fetchone()
             if row is None:
-                return None
-            shown, password_hash, created, private_read_seq = row
-            return Account(
-                name=shown,
-                password_hash=password_hash,
-                created=created,
-                private_read_seq=private_read_seq,
-            )
+                row = conn.execute(_ACCOUNT_LIKE, (skeleton(name),)).fetchone()
+            return _account(row)
 
         return await self._read(run)
 

@@ -29,6 +29,7 @@ from typing import Final
 
 from roomcast.errors import Broken
 from roomcast.files import narrow, private_dir, private_file
+from roomcast.names import skeleton
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "configure", "migrate", "open_writer"]
 
@@ -98,12 +99,22 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """INSERT INTO counters (name, value)
             VALUES ('fts_serial', (SELECT COALESCE(MAX(serial), 0) FROM messages))""",
     ),
+    # accounts by skeleton (roomcast.names): a name that looks like a registered one is
+    # found with one indexed lookup. Not unique: accounts registered before may collide.
+    # roomcast_skeleton is roomcast.names.skeleton, registered on the connection (configure).
+    (
+        "ALTER TABLE accounts ADD COLUMN skeleton TEXT NOT NULL DEFAULT ''",
+        "UPDATE accounts SET skeleton = roomcast_skeleton(name)",
+        "CREATE INDEX accounts_by_skeleton ON accounts (skeleton, key)",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)  # what user_version reads once migrated
 
 
 def configure(conn: sqlite3.Connection) -> None:
-    """The pragmas of the writing connection (the module docstring says why FULL)."""
+    """The pragmas of the writing connection (the module docstring says why FULL), and the
+    functions its migrations call."""
+    conn.create_function("roomcast_skeleton", 1, skeleton, deterministic=True)
     (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if mode != "wal":
         raise sqlite3.OperationalError(f"cannot use WAL mode (journal_mode is {mode!r})")

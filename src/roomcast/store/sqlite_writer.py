@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from roomcast.errors import Broken, ClientError
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
+from roomcast.names import lookalike_registered, skeleton
 from roomcast.store.base import Account
 
 __all__ = ["STOP", "Job", "Writer", "broken"]
@@ -313,9 +314,16 @@ class Writer:
         return done.rowcount
 
     def create_account(self, name: str, password_hash: str, now: float) -> Account:
-        key = fold(name)
+        key, like = fold(name), skeleton(name)
         if self._conn.execute("SELECT 1 FROM accounts WHERE key = ?", (key,)).fetchone():
             raise ClientError("name_taken", f"the name {name!r} is registered: choose another")
+        other = self._conn.execute(
+            "SELECT name FROM accounts INDEXED BY accounts_by_skeleton"
+            " WHERE skeleton = ? ORDER BY key LIMIT 1",
+            (like,),
+        ).fetchone()
+        if other is not None:
+            raise lookalike_registered(name, other[0])
         account = Account(
             name=name,
             password_hash=password_hash,
@@ -323,9 +331,9 @@ class Writer:
             private_read_seq=self._latest_private(),
         )
         self._conn.execute(
-            "INSERT INTO accounts (key, name, password_hash, created, private_read_seq)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (key, name, password_hash, now, account.private_read_seq),
+            "INSERT INTO accounts (key, name, password_hash, created, private_read_seq, skeleton)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (key, name, password_hash, now, account.private_read_seq, like),
         )
         return account
 
