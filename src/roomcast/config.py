@@ -33,6 +33,7 @@ class Config:
     retain_days: float = 0.0  # days room messages are kept; 0 = forever
     retain_count: int = 0  # messages kept per room; 0 = all
     quiet_above: int = 1000  # rooms with more members do not announce joins, leaves, quits
+    cache_bytes: int = 4194304  # bytes each cache of encoded messages keeps (wire/cache.py)
 
     def store_url(self, environ: Mapping[str, str] = os.environ) -> str:
         """The store to open: ``store`` if set, else ``roomcast.db`` in the data directory."""

@@ -53,7 +53,10 @@ class Server:
         self.line = LineServer(
             self.hub,
             limits=TcpLimits(
-                max_line=cfg.max_line, high_water=cfg.high_water, stall_timeout=cfg.stall_timeout
+                max_line=cfg.max_line,
+                high_water=cfg.high_water,
+                stall_timeout=cfg.stall_timeout,
+                cache_bytes=cfg.cache_bytes,
             ),
         )
         await self.line.start(cfg.host, cfg.port)
@@ -66,7 +69,10 @@ class Server:
                 self.hub,
                 tokens,
                 limits=WebLimits(
-                    origins=origins, high_water=cfg.high_water, stall_timeout=cfg.stall_timeout
+                    origins=origins,
+                    high_water=cfg.high_water,
+                    stall_timeout=cfg.stall_timeout,
+                    cache_bytes=cfg.cache_bytes,
                 ),
             )
             await self.web.start(cfg.host, cfg.http_port)

@@ -12,6 +12,7 @@ a timeout, and every read loop is bounded in count and in time.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from collections.abc import AsyncIterator, Iterator
@@ -341,3 +342,61 @@ async def test_registering_a_lookalike_of_someone_online_is_refused(
         "code": "lookalike",
         "message": "'b0b' looks like the registered name 'bob': choose another name",
     }
+
+
+# --- memory held by the caches of encoded messages ----------------------------------------
+
+
+def held(cache: object, depth: int = 2) -> int:
+    """Bytes of the ``bytes`` values in the dictionaries ``cache`` holds, directly or in the
+    memos it holds (``depth`` levels), tuples of bytes included."""
+    total = 0
+    for name in dir(cache):
+        if name.startswith("__"):
+            continue
+        value = getattr(cache, name, None)
+        if isinstance(value, dict):
+            for item in value.values():
+                parts = item if isinstance(item, tuple) else (item,)
+                total += sum(len(p) for p in parts if isinstance(p, bytes))
+        elif depth > 1 and type(value).__module__.startswith("roomcast.wire"):
+            total += held(value, depth - 1)
+    return total
+
+
+async def test_a_flood_of_big_messages_leaves_the_caches_within_their_bound(
+    start_server: StartServer, clients: Clients, http: aiohttp.ClientSession
+) -> None:
+    """1,500 messages of 4 KB (6 MB) read on lines with and without timestamps and over
+    WebSocket leave each cache of encoded messages near its byte bound, not holding them all."""
+    bound = 256 * 1024
+    server = await start_server(cache_bytes=bound, rate=1e6, burst=10**6)
+    plain = await clients.connect(server, "plain")
+    stamped = await clients.connect(server, "stamped")
+    await stamped.send("/timestamps on")
+    await stamped.expect("-- timestamps on", exact=True)
+    sender = await clients.connect(server, "sender")
+    async with http.ws_connect(f"{http_base(server)}/ws", max_msg_size=0) as ws:
+        await ws.send_str(orjson.dumps({"type": "hello", "name": "web", "id": 1}).decode())
+        for _ in range(10):
+            if '"id":1' in await ws.receive_str(timeout=TIMEOUT):
+                break
+
+        async def web_reads() -> None:
+            for _ in range(20_000):
+                if "the end" in await ws.receive_str(timeout=TIMEOUT):
+                    return
+
+        await asyncio.gather(  # everyone reads while the sender writes, the sender included
+            sender.send(*(f"{i:04} ".ljust(4000, "x") for i in range(1500)), "the end"),
+            sender.skip_until("[#general] sender: the end", within=TIMEOUT * 4),
+            plain.skip_until("[#general] sender: the end", within=TIMEOUT * 4),
+            stamped.skip_until("sender: the end", within=TIMEOUT * 4),
+            web_reads(),
+        )
+    assert server.web is not None
+    line = server.line
+    largest = 2 * 1024 * 1024 + 128 * 1024  # one run of a full batch (512 messages of 4 KB)
+    for cache in (line.plain.message, line.stamped.message, server.web.messages):
+        assert held(cache) <= 2 * bound + largest, held(cache)
+    assert held(server.web.frames) <= 2 * (bound + largest), held(server.web.frames)

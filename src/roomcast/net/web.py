@@ -63,6 +63,7 @@ from roomcast.model import (
 from roomcast.net.flush import Flusher
 from roomcast.session import Session, State
 from roomcast.tokens import Tokens
+from roomcast.wire.cache import DEFAULT_CACHE_BYTES
 from roomcast.wire.json import JsonCodec, Reply, RequestId, encoded_messages, message_object
 from roomcast.wire.websocket import Frames, close_frame, text_frame
 
@@ -99,6 +100,7 @@ class WebLimits:
     keepalive: float = 15.0  # seconds between SSE comments on an idle stream
     heartbeat: float = 30.0  # seconds between WebSocket pings (aiohttp's heartbeat)
     close_grace: float = 2.0  # seconds a closing WebSocket client gets to take what is buffered
+    cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of encoded messages, runs, frames (each)
 
 
 def _json(obj: object, status: int = 200) -> web.Response:
@@ -120,10 +122,11 @@ class WebServer:
         self.hub = hub  # the chat core
         self.tokens = tokens  # signs and checks login tokens
         self.limits = limits or WebLimits()
-        self.messages = encoded_messages()  # each room message encoded once for everyone
+        cache = self.limits.cache_bytes
+        self.messages = encoded_messages(max_bytes=cache)  # each message encoded once for all
         # one codec for every WebSocket connection: it holds no per-connection state
         self.codec = JsonCodec(messages=self.messages, verify_token=self.tokens.verify)
-        self.frames = Frames(self.codec, self.messages)  # a shared run framed once for all
+        self.frames = Frames(self.codec, self.messages, max_bytes=cache)  # a run framed once
         self.sockets: set[_Socket] = set()  # open WebSocket connections
         self.streams: set[Session] = set()  # open event streams
         self._runner: web.AppRunner | None = None

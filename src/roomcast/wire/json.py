@@ -54,7 +54,7 @@ from roomcast.model import (
     Who,
     WhoList,
 )
-from roomcast.wire.cache import EncodedMessages
+from roomcast.wire.cache import DEFAULT_CACHE_BYTES, EncodedMessages
 
 __all__ = ["PROTOCOL_VERSION", "JsonCodec", "Reply", "encoded_messages", "message_object"]
 
@@ -318,6 +318,7 @@ def _frame(parts: list[bytes]) -> bytes:
     return b'{"type":"batch","events":[' + b",".join(parts) + b"]}"
 
 
-def encoded_messages(size: int = 4096) -> EncodedMessages:
-    """A cache of JSON-encoded room messages, to share between connections."""
-    return EncodedMessages(_encode_message, size, join=_frame)
+def encoded_messages(size: int = 4096, max_bytes: int = DEFAULT_CACHE_BYTES) -> EncodedMessages:
+    """A cache of JSON-encoded room messages, to share between connections (at most ``size``
+    messages and ``max_bytes`` bytes of them, and as many bytes of runs)."""
+    return EncodedMessages(_encode_message, size=size, max_bytes=max_bytes, join=_frame)

@@ -55,7 +55,7 @@ from roomcast.model import (
     WhoList,
     seq_text,
 )
-from roomcast.wire.cache import EncodedMessages
+from roomcast.wire.cache import DEFAULT_CACHE_BYTES, EncodedMessages
 
 __all__ = ["CONTINUATION", "GREETING", "HELP", "MAX_INDENT", "LineCodec", "LineTooLong", "Renderer"]
 
@@ -233,10 +233,18 @@ class Renderer:
     One renderer per format (with or without timestamps) is shared by every connection.
     """
 
-    def __init__(self, *, timestamps: bool = False, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        timestamps: bool = False,
+        cache_size: int = 4096,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self.timestamps = timestamps  # prefix each message with its UTC time
         # the line of each room message, rendered once
-        self.message = EncodedMessages(lambda m: self._render_message(m).encode(), cache_size)
+        self.message = EncodedMessages(
+            lambda m: self._render_message(m).encode(), size=cache_size, max_bytes=cache_bytes
+        )
 
     def _render_message(self, m: Message, *, clock: bool = True) -> str:
         head = f"{_clock(m.ts) if self.timestamps and clock else ''}[{m.room}]"
