@@ -78,6 +78,7 @@ async def test_a_number_of_5000_digits_on_a_line_is_refused_and_the_line_goes_on
     assert "sequence number" in refusal and "closing" not in refusal
     await alice.send("still here")
     await alice.expect("[#general] alice: still here", exact=True)
+    assert any(m.endswith("code=bad_seq") for m in log_watch.messages)
     no_traceback(log_watch)
 
 
@@ -90,6 +91,7 @@ async def test_a_number_of_5000_digits_in_a_history_query_is_a_400(
     status, body = await get_json(http, url, params={query: HUGE})
     assert status == 400, body
     assert body["error"]["code"] == "bad_seq"
+    assert any(m.endswith("code=bad_seq") for m in log_watch.messages)
     no_traceback(log_watch)
 
 

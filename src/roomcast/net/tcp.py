@@ -160,6 +160,8 @@ class _Connection(asyncio.Protocol):
             parsed = [line] if isinstance(line, Error) else self._codec.parse(line)
             for item in parsed:
                 if isinstance(item, Error | Info):  # answered by the codec itself
+                    if isinstance(item, Error):
+                        log.info("client error peer=%s code=%s", self._peer, item.code)
                     self._write([hub.spend(session) or item])
                 elif isinstance(item, Say) and session.state is State.ACTIVE:
                     await self._say_run(session, item)
