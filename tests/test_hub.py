@@ -295,7 +295,9 @@ async def test_leave_announces_and_keeps_what_was_said_before() -> None:
     await hub.handle(alice, Join(room="#rust"))
     await hub.handle(bob, Join(room="#rust"))
     await hub.handle(bob, Say(text="before"))
-    assert await hub.handle(alice, Leave()) == [Info(text="you left #rust")]
+    assert await hub.handle(alice, Leave()) == [
+        Info(text="you left #rust; text now goes to #general")
+    ]
     await hub.handle(bob, Say(text="after"))
     got = [e for e in await ready(alice) if isinstance(e, Message) and e.room == "#rust"]
     assert [(m.kind, m.text) for m in got][-2:] == [(Kind.MESSAGE, "before"), (Kind.LEAVE, "left")]
@@ -311,35 +313,113 @@ async def test_leave_without_a_current_room_is_refused() -> None:
     assert isinstance(error, Error) and error.code == "no_room"
 
 
-async def test_empty_rooms_are_dropped_and_keep_their_sequence() -> None:
-    """A room nobody is in disappears from the list; rejoined, its numbering continues."""
+async def test_leaving_another_room_keeps_the_current_one_and_says_nothing_of_it() -> None:
+    """Leaving a room that is not the current one answers 'you left #x' alone."""
+    hub, _ = make_hub()
+    alice = await named(hub, "alice")
+    await hub.handle(alice, Join(room="#rust"))
+    assert await hub.handle(alice, Leave(room=GENERAL)) == [Info(text="you left #general")]
+    assert alice.current == "#rust"
+    assert await hub.handle(alice, Leave()) == [
+        Info(text="you left #rust; you are in no room now: /join #room to talk")
+    ]
+
+
+async def test_leaving_the_current_room_of_another_session_tells_that_session() -> None:
+    """When one session of an account leaves a room, each other session whose current room
+    it was is told where its text goes now."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    first = await registered(hub, "alice")
+    await hub.handle(first, Join(room="#rust"))
+    second, _ = await login(hub, "alice")
+    await hub.handle(second, Join(room="#rust"))
+    await ready(first), await ready(second)
+    await hub.handle(first, Join(room=GENERAL))  # first's current room: #general
+    await hub.handle(second, Leave(room="#rust"))
+    assert first.current == GENERAL and second.current == GENERAL
+    assert [e for e in await ready(second) if isinstance(e, Info)] == []
+    assert [e for e in await ready(first) if isinstance(e, Info)] == []
+    await hub.handle(first, Join(room="#go"))
+    await hub.handle(second, Join(room="#go"))  # current in both sessions
+    await ready(first)
+    await hub.handle(second, Leave())
+    assert [e for e in await ready(first) if isinstance(e, Info)] == [
+        Info(text="you left #go from another connection; text now goes to #general")
+    ]
+
+
+async def test_rooms_nobody_is_in_are_listed_and_keep_their_sequence() -> None:
+    """A room nobody is in stays in the list (its history is kept) with 0 members and no
+    unread count; rejoined, its numbering continues."""
     hub, _ = make_hub()
     alice = await named(hub, "alice")
     await hub.handle(alice, Join(room="#tmp"))
     await hub.handle(alice, Leave(room="#tmp"))
+    await ready(alice)
     assert await hub.handle(alice, Rooms()) == [
-        RoomList(rooms=(RoomEntry(name=GENERAL, members=1),))
+        RoomList(
+            rooms=(
+                RoomEntry(name=GENERAL, members=1, unread=0),
+                RoomEntry(name="#tmp", members=0),
+            ),
+            current=GENERAL,
+        )
     ]
     await hub.handle(alice, Join(room="#tmp"))
     joins = [e for e in await ready(alice) if isinstance(e, Message) and e.room == "#tmp"]
-    assert [m.seq for m in joins] == [1, 2, 3]
+    assert [m.seq for m in joins] == [3]
 
 
-async def test_rooms_lists_member_counts() -> None:
-    """Rooms lists every room, sorted, with how many are in it."""
+async def test_rooms_lists_member_counts_unread_counts_and_the_current_room() -> None:
+    """Rooms lists every room, sorted, with how many are in it, and for the asker's own rooms
+    how many messages it has not been sent yet (a guest's too), and its current room."""
     hub, _ = make_hub()
     alice, bob = await named(hub, "alice"), await named(hub, "bob")
     await hub.handle(bob, Join(room="#b"))
     await hub.handle(alice, Join(room="#a"))
+    await ready(alice)
+    await hub.handle(bob, Say(text="one", room=GENERAL))
+    await hub.handle(bob, Say(text="two", room=GENERAL))
     assert await hub.handle(alice, Rooms()) == [
         RoomList(
             rooms=(
-                RoomEntry(name="#a", members=1),
+                RoomEntry(name="#a", members=1, unread=0),
                 RoomEntry(name="#b", members=1),
-                RoomEntry(name=GENERAL, members=2),
-            )
+                RoomEntry(name=GENERAL, members=2, unread=2),
+            ),
+            current="#a",
         )
     ]
+    await ready(alice)
+    [rooms] = await hub.handle(alice, Rooms())
+    assert isinstance(rooms, RoomList) and [r.unread for r in rooms.rooms] == [0, None, 0]
+
+
+async def test_rooms_with_history_in_the_store_are_listed_without_being_opened(
+    tmp_path: Path,
+) -> None:
+    """Rooms only the store knows (after a restart) are listed with 0 members; listing them
+    opens none, and /who of one answers an empty list."""
+    store = await SqliteStore.open(tmp_path / "rc.db")
+    try:
+        hub, _ = make_hub(store)
+        alice = await named(hub, "alice")
+        await hub.handle(alice, Join(room="#old"))
+        await hub.close()
+        hub = Hub(store, limits=Limits(), clock=FakeClock())  # a restart: ids of its own
+        bob = await named(hub, "bob")
+        await ready(bob)
+        [rooms] = await hub.handle(bob, Rooms())
+        assert isinstance(rooms, RoomList)
+        assert [(r.name, r.members, r.unread) for r in rooms.rooms] == [
+            (GENERAL, 1, 0),
+            ("#old", 0, None),
+        ]
+        assert "#old" not in hub._rooms
+        assert await hub.handle(bob, Who(room="#old")) == [WhoList(room="#old", names=(), total=0)]
+        assert "#old" not in hub._rooms
+    finally:
+        await store.close()
 
 
 async def test_who_lists_a_room_and_refuses_an_unknown_one() -> None:
@@ -350,6 +430,26 @@ async def test_who_lists_a_room_and_refuses_an_unknown_one() -> None:
     assert await hub.handle(alice, Who()) == [WhoList(room=GENERAL, names=("Alice", "bob"))]
     [error] = await hub.handle(alice, Who(room="#nowhere"))
     assert isinstance(error, Error) and error.code == "no_such_room"
+
+
+async def test_history_and_search_of_an_unknown_room_are_no_such_room() -> None:
+    """History and search of a room that has no history and is not open are refused as who
+    refuses it; an open room with no message yet answers an empty page."""
+    hub, _ = make_hub()
+    alice = await named(hub, "alice")
+    for command in (FetchHistory(room="#nowhere"), Search(room="#nowhere", words="x")):
+        [error] = await hub.handle(alice, command)
+        assert error == Error(
+            code="no_such_room", message="there is no room #nowhere: /rooms lists them"
+        )
+    watcher = await hub.watch("peer", "#watched", None)
+    try:
+        [page] = await hub.handle(alice, FetchHistory(room="#watched"))
+        assert isinstance(page, History) and page.messages == () and page.latest_seq == 0
+        [found] = await hub.handle(alice, Search(room="#watched", words="x"))
+        assert isinstance(found, SearchResults) and found.messages == ()
+    finally:
+        hub.unwatch(watcher)
 
 
 async def test_room_limit() -> None:

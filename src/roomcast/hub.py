@@ -304,9 +304,9 @@ class Hub:
             case Nick(name=name):
                 return await self._nick(session, name)
             case Who(room=room):
-                return self._who(self._room_of(session, room, member=False), WHO_LIMIT)
+                return await self._who_of(session, room)
             case Rooms():
-                return [self.room_list(session.user)]
+                return [await self.rooms(session)]
             case Register(password=password):
                 return await self._register(session, password)
             case FetchHistory():
@@ -365,15 +365,46 @@ class Hub:
 
     # -- queries --
 
-    def room_list(self, user: User | None = None) -> RoomList:
-        """Every room with online members, sorted, with unread counts for ``user``'s rooms."""
+    def room_list(self) -> RoomList:
+        """The rooms open now (with members online, or watched), sorted, with their member
+        counts. No store read: ``rooms`` lists every room."""
+        return RoomList(
+            rooms=tuple(
+                RoomEntry(name=name, members=len(room.members))
+                for name, room in sorted(self._rooms.items())
+            )
+        )
+
+    async def rooms(self, session: Session) -> RoomList:
+        """Every room, sorted: those open now and those only the store knows (nobody online,
+        history kept), with their member counts; for ``session``'s own rooms, how many
+        messages its user has not been sent yet; and its current room.
+
+        One store read (the names), then O(rooms) in memory: the unread counts come from the
+        read markers and the receivers, not from the store."""
+        stored = await self.store.rooms()
+        user = session.user  # read after the store answered: what is true now
+        names = set(stored)
+        names.update(self._rooms)
         entries = []
-        for name, room in sorted(self._rooms.items()):
+        for name in sorted(names):
+            room = self._rooms.get(name)
+            if room is None:
+                entries.append(RoomEntry(name=name, members=0))
+                continue
             unread = None
-            if user is not None and user.registered and name in user.rooms:
-                unread = max(0, room.tx.next_seq - 1 - user.marks.get(name, 0))
+            if user is not None and user.rooms.get(name) is room:
+                unread = self._unread(user, room)
             entries.append(RoomEntry(name=name, members=len(room.members), unread=unread))
-        return RoomList(rooms=tuple(entries))
+        return RoomList(rooms=tuple(entries), current=session.current)
+
+    @staticmethod
+    def _unread(user: User, room: Room) -> int:
+        """How many of ``room``'s messages none of ``user``'s sessions has been sent yet."""
+        read = user.marks.get(room.name, 0)  # a registered user's marker (guests have none)
+        for s in user.sessions:
+            read = max(read, s.delivered(room.name) or 0)
+        return max(0, room.tx.next_seq - 1 - read)
 
     @property
     def online(self) -> int:
@@ -573,9 +604,19 @@ class Hub:
     async def _leave(self, session: Session, room: Room) -> list[Event]:
         user = self._user(session)
         await self._announce(room, user.name, Kind.LEAVE, "left")
+        if user.rooms.get(room.name) is not room:  # left by another session meanwhile
+            return [Info(text=f"you left {room.name}")]
+        # Each session whose current room this was moves on to another: say which, so that
+        # nobody's plain text goes to another room unannounced.
+        moved = [s for s in user.sessions if s.current == room.name]
         self._remove_member(user, room, forget_marks=True)
+        for other in moved:
+            if other is not session:
+                other.tell(Info(text=_where_now(room.name, other, "from another connection")))
         if user.registered:
             await self.store.set_membership(user.name, room.name, read_seq=None)
+        if session in moved:
+            return [Info(text=_where_now(room.name, session))]
         return [Info(text=f"you left {room.name}")]
 
     def _remove_member(self, user: User, room: Room, *, forget_marks: bool) -> None:
@@ -693,6 +734,30 @@ class Hub:
         log.info("nick old=%s new=%s", old, name)
         return [Info(text=f"you are now known as {name}")]
 
+    async def _who_of(self, session: Session, name: str | None) -> list[Event]:
+        """Who is in a room, member or not; a room nobody is in but that has history has
+        nobody (and is not opened for the question)."""
+        name = self._room_name(session, name)
+        room = self._rooms.get(name)
+        if room is not None:
+            return self._who(room, WHO_LIMIT)
+        await self._check_exists(name)
+        room = self._rooms.get(name)  # opened while the store answered
+        if room is not None:
+            return self._who(room, WHO_LIMIT)
+        return [WhoList(room=name, names=(), total=0)]
+
+    async def _check_exists(self, name: str, latest_seq: int | None = None) -> None:
+        """Raise ``no_such_room`` unless ``name`` is #general (always there), is open or has
+        stored messages (its ``latest_seq``, when the caller read it already, saves a store
+        read)."""
+        if name == GENERAL or name in self._rooms:
+            return
+        if latest_seq is None:
+            latest_seq = (await self.store.room(name)).latest_seq
+        if latest_seq == 0 and name not in self._rooms:
+            raise _no_such_room(name)
+
     def _who(self, room: Room, limit: int) -> list[Event]:
         """The first ``limit`` member names, sorted: O(members), not O(members log members),
         so that thousands joining a big room do not cost the square of their number."""
@@ -729,6 +794,7 @@ class Hub:
                 room, before=request.before, after=request.after, limit=limit
             )
             messages = page.messages
+        await self._check_exists(room, page.latest_seq)
         return History(
             room=room,
             messages=messages,
@@ -781,6 +847,8 @@ class Hub:
         name = self._room_name(session, room)
         limit, capped = self._capped(limit)
         found = await self.store.search(name, words, limit=limit)
+        if not found:
+            await self._check_exists(name)
         return [SearchResults(room=name, words=words, messages=tuple(found), capped=capped)]
 
     # -- upkeep --
@@ -844,15 +912,22 @@ class Hub:
             raise ClientError("no_room", "you are in no room: join one first")
         return session.current
 
-    def _room_of(self, session: Session, name: str | None, *, member: bool = True) -> Room:
-        """The room named (or the session's current room), checking membership if asked."""
+    def _room_of(self, session: Session, name: str | None) -> Room:
+        """The room named (or the session's current room), which its user must be in."""
         name = self._room_name(session, name)
         room = self._user(session).rooms.get(name)
-        if room is not None:
-            return room
-        if member:
-            raise ClientError("not_member", f"you are not in {name}: join it first")
-        room = self._rooms.get(name)
         if room is None:
-            raise ClientError("no_such_room", f"there is no room {name}: /rooms lists them")
+            raise ClientError("not_member", f"you are not in {name}: join it first")
         return room
+
+
+def _no_such_room(name: str) -> ClientError:
+    return ClientError("no_such_room", f"there is no room {name}: /rooms lists them")
+
+
+def _where_now(left: str, session: Session, how: str = "") -> str:
+    """What a session that left ``left``, its current room, is told: where its text goes."""
+    done = f"you left {left} {how}" if how else f"you left {left}"
+    if session.current is None:
+        return f"{done}; you are in no room now: /join #room to talk"
+    return f"{done}; text now goes to {session.current}"

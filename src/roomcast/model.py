@@ -229,7 +229,8 @@ class Who:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rooms:
-    """List the rooms with their member counts."""
+    """List the rooms with their member counts, the unread counts of one's own rooms and
+    the current room."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -461,14 +462,18 @@ class RoomEntry:
 
     name: str
     members: int  # online members
-    unread: int | None = None  # for a registered member: messages after its read marker
+    # for the asker's own rooms: messages it has not been sent yet (after its read marker);
+    # None for the other rooms
+    unread: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoomList:
-    """The rooms, sorted by name."""
+    """Every room (with members online or history kept), sorted by name, and the asker's
+    current room: where its plain text goes (``None``: it is in no room)."""
 
     rooms: tuple[RoomEntry, ...]
+    current: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

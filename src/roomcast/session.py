@@ -272,6 +272,16 @@ class Session:
         """Whether something is waiting to be read from the store (a lag, a replay)."""
         return bool(self._refill) or self._private_gap is not None
 
+    def delivered(self, room: str) -> int | None:
+        """The seq of the newest message of ``room`` this session has handed out; ``None``
+        if it is not in ``room``. O(1): read from its receiver, or the range it still has to
+        read from the store."""
+        rx = self._rooms.get(room)
+        if rx is None:
+            return None
+        refill = self._refill.get(room)
+        return rx.next_seq - 1 if refill is None else refill.first - 1
+
     def _take_private(self, out: list[Event], max_count: int) -> None:
         assert self._inbox is not None
         try:
@@ -391,6 +401,12 @@ class Session:
     def note_private_read(self, seq: int) -> None:
         """Private messages up to ``seq`` are not this session's to deliver (a new account)."""
         self._private_seen = max(self._private_seen, seq)
+
+    def tell(self, event: Event) -> None:
+        """Deliver ``event`` (news from the hub about this session) before what its rooms
+        have ready, after what is pending already."""
+        self._pend([event])
+        self._wake()
 
     def unsubscribe(self, room: str) -> None:
         """Stop receiving ``room``, keeping what was said in it up to now."""

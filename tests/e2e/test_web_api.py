@@ -912,9 +912,41 @@ async def test_history_search_who_and_rooms_replies(server: Server, sockets: Soc
     rid = await bob.request({"type": "rooms"})
     assert await bob.reply(rid, "rooms") == {
         "type": "rooms",
-        "rooms": [{"name": "#general", "members": 2, "unread": None}],
+        "rooms": [{"name": "#general", "members": 2, "unread": 0}],
+        "current": "#general",
         "id": rid,
     }
+
+
+async def test_the_rooms_list_on_a_websocket_has_the_rooms_nobody_is_in_now(
+    start_server: StartServer, http: aiohttp.ClientSession, sockets: Sockets
+) -> None:
+    """The rooms frame lists every room the HTTP API lists, those nobody is in now included,
+    with the unread counts of one's own rooms and the room plain text goes to."""
+    server = await start_server(**FAST)
+    token = await register(http, server, "poster")
+    await post(http, server, token, "to an empty room", room="archive")
+    alice = await sockets.ws(server, "alice")
+    bob = await sockets.ws(server, "bob")
+    rid = await bob.request({"type": "join", "room": "#rust"})
+    await bob.reply(rid, "who")
+    rid = await bob.request({"type": "leave", "room": "#rust"})
+    await bob.reply(rid, "info")
+    rid = await alice.request({"type": "rooms"})
+    assert (await alice.reply(rid, "rooms"))["rooms"] == [
+        {"name": "#archive", "members": 0, "unread": None},
+        {"name": "#general", "members": 2, "unread": 0},
+        {"name": "#rust", "members": 0, "unread": None},
+    ]
+    status, body = await fetch(http, server, "GET", "/api/rooms")
+    assert status == 200
+    assert [r["name"] for r in body["rooms"]] == ["#archive", "#general", "#rust"]
+    rid = await bob.request({"type": "leave"})
+    assert (await bob.reply(rid, "info"))["text"] == (
+        "you left #general; you are in no room now: /join #room to talk"
+    )
+    rid = await bob.request({"type": "rooms"})
+    assert (await bob.reply(rid, "rooms"))["current"] is None
 
 
 async def test_join_since_replays_then_goes_live_with_no_duplicate_and_no_hole(

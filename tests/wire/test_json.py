@@ -511,7 +511,8 @@ def test_room_events_encode_to_the_documented_fields(
                 rooms=(
                     RoomEntry(name="#general", members=2, unread=3),
                     RoomEntry(name="#rust", members=1),
-                )
+                ),
+                current="#general",
             ),
             {
                 "type": "rooms",
@@ -519,7 +520,12 @@ def test_room_events_encode_to_the_documented_fields(
                     {"name": "#general", "members": 2, "unread": 3},
                     {"name": "#rust", "members": 1, "unread": None},
                 ],
+                "current": "#general",
             },
+        ),
+        (
+            RoomList(rooms=()),
+            {"type": "rooms", "rooms": [], "current": None},
         ),
         (
             Unread(rooms=(("#general", 4), ("#rust", 1))),

@@ -237,13 +237,7 @@ def test_other_events_render() -> None:
             id="p", seq=1, sender="alice", recipient="bob", kind=Kind.MESSAGE, text="hi", ts=TS
         ),
         WhoList(room="#general", names=("alice", "bob")),
-        RoomList(
-            rooms=(
-                RoomEntry(name="#general", members=2),
-                RoomEntry(name="#rust", members=1, unread=5),
-            )
-        ),
-        RoomList(rooms=()),
+        WhoList(room="#old", names=()),
         Missed(room="#general", first_seq=10, count=5),
         Missed(room=None, first_seq=0, count=2),
         Error(code="x", message="that was wrong"),
@@ -252,12 +246,36 @@ def test_other_events_render() -> None:
     assert codec().encode(events).decode().splitlines() == [
         "[pm alice -> bob] hi",
         "-- #general: alice bob (2)",
-        "-- rooms: #general (2), #rust (1, 5 unread)",
-        "-- rooms: none",
+        "-- #old: nobody is online (0)",
         "! missed 5 messages of #general (seq 10-14): they are no longer kept",
         "! missed 2 messages of your private messages (seq 0-1): they are no longer kept",
         "! that was wrong",
         "-- fyi",
+    ]
+
+
+def test_a_room_list_has_a_line_per_room_with_counts_and_the_current_room() -> None:
+    """The room list says how many rooms and where text goes, then one aligned line per
+    room: members, and for one's own rooms 'joined', the unread count and 'current'."""
+    rooms = RoomList(
+        rooms=(
+            RoomEntry(name="#general", members=2, unread=0),
+            RoomEntry(name="#old", members=0),
+            RoomEntry(name="#rust", members=1, unread=5),
+        ),
+        current="#rust",
+    )
+    assert codec().encode([rooms]).decode().splitlines() == [
+        "-- rooms: 3; text goes to #rust",
+        "--   #general  2 online, joined, 0 unread",
+        "--   #old      0 online",
+        "--   #rust     1 online, joined, 5 unread, current",
+    ]
+    nowhere = RoomList(rooms=(RoomEntry(name="#old", members=0),))
+    assert codec().encode([nowhere, RoomList(rooms=())]).decode().splitlines() == [
+        "-- rooms: 1; you are in no room: /join #room to talk",
+        "--   #old  0 online",
+        "-- rooms: 0; you are in no room: /join #room to talk",
     ]
 
 
@@ -305,7 +323,7 @@ def test_login_summary_history_and_search_render() -> None:
     events: list[Event] = [
         Summary(room="#general", missed=3, replayed=3, first_seq=1),
         Summary(room="#general", missed=300, replayed=200, first_seq=101),
-        History(room="#general", messages=(old,), oldest_seq=1, latest_seq=9),
+        History(room="#general", messages=(old,), oldest_seq=1, latest_seq=3),
         History(room="#general", messages=(), oldest_seq=5, latest_seq=4),
         History(room="#general", messages=(old,), oldest_seq=3, latest_seq=3, capped=500),
         SearchResults(room="#general", words="hello", messages=(old,)),
@@ -323,8 +341,55 @@ def test_login_summary_history_and_search_render() -> None:
         "3 2023-11-14 22:13 [#general] alice: hello",
         "-- limited to 500 messages",
         "-- messages of #general before seq 3 are no longer kept",
-        "-- search of #general for 'hello': 1 found: seq 3-3",
+        "-- search of #general for 'hello': 1 found",
         "3 2023-11-14 22:13 [#general] alice: hello",
+    ]
+
+
+def test_a_history_page_offers_the_older_and_the_newer_page_it_borders() -> None:
+    """A page in the middle of the history offers both directions; the newest page offers
+    only older ones, the oldest only newer ones; an empty page says what is kept."""
+    page = (message(seq=6), message(seq=7))
+    events: list[Event] = [
+        History(room="#general", messages=page, oldest_seq=1, latest_seq=21),
+        History(room="#general", messages=page, oldest_seq=1, latest_seq=7),
+        History(room="#general", messages=page, oldest_seq=6, latest_seq=21),
+        History(room="#general", messages=(), oldest_seq=1, latest_seq=21),
+        History(room="#general", messages=(), oldest_seq=1, latest_seq=0),
+    ]
+    footers = [
+        line
+        for line in codec().encode(events).decode().splitlines()
+        if not line.startswith(("6 ", "7 "))
+    ]
+    assert footers == [
+        "-- history of #general: seq 6-7",
+        "-- older: /history #general before 6",
+        "-- newer: /history #general after 7",
+        "-- history of #general: seq 6-7",
+        "-- older: /history #general before 6",
+        "-- history of #general: seq 6-7",
+        "-- messages of #general before seq 6 are no longer kept",
+        "-- newer: /history #general after 7",
+        "-- history of #general: no messages",
+        "-- kept: #general seq 1-21",
+        "-- history of #general: no messages",
+    ]
+
+
+def test_search_results_say_newest_first_and_never_a_backwards_range() -> None:
+    """A search header counts what was found and says the order, never a range."""
+    found = (message(seq=11), message(seq=7), message(seq=3))
+    events: list[Event] = [
+        SearchResults(room="#general", words="hello", messages=found, capped=3),
+        SearchResults(room="#general", words="nothing", messages=()),
+    ]
+    lines = codec().encode(events).decode().splitlines()
+    assert lines[0] == "-- search of #general for 'hello': 3 found, newest first"
+    assert [line.split()[0] for line in lines[1:4]] == ["11", "7", "3"]
+    assert lines[4:] == [
+        "-- limited to 3 messages",
+        "-- search of #general for 'nothing': 0 found",
     ]
 
 

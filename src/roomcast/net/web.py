@@ -81,6 +81,8 @@ _STATUS = {  # HTTP status of a client error, by code; 400 otherwise
     "flood": 429,
     "name_taken": 409,
     "not_found": 404,
+    "no_such_room": 404,
+    "bad_method": 405,
 }
 
 

@@ -115,9 +115,9 @@ def _event_object(e: Event) -> dict[str, Any]:
             return {"type": "info", "text": text}
         case WhoList(room=room, names=names, total=total):
             return {"type": "who", "room": room, "names": list(names), "total": total}
-        case RoomList(rooms=rooms):
+        case RoomList(rooms=rooms, current=current):
             listed = [{"name": r.name, "members": r.members, "unread": r.unread} for r in rooms]
-            return {"type": "rooms", "rooms": listed}
+            return {"type": "rooms", "rooms": listed, "current": current}
         case Unread(rooms=rooms):
             return {"type": "unread", "rooms": dict(rooms)}
         case Summary():
