@@ -406,14 +406,35 @@ async def test_health_reports_the_version_and_the_counts(
 async def test_the_root_serves_the_web_page_and_an_unknown_path_is_404(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    """GET / is an HTML page; GET /nope is 404."""
+    """GET / is an HTML page; GET /nope, a page that does not exist, is a plain 404."""
     async with http.get(http_base(server) + "/") as resp:
         assert resp.status == 200 and resp.content_type == "text/html"
         assert "<title>roomcast" in await resp.text()
     async with http.get(http_base(server) + "/nope") as resp:
-        assert resp.status == 404
-    async with http.get(http_base(server) + "/api/nope") as resp:
-        assert resp.status == 404
+        assert resp.status == 404 and resp.content_type == "text/plain"
+
+
+@pytest.mark.parametrize(
+    "path", ["/api", "/api/", "/api/nope", "/api/rooms/general", "/api/rooms/general/nope"]
+)
+async def test_an_unknown_api_path_answers_a_json_404_like_the_rest_of_the_api(
+    server: Server, http: aiohttp.ClientSession, path: str
+) -> None:
+    """A path under /api that does not exist is 404 with the API's JSON error, not_found."""
+    for method in ("GET", "POST", "DELETE"):
+        assert await refused(http, server, method, path) == (404, "not_found")
+
+
+async def test_a_wrong_method_on_an_api_path_answers_a_json_405_naming_the_allowed_ones(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """DELETE /api/rooms is 405 bad_method with an Allow header and the API's JSON error."""
+    assert await refused(http, server, "DELETE", "/api/rooms") == (405, "bad_method")
+    async with http.put(http_base(server) + "/api/rooms/general/messages") as resp:
+        assert resp.status == 405
+        assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD", "POST"}
+        body = await resp.json()
+        assert body["error"]["code"] == "bad_method"
 
 
 # --- accounts -------------------------------------------------------------------------------
@@ -560,9 +581,10 @@ async def test_history_pages_follow_before_after_and_limit(
 
     status, body = await fetch(http, server, "GET", "/api/rooms/General/messages?limit=1")
     assert status == 200 and body["room"] == "#general"  # rooms are case-insensitive
-    status, body = await fetch(http, server, "GET", "/api/rooms/quiet/messages")
-    assert status == 200
-    assert (body["messages"], body["oldest_seq"], body["latest_seq"]) == ([], 1, 0)
+    assert await refused(http, server, "GET", "/api/rooms/quiet/messages") == (
+        404,
+        "no_such_room",
+    )
 
 
 @pytest.mark.parametrize(
