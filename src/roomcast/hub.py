@@ -384,10 +384,15 @@ class Hub:
         read markers and the receivers, not from the store."""
         stored = await self.store.rooms()
         user = session.user  # read after the store answered: what is true now
-        names = set(stored)
-        names.update(self._rooms)
+        # The store's names come sorted: sorting them with the open rooms appended is one
+        # linear pass of merging (Timsort finds the runs), then duplicates are adjacent.
+        names = sorted([*stored, *self._rooms])
         entries = []
-        for name in sorted(names):
+        previous = None
+        for name in names:
+            if name == previous:
+                continue
+            previous = name
             room = self._rooms.get(name)
             if room is None:
                 entries.append(RoomEntry(name=name, members=0))
