@@ -56,10 +56,14 @@ class MemoryStore:
             r = self._rooms[room] = _Room(self._keep)
         return r
 
+    def _read(self, room: str) -> _Room:
+        """``room`` for reading: one never written to is not kept (any name can be asked)."""
+        return self._rooms.get(room) or _Room(1)
+
     # --- Store ------------------------------------------------------------------------------
 
     async def room(self, room: str) -> RoomInfo:
-        r = self._room(room)
+        r = self._read(room)
         return RoomInfo(room=room, latest_seq=r.latest, oldest_seq=r.oldest)
 
     async def rooms(self) -> Sequence[str]:
@@ -94,7 +98,7 @@ class MemoryStore:
     async def history(
         self, room: str, *, before: int | None = None, after: int | None = None, limit: int
     ) -> Page:
-        r = self._room(room)
+        r = self._read(room)
         oldest = r.oldest
         lo = oldest if after is None else max(oldest, after + 1)
         hi = r.latest + 1 if before is None else min(r.latest + 1, before)
@@ -116,7 +120,7 @@ class MemoryStore:
         if not phrases or limit < 1:
             return []
         found: list[Message] = []
-        for m in reversed(self._room(room).messages):
+        for m in reversed(self._read(room).messages):
             tokens = search_tokens(m.text)
             if all(_contains(tokens, p) for p in phrases):
                 found.append(m)
