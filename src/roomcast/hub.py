@@ -15,6 +15,8 @@ Join").
 Names are unique case-insensitively among online users, and a guest cannot take a registered
 name. Every new guest joins ``#general``. Room membership belongs to the user (all its
 sessions are in the same rooms); the current room, where plain text goes, to the session.
+When a session's current room is left, the room it joined before becomes current and the
+session is told so. A room exists while it is open or has stored history (#general always).
 A registered user's memberships and read markers persist: on login it is put back in its
 rooms and gets, for each, a summary and the messages it missed (the newest ``replay_cap``),
 then its private messages sent while it was away. Joins, leaves and quits are announced
