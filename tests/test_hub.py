@@ -30,6 +30,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -48,6 +49,7 @@ from roomcast.model import (
 )
 from roomcast.session import Session, State
 from roomcast.store import MemoryStore, Storage
+from roomcast.store.base import Account
 from roomcast.store.sqlite import SqliteStore
 
 CHEAP = Cost(time_cost=1, memory_cost=1024, parallelism=1)  # real argon2id, test-sized
@@ -1134,3 +1136,187 @@ async def test_member_lists_of_big_rooms_are_cut_but_counted() -> None:
     assert list(who.names) == sorted(who.names) and who.names[0] == "user000"
     [full] = await hub.handle(late, Who())
     assert isinstance(full, WhoList) and len(full.names) == full.total == 121
+
+
+# --- who said it, and private history -----------------------------------------------------
+
+
+async def test_messages_record_whether_their_sender_was_signed_in() -> None:
+    """Room messages (said, actions, joins, nicks, quits) and private messages record
+    whether their sender was signed in, and private ones whether they went to an account."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    guest = await named(hub, "bob")
+    await hub.handle(alice, Say(text="from an account"))
+    await hub.handle(guest, Action(text="waves"))
+    await hub.handle(guest, Nick(name="bobby"))
+    await hub.handle(guest, PrivateMessage(to="alice", text="to an account"))
+    await hub.handle(alice, PrivateMessage(to="bobby", text="to a guest"))
+    await hub.handle(guest, Quit())
+    got = await ready(alice)
+    signed = [(e.sender, e.kind, e.signed) for e in got if isinstance(e, Message)]
+    assert signed == [
+        ("alice", Kind.JOIN, False),  # she joined as a guest, then registered
+        ("bob", Kind.JOIN, False),
+        ("alice", Kind.MESSAGE, True),
+        ("bob", Kind.ACTION, False),
+        ("bob", Kind.NICK, False),
+        ("bobby", Kind.QUIT, False),
+    ]
+    privates = [(e.text, e.signed, e.recipient_signed) for e in got if isinstance(e, Private)]
+    assert privates == [("to an account", False, True), ("to a guest", True, False)]
+    posted = await hub.post("alice", GENERAL, "by a script")
+    assert posted.signed is True
+
+
+async def private_page(
+    hub: Hub,
+    session: Session,
+    other: str,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    around: int | None = None,
+    limit: int = 50,
+) -> PrivateHistory:
+    """A page of ``session``'s private conversation with ``other``."""
+    query = FetchHistory(user=other, before=before, after=after, around=around, limit=limit)
+    [page] = await hub.handle(session, query)
+    assert isinstance(page, PrivateHistory), page
+    return page
+
+
+def said(page: PrivateHistory) -> list[str]:
+    return [p.text for p in page.messages]
+
+
+async def test_an_account_reads_its_private_conversation_after_logging_in_again() -> None:
+    """Two accounts find their private conversation, both ways, after logging in again:
+    the newest page, before, after, around, capped; nobody else's messages are in it."""
+    hub, _ = make_hub(rate=1000, burst=1000, history_cap=8)
+    alice, bob = await registered(hub, "alice"), await registered(hub, "bob")
+    carol = await named(hub, "carol")
+    for i in range(12):
+        speaker, to = (alice, "bob") if i % 2 else (bob, "ALICE")
+        await hub.handle(speaker, PrivateMessage(to=to, text=f"t{i}"))
+        await hub.handle(carol, PrivateMessage(to="alice", text=f"c{i}"))
+    await hub.handle(alice, Quit())
+    await hub.handle(bob, Quit())
+    alice, _ = await login(hub, "alice")
+
+    page = await private_page(hub, alice, "Bob", limit=4)
+    assert said(page) == ["t8", "t9", "t10", "t11"] and page.user == "Bob"
+    seqs = [p.seq for p in (await private_page(hub, alice, "bob", limit=8, after=0)).messages]
+    assert (page.oldest_seq, page.capped) == (seqs[0], None)
+    assert said(await private_page(hub, alice, "bob", before=page.messages[0].seq, limit=2)) == [
+        "t6",
+        "t7",
+    ]
+    assert said(await private_page(hub, alice, "bob", after=seqs[2], limit=2)) == ["t3", "t4"]
+    assert said(await private_page(hub, alice, "bob", around=seqs[5], limit=4)) == [
+        "t3",
+        "t4",
+        "t5",
+        "t6",
+    ]
+    capped = await private_page(hub, alice, "bob", limit=100)
+    assert capped.capped == 8 and said(capped) == [f"t{i}" for i in range(4, 12)]
+    bob, _ = await login(hub, "bob")
+    assert said(await private_page(hub, bob, "alice", limit=3)) == ["t9", "t10", "t11"]
+    assert said(await private_page(hub, carol, "bob")) == []
+    assert said(await private_page(hub, carol, "alice", limit=2)) == ["c10", "c11"]
+
+
+async def test_a_guest_reads_only_what_it_said_and_was_sent_under_its_name() -> None:
+    """A guest's private history starts at its first private message: an earlier guest of
+    its name, or an account that had it, is not in it; the account reads only what it said
+    and was sent signed in, while the other side, an account, reads everything it was in."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    first = await named(hub, "bob")
+    assert await private_page(hub, first, "alice") == PrivateHistory(
+        user="alice", messages=(), oldest_seq=1, latest_seq=0
+    )
+    await hub.handle(first, PrivateMessage(to="alice", text="first bob"))
+    await hub.handle(alice, PrivateMessage(to="bob", text="to the first bob"))
+    assert said(await private_page(hub, first, "alice")) == ["first bob", "to the first bob"]
+    await hub.handle(first, Quit())
+
+    second = await named(hub, "bob")
+    assert said(await private_page(hub, second, "alice")) == []
+    await hub.handle(alice, PrivateMessage(to="bob", text="to the second bob"))
+    assert said(await private_page(hub, second, "alice")) == ["to the second bob"]
+    await hub.handle(second, Register(password="correct horse"))
+    assert said(await private_page(hub, second, "alice")) == []  # not the account's
+    await hub.handle(second, PrivateMessage(to="alice", text="signed in"))
+    assert said(await private_page(hub, second, "alice")) == ["signed in"]
+    assert said(await private_page(hub, alice, "bob")) == [
+        "first bob",
+        "to the first bob",
+        "to the second bob",
+        "signed in",
+    ]
+
+
+async def test_a_guest_that_changes_its_name_starts_an_empty_private_history() -> None:
+    """After /nick a guest reads nothing of what it said under its old name, nor what an
+    earlier guest of the new name said, even when it takes its old name back."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    ann = await named(hub, "ann")
+    guest = await named(hub, "bob")
+    await hub.handle(guest, PrivateMessage(to="ann", text="as bob"))
+    await hub.handle(guest, Nick(name="carl"))
+    assert said(await private_page(hub, guest, "ann")) == []
+    other = await named(hub, "bob")
+    await hub.handle(other, PrivateMessage(to="ann", text="the other bob"))
+    await hub.handle(other, Quit())
+    await hub.handle(guest, Nick(name="bob"))
+    assert said(await private_page(hub, guest, "ann")) == []
+    await hub.handle(guest, Nick(name="Bob"))  # a change of case is the same name
+    await hub.handle(ann, PrivateMessage(to="bob", text="to bob again"))
+    assert said(await private_page(hub, guest, "ann")) == ["to bob again"]
+
+
+class SlowAccounts(MemoryStore):
+    """A memory store whose account lookups wait for ``go`` once ``hold`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False  # lookups wait for go
+        self.asked = asyncio.Event()  # a held lookup is waiting
+        self.go = asyncio.Event()  # let held lookups answer
+
+    async def account(self, name: str) -> Account | None:
+        if self.hold:
+            self.asked.set()
+            await self.go.wait()
+        return await super().account(name)
+
+
+async def test_a_private_message_from_a_guest_that_left_while_the_store_answered_is_not_sent() -> (
+    None
+):
+    """A guest that disconnects while the server looks up the recipient's account sends
+    nothing: the next guest of its name neither reads it in its history nor is taken for
+    its sender."""
+    store = SlowAccounts()
+    hub, _ = make_hub(store, rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    carol = await named(hub, "carol")
+    first = await named(hub, "bob")
+    store.hold = True
+    sending = asyncio.create_task(
+        hub.handle(first, PrivateMessage(to="alice", text="from the first bob"))
+    )
+    await store.asked.wait()
+    await hub.disconnect(first, "gone")
+    store.hold = False
+    second = await named(hub, "bob")
+    await hub.handle(carol, PrivateMessage(to="bob", text="to the second bob"))
+    store.go.set()
+    [error] = await sending
+    assert isinstance(error, Error) and error.code == "no_name"
+    assert said(await private_page(hub, second, "alice")) == []
+    alice, _ = await login(hub, "alice")
+    assert [e for e in await ready(alice) if isinstance(e, Private)] == []

@@ -19,9 +19,11 @@ When a session's current room is left, the room it joined before becomes current
 session is told so. A room exists while it is open or has stored history (#general always).
 A registered user's memberships and read markers persist: on login it is put back in its
 rooms and gets, for each, a summary and the messages it missed (the newest ``replay_cap``),
-then its private messages sent while it was away. Joins, leaves and quits are announced
-(and stored) in rooms of up to ``Limits.quiet_above`` members; in bigger rooms they would
-drown the conversation, and each would cost a delivery to every member.
+then its private messages sent while it was away. A private conversation's history is
+read by its two people only, each as the identity it has now (``_private_history``). Joins,
+leaves and quits are announced (and stored) in rooms of up to ``Limits.quiet_above``
+members; in bigger rooms they would drown the conversation, and each would cost a delivery
+to every member.
 
 Data flow
 ---------
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import heapq
 import itertools
 import logging
@@ -71,6 +74,7 @@ from roomcast.model import (
     Nick,
     Private,
     PrivateDraft,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -257,7 +261,8 @@ class Hub:
                 errors.append(Error(code=e.code, message=e.message))
                 continue
             kind = Kind.MESSAGE if isinstance(command, Say) else Kind.ACTION
-            drafts.append(self._draft(room, self._user(session).name, kind, command.text, now))
+            user = self._user(session)
+            drafts.append(self._draft(room, user.name, kind, command.text, now, user.registered))
             rooms.append(room)
         if drafts:
             try:
@@ -348,7 +353,7 @@ class Hub:
             user.inbox.close()
         for room in list(user.rooms.values()):
             try:
-                quit_message = await self._announce(room, user.name, Kind.QUIT, reason)
+                quit_message = await self._announce(room, user, Kind.QUIT, reason)
                 if quit_message and user.marks.get(room.name) == quit_message.seq - 1:
                     user.mark(room.name, quit_message.seq)  # all read: so is this
             except Broken:
@@ -558,7 +563,7 @@ class Hub:
             summary = Summary(room=name, missed=missed, replayed=replayed, first_seq=first)
             session.replay(name, first, summary)
         if announce:
-            await self._announce(room, user.name, Kind.JOIN, "")
+            await self._announce(room, user, Kind.JOIN, "")
         return max(0, missed)
 
     # -- rooms --
@@ -587,7 +592,7 @@ class Hub:
         session.current = name
         if since is not None:
             session.replay(name, since + 1)
-        joined = await self._announce(room, user.name, Kind.JOIN, "")
+        joined = await self._announce(room, user, Kind.JOIN, "")
         if user.registered:
             read = joined.seq - 1 if joined else room.tx.next_seq - 1
             user.mark(name, read)
@@ -610,7 +615,7 @@ class Hub:
 
     async def _leave(self, session: Session, room: Room) -> list[Event]:
         user = self._user(session)
-        await self._announce(room, user.name, Kind.LEAVE, "left")
+        await self._announce(room, user, Kind.LEAVE, "left")
         if user.rooms.get(room.name) is not room:  # left by another session meanwhile
             return [Info(text=f"you left {room.name}")]
         # Each session whose current room this was moves on to another: say which, so that
@@ -646,20 +651,34 @@ class Hub:
     # -- messages --
 
     async def _say(self, session: Session, room: Room, kind: Kind, text: str) -> None:
-        await self._publish(room, self._user(session).name, kind, text)
+        user = self._user(session)
+        await self._publish(room, user.name, kind, text, signed=user.registered)
 
-    def _draft(self, room: Room, sender: str, kind: Kind, text: str, now: float) -> Draft:
-        return Draft(id=self._new_id(), room=room.name, sender=sender, kind=kind, text=text, ts=now)
+    def _draft(
+        self, room: Room, sender: str, kind: Kind, text: str, now: float, signed: bool
+    ) -> Draft:
+        return Draft(
+            id=self._new_id(),
+            room=room.name,
+            sender=sender,
+            kind=kind,
+            text=text,
+            ts=now,
+            signed=signed,
+        )
 
-    async def _announce(self, room: Room, name: str, kind: Kind, text: str) -> Message | None:
-        """Tell ``room`` that ``name`` came or went, unless the room is too big for that to be
+    async def _announce(self, room: Room, user: User, kind: Kind, text: str) -> Message | None:
+        """Tell ``room`` that ``user`` came or went, unless the room is too big for that to be
         news (above ``quiet_above`` members; who is there is a /who away)."""
         if len(room.members) > self.limits.quiet_above:
             return None
-        return await self._publish(room, name, kind, text)
+        return await self._publish(room, user.name, kind, text, signed=user.registered)
 
-    async def _publish(self, room: Room, sender: str, kind: Kind, text: str) -> Message:
-        draft = self._draft(room, sender, kind, text, self._clock())
+    async def _publish(
+        self, room: Room, sender: str, kind: Kind, text: str, *, signed: bool
+    ) -> Message:
+        """Store and broadcast a message of ``sender``, who is signed in if ``signed``."""
+        draft = self._draft(room, sender, kind, text, self._clock(), signed)
         (message,) = await self._queue([room], [draft])
         return message
 
@@ -695,16 +714,20 @@ class Hub:
 
     async def _private(self, session: Session, to: str, text: str) -> list[Event]:
         user = self._user(session)
-        recipient = self._users.get(fold(to))
-        if recipient is not None:
-            to_name = recipient.name
+        target = self._users.get(fold(to))
+        if target is not None:
+            to_name, to_signed = target.name, target.registered
         else:
             account = await self.store.account(to)
             if account is None:
                 raise ClientError(
                     "no_such_user", f"nobody named {to!r} is online or registered: check /who"
                 )
-            to_name = account.name
+            if session.user is not user:  # logged out or closed while the store answered
+                raise ClientError(
+                    "no_name", "you no longer have a name: the private message was not sent"
+                )
+            to_name, to_signed = account.name, True
         draft = PrivateDraft(
             id=self._new_id(),
             sender=user.name,
@@ -712,8 +735,17 @@ class Hub:
             kind=Kind.MESSAGE,
             text=text,
             ts=self._clock(),
+            signed=user.registered,
+            recipient_signed=to_signed,
         )
+        # The guests in it, under the names they have as it is queued: nothing is awaited
+        # from here to the queue, and the store numbers private messages in queue order.
+        guests = [
+            (g, g.private_epoch) for g in (user, target) if g is not None and not g.registered
+        ]
         private = await self.store.append_private(draft)
+        for guest, epoch in guests:
+            guest.took_part(private.seq, epoch)
         recipient = self._users.get(fold(to_name))  # may have come or gone meanwhile
         if recipient is not None:
             self._send_private(recipient, private)
@@ -735,9 +767,11 @@ class Hub:
         del self._users[fold(old)]
         self._users[fold(name)] = user
         user.name = name
+        if fold(name) != fold(old):
+            user.renamed()  # what it said privately as `old` is not the new name's history
         for room in list(user.rooms.values()):
             room.members[fold(name)] = room.members.pop(fold(old))
-            await self._publish(room, old, Kind.NICK, name)
+            await self._publish(room, old, Kind.NICK, name, signed=user.registered)
         log.info("nick old=%s new=%s", old, name)
         return [Info(text=f"you are now known as {name}")]
 
@@ -782,8 +816,49 @@ class Hub:
         return (cap, cap) if limit > cap else (limit, None)
 
     async def _history(self, session: Session, command: FetchHistory) -> list[Event]:
+        if command.user is not None:
+            return [await self._private_history(self._user(session), command.user, command)]
         room = self._room_name(session, command.room)
         return [await self.history(room, command)]
+
+    async def _private_history(
+        self, user: User, other: str, request: FetchHistory
+    ) -> PrivateHistory:
+        """A page of the private conversation between ``user`` and ``other``, as ``request``
+        asks: only what ``user`` sent and received as the identity it has now.
+
+        An account reads what it said and was sent signed in, under its name, whoever the
+        other side was then (it was part of all of it). A guest reads what it said and was
+        sent under its present name since its first such private message (``took_part``):
+        never what an account of that name, or an earlier guest of it, said or was sent.
+        A guest name proves nothing once its holder is gone, so that is all it can claim.
+        """
+        limit, capped = self._capped(request.limit)
+        if user.registered:
+            signed, first = True, 1
+        elif user.private_floor is None:  # a guest that has no private message yet
+            return PrivateHistory(
+                user=other, messages=(), oldest_seq=1, latest_seq=0, capped=capped
+            )
+        else:
+            signed, first = False, user.private_floor
+        page = functools.partial(
+            self.store.conversation, user.name, other, signed=signed, first=first
+        )
+        if request.around is not None:
+            older = await page(before=request.around, limit=limit // 2)
+            newer = await page(after=request.around - 1, limit=limit - len(older.messages))
+            messages, last = older.messages + newer.messages, newer
+        else:
+            last = await page(before=request.before, after=request.after, limit=limit)
+            messages = last.messages
+        return PrivateHistory(
+            user=other,
+            messages=messages,
+            oldest_seq=last.oldest_seq,
+            latest_seq=last.latest_seq,
+            capped=capped,
+        )
 
     async def history(self, room: str, request: FetchHistory) -> History:
         """A page of ``room``'s history as ``request`` asks (its room is ignored): the one
@@ -823,7 +898,7 @@ class Hub:
         if not bucket.take(self._clock()):
             raise ClientError("flood", "you are posting too fast: wait a moment, then retry")
         room_obj = await self._open_room(say.room)
-        return await self._publish(room_obj, name, Kind.MESSAGE, say.text)
+        return await self._publish(room_obj, name, Kind.MESSAGE, say.text, signed=True)
 
     async def watch(self, peer: str, room: str, since: int | None) -> Session:
         """A session that only reads ``room`` (Server-Sent Events): it replays the messages

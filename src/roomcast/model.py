@@ -38,6 +38,7 @@ __all__ = [
     "Nick",
     "Private",
     "PrivateDraft",
+    "PrivateHistory",
     "PrivateMessage",
     "Quit",
     "Register",
@@ -269,7 +270,8 @@ class Logout:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FetchHistory:
-    """A page of a room's history (any room; ``None`` means the current one).
+    """A page of a room's history (any room; ``None`` means the current one), or, with
+    ``user``, of the private conversation between the session's user and ``user``.
 
     At most one of ``before``, ``after``, ``around`` (sequence numbers); none means the newest.
     """
@@ -279,10 +281,15 @@ class FetchHistory:
     after: int | None = None
     around: int | None = None
     limit: int = 50
+    user: str | None = None  # the other person of a private conversation
 
     def __post_init__(self) -> None:
         if self.room is not None:
             object.__setattr__(self, "room", room_name(self.room))
+        if self.user is not None:
+            user_name(self.user)
+            if self.room is not None:
+                raise ClientError("bad_history", "give a room or a user, not both")
         bounds = [b for b in (self.before, self.after, self.around) if b is not None]
         if len(bounds) > 1:
             raise ClientError("bad_history", "give at most one of before, after or around")
@@ -364,6 +371,7 @@ class Draft:
     kind: Kind
     text: str  # the text (MESSAGE, ACTION), reason (LEAVE, QUIT) or new name (NICK)
     ts: float  # UTC server time, seconds since the epoch
+    signed: bool = False  # the sender was signed in to an account (else a guest, or unknown)
 
     def with_seq(self, seq: int) -> Message:
         """The stored message: this draft under the room's sequence number ``seq``."""
@@ -375,6 +383,7 @@ class Draft:
             kind=self.kind,
             text=self.text,
             ts=self.ts,
+            signed=self.signed,
         )
 
 
@@ -389,6 +398,9 @@ class Message:
     kind: Kind
     text: str  # the text (MESSAGE, ACTION), reason (LEAVE, QUIT) or new name (NICK)
     ts: float  # UTC server time, seconds since the epoch
+    # The sender was signed in to an account: a guest's words (or a message stored before
+    # this was recorded) are never the later account's of the same name.
+    signed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -401,6 +413,8 @@ class PrivateDraft:
     kind: Kind  # MESSAGE or ACTION
     text: str
     ts: float  # UTC server time, seconds since the epoch
+    signed: bool = False  # the sender was signed in to an account
+    recipient_signed: bool = False  # it was sent to an account (not to a guest of that name)
 
     def with_seq(self, seq: int) -> Private:
         """The stored private message under the store-wide sequence number ``seq``."""
@@ -412,6 +426,8 @@ class PrivateDraft:
             kind=self.kind,
             text=self.text,
             ts=self.ts,
+            signed=self.signed,
+            recipient_signed=self.recipient_signed,
         )
 
 
@@ -426,6 +442,8 @@ class Private:
     kind: Kind  # MESSAGE or ACTION
     text: str
     ts: float  # UTC server time, seconds since the epoch
+    signed: bool = False  # the sender was signed in to an account
+    recipient_signed: bool = False  # it was sent to an account (not to a guest of that name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -509,6 +527,18 @@ class History:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrivateHistory:
+    """A page of the private conversation between the asking user and ``user``, oldest
+    first: only what the asker said and received as the identity it has now."""
+
+    user: str  # the other person, as asked
+    messages: tuple[Private, ...]
+    oldest_seq: int  # the oldest message of the conversation it may read (latest_seq + 1: none)
+    latest_seq: int  # the newest one (0: none)
+    capped: int | None = None  # the limit asked for was over the cap and cut to this
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SearchResults:
     """Messages of ``room`` containing ``words``, newest first."""
 
@@ -548,6 +578,7 @@ Event = (
     | Unread
     | Summary
     | History
+    | PrivateHistory
     | SearchResults
     | Missed
     | Error

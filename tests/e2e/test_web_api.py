@@ -564,6 +564,7 @@ async def test_history_pages_follow_before_after_and_limit(
         "seq": 1,
         "id": body["messages"][0]["id"],
         "from": "poster",
+        "signed": True,
         "kind": "message",
         "text": "n1",
         "ts": body["messages"][0]["ts"],

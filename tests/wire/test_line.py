@@ -20,6 +20,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -157,6 +158,8 @@ def test_plain_text_is_said_and_double_slash_escapes() -> None:
         ("/history #rust before 100", FetchHistory(room="#rust", before=100)),
         ("/history after 7 5", FetchHistory(after=7, limit=5)),
         ("/history #rust around 9", FetchHistory(room="#rust", around=9)),
+        ("/history @Bob", FetchHistory(user="Bob")),
+        ("/history @bob before 9 20", FetchHistory(user="bob", before=9, limit=20)),
         ("/search #rust borrow checker", Search(room="#rust", words="borrow checker")),
         ("/search lifetimes", Search(room=None, words="lifetimes")),
     ],
@@ -173,8 +176,10 @@ def test_commands(line: str, command: object) -> None:
         ("/join a b", "/join #room [since seq]"),
         ("/join #a since x", "/join #room [since seq]"),
         ("/login alice", "/login name password"),
-        ("/history #a before", "/history [#room] [before|after|around seq] [count]"),
-        ("/history 1 2", "/history [#room] [before|after|around seq] [count]"),
+        ("/history #a before", "/history [#room|@name] [before|after|around seq] [count]"),
+        ("/history 1 2", "/history [#room|@name] [before|after|around seq] [count]"),
+        ("/history @", "/history [#room|@name] [before|after|around seq] [count]"),
+        ("/history @bob after", "/history [#room|@name] [before|after|around seq] [count]"),
         ("/search #a", "/search [#room] words"),
         ("/msg bob", "/msg name text"),
         ("/me", "/me text"),
@@ -390,6 +395,41 @@ def test_search_results_say_newest_first_and_never_a_backwards_range() -> None:
     assert lines[4:] == [
         "-- limited to 3 messages",
         "-- search of #general for 'nothing': 0 found",
+    ]
+
+
+def test_a_private_history_page_renders_like_a_rooms() -> None:
+    """A page of a private conversation lists each message with its seq, date and time, as
+    it was shown live, and offers the older and the newer page; an empty one says so."""
+
+    def dm(seq: int, sender: str, recipient: str, text: str) -> Private:
+        return Private(
+            id=f"p{seq}",
+            seq=seq,
+            sender=sender,
+            recipient=recipient,
+            kind=Kind.MESSAGE,
+            text=text,
+            ts=TS,
+        )
+
+    page = (dm(4, "alice", "bob", "hi"), dm(9, "bob", "alice", "two\nlines"))
+    events: list[Event] = [
+        PrivateHistory(user="Bob", messages=page, oldest_seq=2, latest_seq=9, capped=500),
+        PrivateHistory(user="bob", messages=page[:1], oldest_seq=4, latest_seq=9),
+        PrivateHistory(user="carol", messages=(), oldest_seq=1, latest_seq=0),
+    ]
+    assert codec().encode(events).decode().splitlines() == [
+        "-- history with @Bob: seq 4-9",
+        "4 2023-11-14 22:13 [pm alice -> bob] hi",
+        "9 2023-11-14 22:13 [pm bob -> alice] two",
+        "    lines",
+        "-- limited to 500 messages",
+        "-- older: /history @Bob before 4",
+        "-- history with @bob: seq 4-4",
+        "4 2023-11-14 22:13 [pm alice -> bob] hi",
+        "-- newer: /history @bob after 4",
+        "-- history with @carol: no messages",
     ]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from roomcast.errors import ClientError
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
-from roomcast.store.base import Account, Page, RoomInfo, search_tokens
+from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, search_tokens
 
 __all__ = ["MemoryStore"]
 
@@ -115,6 +115,44 @@ class MemoryStore:
         found = (p for p in self._privates if p.seq > after and fold(p.recipient) == key)
         return [p for _, p in zip(range(max(limit, 0)), found, strict=False)]
 
+    async def conversation(
+        self,
+        name: str,
+        other: str,
+        *,
+        signed: bool,
+        first: int = 1,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int,
+    ) -> PrivatePage:
+        # A scan of the kept private messages: this store holds at most ``keep`` of them.
+        me, them = fold(name), fold(other)
+
+        def readable(p: Private) -> bool:
+            ends = (fold(p.sender), fold(p.recipient))
+            if p.seq < first or ends not in ((me, them), (them, me)):
+                return False
+            return (ends[0] == me and p.signed is signed) or (
+                ends[1] == me and p.recipient_signed is signed
+            )
+
+        held = [p for p in self._privates if readable(p)]
+        latest = held[-1].seq if held else 0
+        oldest = held[0].seq if held else latest + 1
+        inside = [
+            p
+            for p in held
+            if (before is None or p.seq < before) and (after is None or p.seq > after)
+        ]
+        if limit < 1:
+            inside = []
+        elif after is None:
+            inside = inside[-limit:]
+        else:
+            inside = inside[:limit]
+        return PrivatePage(messages=tuple(inside), oldest_seq=oldest, latest_seq=latest)
+
     async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
         phrases = [t for t in map(search_tokens, words.split()) if t]
         if not phrases or limit < 1:
@@ -175,7 +213,11 @@ class MemoryStore:
         if self._accounts.pop(key, None) is None:
             return False
         del self._memberships[key]
-        kept = [p for p in self._privates if fold(p.recipient) != key]
+        kept = [
+            p
+            for p in self._privates
+            if fold(p.recipient) != key and not (p.signed and fold(p.sender) == key)
+        ]
         self._privates = deque(kept, maxlen=self._keep)
         return True
 

@@ -37,6 +37,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -71,6 +72,7 @@ HELP = """\
 --   /who [#room]      who is in a room
 --   /rooms            every room: who is online, your unread counts, your current room
 --   /history [#room] [before|after|around N] [count]   a page of history
+--   /history @name ...   the same, of your private messages with name
 --   /search [#room] words   find messages containing every word
 --   /register password   keep your name, rooms and missed messages
 --   /login name password   come back as a registered name
@@ -129,8 +131,14 @@ def _room_and_rest(arg: str) -> tuple[str | None, str]:
 
 
 def _history(arg: str) -> FetchHistory:
-    usage = "/history [#room] [before|after|around seq] [count]"
-    room, rest = _room_and_rest(arg)
+    usage = "/history [#room|@name] [before|after|around seq] [count]"
+    user = None
+    if arg.startswith("@"):  # a private conversation
+        target, _, arg = arg.partition(" ")
+        user = target[1:]
+        if not user:
+            raise _usage(usage)
+    room, rest = _room_and_rest(arg.strip())
     words = rest.split()
     bounds: dict[str, int] = {}
     if words and words[0] in ("before", "after", "around"):
@@ -141,7 +149,7 @@ def _history(arg: str) -> FetchHistory:
     if len(words) > 1:
         raise _usage(usage)
     limit = _seq(words[0], usage) if words else 50
-    return FetchHistory(room=room, limit=limit, **bounds)
+    return FetchHistory(room=room, user=user, limit=limit, **bounds)
 
 
 def _command(verb: str, arg: str) -> Command:
@@ -278,6 +286,25 @@ class Renderer:
             lines.append(line)
         return "\n".join(lines) + "\n"
 
+    def _private_history(self, page: PrivateHistory) -> str:
+        """A page of a private conversation, as a room's: each message with its seq, date and
+        time as it was shown live, then where to read on."""
+        who, messages = page.user, page.messages
+        if messages:
+            lines = [f"-- history with @{who}: seq {messages[0].seq}-{messages[-1].seq}"]
+        else:
+            lines = [f"-- history with @{who}: no messages"]
+        for p in messages:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(p.ts))
+            lines.append(f"{p.seq} {stamp} [pm {p.sender} -> {p.recipient}] {_indent(p.text)}")
+        if page.capped is not None:
+            lines.append(f"-- limited to {page.capped} messages")
+        if messages and messages[0].seq > page.oldest_seq:
+            lines.append(f"-- older: /history @{who} before {messages[0].seq}")
+        if messages and messages[-1].seq < page.latest_seq:
+            lines.append(f"-- newer: /history @{who} after {messages[-1].seq}")
+        return "\n".join(lines) + "\n"
+
     def event(self, e: Event) -> bytes:
         """The line(s) for any event."""
         if isinstance(e, Message):
@@ -311,6 +338,8 @@ class Renderer:
                 return line + "\n"
             case History():
                 return self._history(e)
+            case PrivateHistory():
+                return self._private_history(e)
             case SearchResults(room=room, words=words, messages=messages, capped=capped):
                 # newest first: a range "seq 11-3" would read backwards, and there are holes
                 found = f"{len(messages)} found" + (", newest first" if len(messages) > 1 else "")
