@@ -30,6 +30,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -48,6 +49,7 @@ from roomcast.model import (
 )
 from roomcast.session import Session, State
 from roomcast.store import MemoryStore, Storage
+from roomcast.store.base import Account
 from roomcast.store.sqlite import SqliteStore
 
 CHEAP = Cost(time_cost=1, memory_cost=1024, parallelism=1)  # real argon2id, test-sized
@@ -295,7 +297,9 @@ async def test_leave_announces_and_keeps_what_was_said_before() -> None:
     await hub.handle(alice, Join(room="#rust"))
     await hub.handle(bob, Join(room="#rust"))
     await hub.handle(bob, Say(text="before"))
-    assert await hub.handle(alice, Leave()) == [Info(text="you left #rust")]
+    assert await hub.handle(alice, Leave()) == [
+        Info(text="you left #rust; text now goes to #general")
+    ]
     await hub.handle(bob, Say(text="after"))
     got = [e for e in await ready(alice) if isinstance(e, Message) and e.room == "#rust"]
     assert [(m.kind, m.text) for m in got][-2:] == [(Kind.MESSAGE, "before"), (Kind.LEAVE, "left")]
@@ -311,35 +315,113 @@ async def test_leave_without_a_current_room_is_refused() -> None:
     assert isinstance(error, Error) and error.code == "no_room"
 
 
-async def test_empty_rooms_are_dropped_and_keep_their_sequence() -> None:
-    """A room nobody is in disappears from the list; rejoined, its numbering continues."""
+async def test_leaving_another_room_keeps_the_current_one_and_says_nothing_of_it() -> None:
+    """Leaving a room that is not the current one answers 'you left #x' alone."""
+    hub, _ = make_hub()
+    alice = await named(hub, "alice")
+    await hub.handle(alice, Join(room="#rust"))
+    assert await hub.handle(alice, Leave(room=GENERAL)) == [Info(text="you left #general")]
+    assert alice.current == "#rust"
+    assert await hub.handle(alice, Leave()) == [
+        Info(text="you left #rust; you are in no room now: /join #room to talk")
+    ]
+
+
+async def test_leaving_the_current_room_of_another_session_tells_that_session() -> None:
+    """When one session of an account leaves a room, each other session whose current room
+    it was is told where its text goes now."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    first = await registered(hub, "alice")
+    await hub.handle(first, Join(room="#rust"))
+    second, _ = await login(hub, "alice")
+    await hub.handle(second, Join(room="#rust"))
+    await ready(first), await ready(second)
+    await hub.handle(first, Join(room=GENERAL))  # first's current room: #general
+    await hub.handle(second, Leave(room="#rust"))
+    assert first.current == GENERAL and second.current == GENERAL
+    assert [e for e in await ready(second) if isinstance(e, Info)] == []
+    assert [e for e in await ready(first) if isinstance(e, Info)] == []
+    await hub.handle(first, Join(room="#go"))
+    await hub.handle(second, Join(room="#go"))  # current in both sessions
+    await ready(first)
+    await hub.handle(second, Leave())
+    assert [e for e in await ready(first) if isinstance(e, Info)] == [
+        Info(text="you left #go from another connection; text now goes to #general")
+    ]
+
+
+async def test_rooms_nobody_is_in_are_listed_and_keep_their_sequence() -> None:
+    """A room nobody is in stays in the list (its history is kept) with 0 members and no
+    unread count; rejoined, its numbering continues."""
     hub, _ = make_hub()
     alice = await named(hub, "alice")
     await hub.handle(alice, Join(room="#tmp"))
     await hub.handle(alice, Leave(room="#tmp"))
+    await ready(alice)
     assert await hub.handle(alice, Rooms()) == [
-        RoomList(rooms=(RoomEntry(name=GENERAL, members=1),))
+        RoomList(
+            rooms=(
+                RoomEntry(name=GENERAL, members=1, unread=0),
+                RoomEntry(name="#tmp", members=0),
+            ),
+            current=GENERAL,
+        )
     ]
     await hub.handle(alice, Join(room="#tmp"))
     joins = [e for e in await ready(alice) if isinstance(e, Message) and e.room == "#tmp"]
-    assert [m.seq for m in joins] == [1, 2, 3]
+    assert [m.seq for m in joins] == [3]
 
 
-async def test_rooms_lists_member_counts() -> None:
-    """Rooms lists every room, sorted, with how many are in it."""
+async def test_rooms_lists_member_counts_unread_counts_and_the_current_room() -> None:
+    """Rooms lists every room, sorted, with how many are in it, and for the asker's own rooms
+    how many messages it has not been sent yet (a guest's too), and its current room."""
     hub, _ = make_hub()
     alice, bob = await named(hub, "alice"), await named(hub, "bob")
     await hub.handle(bob, Join(room="#b"))
     await hub.handle(alice, Join(room="#a"))
+    await ready(alice)
+    await hub.handle(bob, Say(text="one", room=GENERAL))
+    await hub.handle(bob, Say(text="two", room=GENERAL))
     assert await hub.handle(alice, Rooms()) == [
         RoomList(
             rooms=(
-                RoomEntry(name="#a", members=1),
+                RoomEntry(name="#a", members=1, unread=0),
                 RoomEntry(name="#b", members=1),
-                RoomEntry(name=GENERAL, members=2),
-            )
+                RoomEntry(name=GENERAL, members=2, unread=2),
+            ),
+            current="#a",
         )
     ]
+    await ready(alice)
+    [rooms] = await hub.handle(alice, Rooms())
+    assert isinstance(rooms, RoomList) and [r.unread for r in rooms.rooms] == [0, None, 0]
+
+
+async def test_rooms_with_history_in_the_store_are_listed_without_being_opened(
+    tmp_path: Path,
+) -> None:
+    """Rooms only the store knows (after a restart) are listed with 0 members; listing them
+    opens none, and /who of one answers an empty list."""
+    store = await SqliteStore.open(tmp_path / "rc.db")
+    try:
+        hub, _ = make_hub(store)
+        alice = await named(hub, "alice")
+        await hub.handle(alice, Join(room="#old"))
+        await hub.close()
+        hub = Hub(store, limits=Limits(), clock=FakeClock())  # a restart: ids of its own
+        bob = await named(hub, "bob")
+        await ready(bob)
+        [rooms] = await hub.handle(bob, Rooms())
+        assert isinstance(rooms, RoomList)
+        assert [(r.name, r.members, r.unread) for r in rooms.rooms] == [
+            (GENERAL, 1, 0),
+            ("#old", 0, None),
+        ]
+        assert "#old" not in hub._rooms
+        assert await hub.handle(bob, Who(room="#old")) == [WhoList(room="#old", names=(), total=0)]
+        assert "#old" not in hub._rooms
+    finally:
+        await store.close()
 
 
 async def test_who_lists_a_room_and_refuses_an_unknown_one() -> None:
@@ -350,6 +432,26 @@ async def test_who_lists_a_room_and_refuses_an_unknown_one() -> None:
     assert await hub.handle(alice, Who()) == [WhoList(room=GENERAL, names=("Alice", "bob"))]
     [error] = await hub.handle(alice, Who(room="#nowhere"))
     assert isinstance(error, Error) and error.code == "no_such_room"
+
+
+async def test_history_and_search_of_an_unknown_room_are_no_such_room() -> None:
+    """History and search of a room that has no history and is not open are refused as who
+    refuses it; an open room with no message yet answers an empty page."""
+    hub, _ = make_hub()
+    alice = await named(hub, "alice")
+    for command in (FetchHistory(room="#nowhere"), Search(room="#nowhere", words="x")):
+        [error] = await hub.handle(alice, command)
+        assert error == Error(
+            code="no_such_room", message="there is no room #nowhere: /rooms lists them"
+        )
+    watcher = await hub.watch("peer", "#watched", None)
+    try:
+        [page] = await hub.handle(alice, FetchHistory(room="#watched"))
+        assert isinstance(page, History) and page.messages == () and page.latest_seq == 0
+        [found] = await hub.handle(alice, Search(room="#watched", words="x"))
+        assert isinstance(found, SearchResults) and found.messages == ()
+    finally:
+        hub.unwatch(watcher)
 
 
 async def test_room_limit() -> None:
@@ -1034,3 +1136,187 @@ async def test_member_lists_of_big_rooms_are_cut_but_counted() -> None:
     assert list(who.names) == sorted(who.names) and who.names[0] == "user000"
     [full] = await hub.handle(late, Who())
     assert isinstance(full, WhoList) and len(full.names) == full.total == 121
+
+
+# --- who said it, and private history -----------------------------------------------------
+
+
+async def test_messages_record_whether_their_sender_was_signed_in() -> None:
+    """Room messages (said, actions, joins, nicks, quits) and private messages record
+    whether their sender was signed in, and private ones whether they went to an account."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    guest = await named(hub, "bob")
+    await hub.handle(alice, Say(text="from an account"))
+    await hub.handle(guest, Action(text="waves"))
+    await hub.handle(guest, Nick(name="bobby"))
+    await hub.handle(guest, PrivateMessage(to="alice", text="to an account"))
+    await hub.handle(alice, PrivateMessage(to="bobby", text="to a guest"))
+    await hub.handle(guest, Quit())
+    got = await ready(alice)
+    signed = [(e.sender, e.kind, e.signed) for e in got if isinstance(e, Message)]
+    assert signed == [
+        ("alice", Kind.JOIN, False),  # she joined as a guest, then registered
+        ("bob", Kind.JOIN, False),
+        ("alice", Kind.MESSAGE, True),
+        ("bob", Kind.ACTION, False),
+        ("bob", Kind.NICK, False),
+        ("bobby", Kind.QUIT, False),
+    ]
+    privates = [(e.text, e.signed, e.recipient_signed) for e in got if isinstance(e, Private)]
+    assert privates == [("to an account", False, True), ("to a guest", True, False)]
+    posted = await hub.post("alice", GENERAL, "by a script")
+    assert posted.signed is True
+
+
+async def private_page(
+    hub: Hub,
+    session: Session,
+    other: str,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    around: int | None = None,
+    limit: int = 50,
+) -> PrivateHistory:
+    """A page of ``session``'s private conversation with ``other``."""
+    query = FetchHistory(user=other, before=before, after=after, around=around, limit=limit)
+    [page] = await hub.handle(session, query)
+    assert isinstance(page, PrivateHistory), page
+    return page
+
+
+def said(page: PrivateHistory) -> list[str]:
+    return [p.text for p in page.messages]
+
+
+async def test_an_account_reads_its_private_conversation_after_logging_in_again() -> None:
+    """Two accounts find their private conversation, both ways, after logging in again:
+    the newest page, before, after, around, capped; nobody else's messages are in it."""
+    hub, _ = make_hub(rate=1000, burst=1000, history_cap=8)
+    alice, bob = await registered(hub, "alice"), await registered(hub, "bob")
+    carol = await named(hub, "carol")
+    for i in range(12):
+        speaker, to = (alice, "bob") if i % 2 else (bob, "ALICE")
+        await hub.handle(speaker, PrivateMessage(to=to, text=f"t{i}"))
+        await hub.handle(carol, PrivateMessage(to="alice", text=f"c{i}"))
+    await hub.handle(alice, Quit())
+    await hub.handle(bob, Quit())
+    alice, _ = await login(hub, "alice")
+
+    page = await private_page(hub, alice, "Bob", limit=4)
+    assert said(page) == ["t8", "t9", "t10", "t11"] and page.user == "Bob"
+    seqs = [p.seq for p in (await private_page(hub, alice, "bob", limit=8, after=0)).messages]
+    assert (page.oldest_seq, page.capped) == (seqs[0], None)
+    assert said(await private_page(hub, alice, "bob", before=page.messages[0].seq, limit=2)) == [
+        "t6",
+        "t7",
+    ]
+    assert said(await private_page(hub, alice, "bob", after=seqs[2], limit=2)) == ["t3", "t4"]
+    assert said(await private_page(hub, alice, "bob", around=seqs[5], limit=4)) == [
+        "t3",
+        "t4",
+        "t5",
+        "t6",
+    ]
+    capped = await private_page(hub, alice, "bob", limit=100)
+    assert capped.capped == 8 and said(capped) == [f"t{i}" for i in range(4, 12)]
+    bob, _ = await login(hub, "bob")
+    assert said(await private_page(hub, bob, "alice", limit=3)) == ["t9", "t10", "t11"]
+    assert said(await private_page(hub, carol, "bob")) == []
+    assert said(await private_page(hub, carol, "alice", limit=2)) == ["c10", "c11"]
+
+
+async def test_a_guest_reads_only_what_it_said_and_was_sent_under_its_name() -> None:
+    """A guest's private history starts at its first private message: an earlier guest of
+    its name, or an account that had it, is not in it; the account reads only what it said
+    and was sent signed in, while the other side, an account, reads everything it was in."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    first = await named(hub, "bob")
+    assert await private_page(hub, first, "alice") == PrivateHistory(
+        user="alice", messages=(), oldest_seq=1, latest_seq=0
+    )
+    await hub.handle(first, PrivateMessage(to="alice", text="first bob"))
+    await hub.handle(alice, PrivateMessage(to="bob", text="to the first bob"))
+    assert said(await private_page(hub, first, "alice")) == ["first bob", "to the first bob"]
+    await hub.handle(first, Quit())
+
+    second = await named(hub, "bob")
+    assert said(await private_page(hub, second, "alice")) == []
+    await hub.handle(alice, PrivateMessage(to="bob", text="to the second bob"))
+    assert said(await private_page(hub, second, "alice")) == ["to the second bob"]
+    await hub.handle(second, Register(password="correct horse"))
+    assert said(await private_page(hub, second, "alice")) == []  # not the account's
+    await hub.handle(second, PrivateMessage(to="alice", text="signed in"))
+    assert said(await private_page(hub, second, "alice")) == ["signed in"]
+    assert said(await private_page(hub, alice, "bob")) == [
+        "first bob",
+        "to the first bob",
+        "to the second bob",
+        "signed in",
+    ]
+
+
+async def test_a_guest_that_changes_its_name_starts_an_empty_private_history() -> None:
+    """After /nick a guest reads nothing of what it said under its old name, nor what an
+    earlier guest of the new name said, even when it takes its old name back."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    ann = await named(hub, "ann")
+    guest = await named(hub, "bob")
+    await hub.handle(guest, PrivateMessage(to="ann", text="as bob"))
+    await hub.handle(guest, Nick(name="carl"))
+    assert said(await private_page(hub, guest, "ann")) == []
+    other = await named(hub, "bob")
+    await hub.handle(other, PrivateMessage(to="ann", text="the other bob"))
+    await hub.handle(other, Quit())
+    await hub.handle(guest, Nick(name="bob"))
+    assert said(await private_page(hub, guest, "ann")) == []
+    await hub.handle(guest, Nick(name="Bob"))  # a change of case is the same name
+    await hub.handle(ann, PrivateMessage(to="bob", text="to bob again"))
+    assert said(await private_page(hub, guest, "ann")) == ["to bob again"]
+
+
+class SlowAccounts(MemoryStore):
+    """A memory store whose account lookups wait for ``go`` once ``hold`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False  # lookups wait for go
+        self.asked = asyncio.Event()  # a held lookup is waiting
+        self.go = asyncio.Event()  # let held lookups answer
+
+    async def account(self, name: str) -> Account | None:
+        if self.hold:
+            self.asked.set()
+            await self.go.wait()
+        return await super().account(name)
+
+
+async def test_a_private_message_from_a_guest_that_left_while_the_store_answered_is_not_sent() -> (
+    None
+):
+    """A guest that disconnects while the server looks up the recipient's account sends
+    nothing: the next guest of its name neither reads it in its history nor is taken for
+    its sender."""
+    store = SlowAccounts()
+    hub, _ = make_hub(store, rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    carol = await named(hub, "carol")
+    first = await named(hub, "bob")
+    store.hold = True
+    sending = asyncio.create_task(
+        hub.handle(first, PrivateMessage(to="alice", text="from the first bob"))
+    )
+    await store.asked.wait()
+    await hub.disconnect(first, "gone")
+    store.hold = False
+    second = await named(hub, "bob")
+    await hub.handle(carol, PrivateMessage(to="bob", text="to the second bob"))
+    store.go.set()
+    [error] = await sending
+    assert isinstance(error, Error) and error.code == "no_name"
+    assert said(await private_page(hub, second, "alice")) == []
+    alice, _ = await login(hub, "alice")
+    assert [e for e in await ready(alice) if isinstance(e, Private)] == []

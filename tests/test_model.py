@@ -12,8 +12,10 @@ from roomcast.model import (
     MAX_SEQ,
     MAX_TEXT,
     Draft,
+    FetchHistory,
     Join,
     Kind,
+    PrivateDraft,
     PrivateMessage,
     Quit,
     Say,
@@ -115,6 +117,38 @@ def test_values_are_frozen() -> None:
     assert (message.seq, message.text, message.room) == (7, "hi", "#a")
     with pytest.raises(dataclasses.FrozenInstanceError):
         message.text = "changed"  # type: ignore[misc]
+
+
+def test_history_of_a_private_conversation_names_a_valid_user_and_no_room() -> None:
+    """A history request may name a user (a private conversation) instead of a room, not
+    both, and only a valid name."""
+    assert FetchHistory(user="Bob", before=5).user == "Bob"
+    with pytest.raises(ClientError) as caught:
+        FetchHistory(user="no one")
+    assert caught.value.code == "bad_name"
+    with pytest.raises(ClientError) as caught:
+        FetchHistory(user="bob", room="#general")
+    assert caught.value.code == "bad_history"
+
+
+def test_a_message_is_a_guests_unless_said_signed_in() -> None:
+    """A message (and a private one) records whether its sender was signed in; one built
+    without saying so, like a row stored before it was recorded, is a guest's."""
+    draft = Draft(id="x", room="#a", sender="bob", kind=Kind.MESSAGE, text="hi", ts=1.0)
+    assert draft.with_seq(1).signed is False
+    signed = dataclasses.replace(draft, signed=True)
+    assert signed.with_seq(2).signed is True
+    private = PrivateDraft(
+        id="p",
+        sender="bob",
+        recipient="ann",
+        kind=Kind.MESSAGE,
+        text="hi",
+        ts=1.0,
+        signed=True,
+        recipient_signed=False,
+    ).with_seq(3)
+    assert (private.signed, private.recipient_signed) == (True, False)
 
 
 @pytest.mark.parametrize(

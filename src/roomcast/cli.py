@@ -15,7 +15,7 @@ from typing import Any
 
 from roomcast import __version__
 from roomcast.auth import Passwords
-from roomcast.config import Config, add_arguments, from_arguments
+from roomcast.config import STORE_FIELDS, Config, add_arguments, from_arguments
 from roomcast.errors import Broken, ClientError
 from roomcast.model import user_name
 from roomcast.server import Server
@@ -76,11 +76,23 @@ async def manage_user(config: Config, action: str, name: str, password: str | No
 
 
 def read_password(from_stdin: bool) -> str:
-    """The new password: one line of standard input, or asked twice on the terminal."""
+    """The new password: one line of standard input, or asked twice on the terminal.
+
+    Without ``from_stdin``, standard input must be a terminal: a password piped in would
+    otherwise be ignored (getpass reads the terminal) or read by the first prompt only."""
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
+    if not sys.stdin.isatty():
+        raise ClientError(
+            "usage",
+            "standard input is not a terminal: to read the password from it, add --password-stdin",
+        )
+    try:
+        first = getpass.getpass("password: ")
+        again = getpass.getpass("again: ")
+    except EOFError:  # end of input (^D) at a prompt
+        raise ClientError("bad_password", "no password given") from None
+    if again != first:
         raise ClientError("bad_password", "the two passwords differ")
     return first
 
@@ -90,17 +102,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roomcast", description="a broadcast-channel chat server")
     parser.add_argument("--version", action="version", version=f"roomcast {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="run the server")
-    user_parser = commands.add_parser("user", help="add, change or delete an account")
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the server",
+        description="Run a roomcast server until SIGINT or SIGTERM. Every flag can also be"
+        " set by its ROOMCAST_* environment variable; a flag wins over its variable.",
+    )
+    user_parser = commands.add_parser(
+        "user",
+        help="add, change or delete an account",
+        description="Add an account, change its password or delete it, in the store a"
+        " server uses: give the same --store or --data-dir as the server.",
+    )
     try:
         add_arguments(serve_parser)
-        add_arguments(user_parser)
+        add_arguments(user_parser, only=STORE_FIELDS)
     except ValueError as e:  # a ROOMCAST_* variable that does not parse
         parser.error(str(e))
-    user_parser.add_argument("action", choices=["add", "passwd", "del"])
-    user_parser.add_argument("name")
     user_parser.add_argument(
-        "--password-stdin", action="store_true", help="read the password from standard input"
+        "action",
+        choices=["add", "passwd", "del"],
+        help="add the account, change its password, or delete it",
+    )
+    user_parser.add_argument("name", help="the account's name")
+    user_parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input instead of asking"
+        " for it on the terminal",
     )
     args = parser.parse_args(argv)
     config = from_arguments(args)
@@ -116,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ClientError, Broken, ValueError) as e:
             print(f"roomcast: {e}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # ^C at a prompt: no traceback
+            print(file=sys.stderr)
+            return 130
         return 0
     try:
         run(serve(config), config.loop)

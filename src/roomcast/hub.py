@@ -16,12 +16,16 @@ Names are unique case-insensitively among online users, and a guest cannot take 
 name, nor a name that looks like one online or registered (``roomcast.names``: ``aIice``,
 ``a1ice`` and ``alice_`` look like ``alice``). Every new guest joins ``#general``. Room
 membership belongs to the user (all its sessions are in the same rooms); the current room,
-where plain text goes, to the session.
+where plain text goes, to the session. When a session's current room is left, the room it
+joined before becomes current and the session is told so. A room exists while it is open or
+has stored history (#general always).
 A registered user's memberships and read markers persist: on login it is put back in its
 rooms and gets, for each, a summary and the messages it missed (the newest ``replay_cap``),
-then its private messages sent while it was away. Joins, leaves and quits are announced
-(and stored) in rooms of up to ``Limits.quiet_above`` members; in bigger rooms they would
-drown the conversation, and each would cost a delivery to every member.
+then its private messages sent while it was away. A private conversation's history is
+read by its two people only, each as the identity it has now (``_private_history``). Joins,
+leaves and quits are announced (and stored) in rooms of up to ``Limits.quiet_above``
+members; in bigger rooms they would drown the conversation, and each would cost a delivery
+to every member.
 
 Data flow
 ---------
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import heapq
 import itertools
 import logging
@@ -71,6 +76,7 @@ from roomcast.model import (
     Nick,
     Private,
     PrivateDraft,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -259,7 +265,8 @@ class Hub:
                 errors.append(Error(code=e.code, message=e.message))
                 continue
             kind = Kind.MESSAGE if isinstance(command, Say) else Kind.ACTION
-            drafts.append(self._draft(room, self._user(session).name, kind, command.text, now))
+            user = self._user(session)
+            drafts.append(self._draft(room, user.name, kind, command.text, now, user.registered))
             rooms.append(room)
         if drafts:
             try:
@@ -308,9 +315,9 @@ class Hub:
             case Nick(name=name):
                 return await self._nick(session, name)
             case Who(room=room):
-                return self._who(self._room_of(session, room, member=False), WHO_LIMIT)
+                return await self._who_of(session, room)
             case Rooms():
-                return [self.room_list(session.user)]
+                return [await self.rooms(session)]
             case Register(password=password):
                 return await self._register(session, password)
             case FetchHistory():
@@ -351,7 +358,7 @@ class Hub:
             user.inbox.close()
         for room in list(user.rooms.values()):
             try:
-                quit_message = await self._announce(room, user.name, Kind.QUIT, reason)
+                quit_message = await self._announce(room, user, Kind.QUIT, reason)
                 if quit_message and user.marks.get(room.name) == quit_message.seq - 1:
                     user.mark(room.name, quit_message.seq)  # all read: so is this
             except Broken:
@@ -370,15 +377,51 @@ class Hub:
 
     # -- queries --
 
-    def room_list(self, user: User | None = None) -> RoomList:
-        """Every room with online members, sorted, with unread counts for ``user``'s rooms."""
+    def room_list(self) -> RoomList:
+        """The rooms open now (with members online, or watched), sorted, with their member
+        counts. No store read: ``rooms`` lists every room."""
+        return RoomList(
+            rooms=tuple(
+                RoomEntry(name=name, members=len(room.members))
+                for name, room in sorted(self._rooms.items())
+            )
+        )
+
+    async def rooms(self, session: Session) -> RoomList:
+        """Every room, sorted: those open now and those only the store knows (nobody online,
+        history kept), with their member counts; for ``session``'s own rooms, how many
+        messages its user has not been sent yet; and its current room.
+
+        One store read (the names), then O(rooms) in memory: the unread counts come from the
+        read markers and the receivers, not from the store."""
+        stored = await self.store.rooms()
+        user = session.user  # read after the store answered: what is true now
+        # The store's names come sorted: sorting them with the open rooms appended is one
+        # linear pass of merging (Timsort finds the runs), then duplicates are adjacent.
+        names = sorted([*stored, *self._rooms])
         entries = []
-        for name, room in sorted(self._rooms.items()):
+        previous = None
+        for name in names:
+            if name == previous:
+                continue
+            previous = name
+            room = self._rooms.get(name)
+            if room is None:
+                entries.append(RoomEntry(name=name, members=0))
+                continue
             unread = None
-            if user is not None and user.registered and name in user.rooms:
-                unread = max(0, room.tx.next_seq - 1 - user.marks.get(name, 0))
+            if user is not None and user.rooms.get(name) is room:
+                unread = self._unread(user, room)
             entries.append(RoomEntry(name=name, members=len(room.members), unread=unread))
-        return RoomList(rooms=tuple(entries))
+        return RoomList(rooms=tuple(entries), current=session.current)
+
+    @staticmethod
+    def _unread(user: User, room: Room) -> int:
+        """How many of ``room``'s messages none of ``user``'s sessions has been sent yet."""
+        read = user.marks.get(room.name, 0)  # a registered user's marker (guests have none)
+        for s in user.sessions:
+            read = max(read, s.delivered(room.name) or 0)
+        return max(0, room.tx.next_seq - 1 - read)
 
     @property
     def online(self) -> int:
@@ -543,7 +586,7 @@ class Hub:
             summary = Summary(room=name, missed=missed, replayed=replayed, first_seq=first)
             session.replay(name, first, summary)
         if announce:
-            await self._announce(room, user.name, Kind.JOIN, "")
+            await self._announce(room, user, Kind.JOIN, "")
         return max(0, missed)
 
     # -- rooms --
@@ -572,7 +615,7 @@ class Hub:
         session.current = name
         if since is not None:
             session.replay(name, since + 1)
-        joined = await self._announce(room, user.name, Kind.JOIN, "")
+        joined = await self._announce(room, user, Kind.JOIN, "")
         if user.registered:
             read = joined.seq - 1 if joined else room.tx.next_seq - 1
             user.mark(name, read)
@@ -595,10 +638,20 @@ class Hub:
 
     async def _leave(self, session: Session, room: Room) -> list[Event]:
         user = self._user(session)
-        await self._announce(room, user.name, Kind.LEAVE, "left")
+        await self._announce(room, user, Kind.LEAVE, "left")
+        if user.rooms.get(room.name) is not room:  # left by another session meanwhile
+            return [Info(text=f"you left {room.name}")]
+        # Each session whose current room this was moves on to another: say which, so that
+        # nobody's plain text goes to another room unannounced.
+        moved = [s for s in user.sessions if s.current == room.name]
         self._remove_member(user, room, forget_marks=True)
+        for other in moved:
+            if other is not session:
+                other.tell(Info(text=_where_now(room.name, other, "from another connection")))
         if user.registered:
             await self.store.set_membership(user.name, room.name, read_seq=None)
+        if session in moved:
+            return [Info(text=_where_now(room.name, session))]
         return [Info(text=f"you left {room.name}")]
 
     def _remove_member(self, user: User, room: Room, *, forget_marks: bool) -> None:
@@ -621,20 +674,34 @@ class Hub:
     # -- messages --
 
     async def _say(self, session: Session, room: Room, kind: Kind, text: str) -> None:
-        await self._publish(room, self._user(session).name, kind, text)
+        user = self._user(session)
+        await self._publish(room, user.name, kind, text, signed=user.registered)
 
-    def _draft(self, room: Room, sender: str, kind: Kind, text: str, now: float) -> Draft:
-        return Draft(id=self._new_id(), room=room.name, sender=sender, kind=kind, text=text, ts=now)
+    def _draft(
+        self, room: Room, sender: str, kind: Kind, text: str, now: float, signed: bool
+    ) -> Draft:
+        return Draft(
+            id=self._new_id(),
+            room=room.name,
+            sender=sender,
+            kind=kind,
+            text=text,
+            ts=now,
+            signed=signed,
+        )
 
-    async def _announce(self, room: Room, name: str, kind: Kind, text: str) -> Message | None:
-        """Tell ``room`` that ``name`` came or went, unless the room is too big for that to be
+    async def _announce(self, room: Room, user: User, kind: Kind, text: str) -> Message | None:
+        """Tell ``room`` that ``user`` came or went, unless the room is too big for that to be
         news (above ``quiet_above`` members; who is there is a /who away)."""
         if len(room.members) > self.limits.quiet_above:
             return None
-        return await self._publish(room, name, kind, text)
+        return await self._publish(room, user.name, kind, text, signed=user.registered)
 
-    async def _publish(self, room: Room, sender: str, kind: Kind, text: str) -> Message:
-        draft = self._draft(room, sender, kind, text, self._clock())
+    async def _publish(
+        self, room: Room, sender: str, kind: Kind, text: str, *, signed: bool
+    ) -> Message:
+        """Store and broadcast a message of ``sender``, who is signed in if ``signed``."""
+        draft = self._draft(room, sender, kind, text, self._clock(), signed)
         (message,) = await self._queue([room], [draft])
         return message
 
@@ -670,16 +737,20 @@ class Hub:
 
     async def _private(self, session: Session, to: str, text: str) -> list[Event]:
         user = self._user(session)
-        recipient = self._users.get(fold(to))
-        if recipient is not None:
-            to_name = recipient.name
+        target = self._users.get(fold(to))
+        if target is not None:
+            to_name, to_signed = target.name, target.registered
         else:
             account = await self.store.account(to)
             if account is None:
                 raise ClientError(
                     "no_such_user", f"nobody named {to!r} is online or registered: check /who"
                 )
-            to_name = account.name
+            if session.user is not user:  # logged out or closed while the store answered
+                raise ClientError(
+                    "no_name", "you no longer have a name: the private message was not sent"
+                )
+            to_name, to_signed = account.name, True
         draft = PrivateDraft(
             id=self._new_id(),
             sender=user.name,
@@ -687,8 +758,17 @@ class Hub:
             kind=Kind.MESSAGE,
             text=text,
             ts=self._clock(),
+            signed=user.registered,
+            recipient_signed=to_signed,
         )
+        # The guests in it, under the names they have as it is queued: nothing is awaited
+        # from here to the queue, and the store numbers private messages in queue order.
+        guests = [
+            (g, g.private_epoch) for g in (user, target) if g is not None and not g.registered
+        ]
         private = await self.store.append_private(draft)
+        for guest, epoch in guests:
+            guest.took_part(private.seq, epoch)
         recipient = self._users.get(fold(to_name))  # may have come or gone meanwhile
         if recipient is not None:
             self._send_private(recipient, private)
@@ -712,11 +792,37 @@ class Hub:
         self._looks.discard(old)
         self._looks.add(name)
         user.name = name
+        if fold(name) != fold(old):
+            user.renamed()  # what it said privately as `old` is not the new name's history
         for room in list(user.rooms.values()):
             room.members[fold(name)] = room.members.pop(fold(old))
-            await self._publish(room, old, Kind.NICK, name)
+            await self._publish(room, old, Kind.NICK, name, signed=user.registered)
         log.info("nick old=%s new=%s", old, name)
         return [Info(text=f"you are now known as {name}")]
+
+    async def _who_of(self, session: Session, name: str | None) -> list[Event]:
+        """Who is in a room, member or not; a room nobody is in but that has history has
+        nobody (and is not opened for the question)."""
+        name = self._room_name(session, name)
+        room = self._rooms.get(name)
+        if room is not None:
+            return self._who(room, WHO_LIMIT)
+        await self._check_exists(name)
+        room = self._rooms.get(name)  # opened while the store answered
+        if room is not None:
+            return self._who(room, WHO_LIMIT)
+        return [WhoList(room=name, names=(), total=0)]
+
+    async def _check_exists(self, name: str, latest_seq: int | None = None) -> None:
+        """Raise ``no_such_room`` unless ``name`` is #general (always there), is open or has
+        stored messages (its ``latest_seq``, when the caller read it already, saves a store
+        read)."""
+        if name == GENERAL or name in self._rooms:
+            return
+        if latest_seq is None:
+            latest_seq = (await self.store.room(name)).latest_seq
+        if latest_seq == 0 and name not in self._rooms:
+            raise _no_such_room(name)
 
     def _who(self, room: Room, limit: int) -> list[Event]:
         """The first ``limit`` member names, sorted: O(members), not O(members log members),
@@ -735,8 +841,49 @@ class Hub:
         return (cap, cap) if limit > cap else (limit, None)
 
     async def _history(self, session: Session, command: FetchHistory) -> list[Event]:
+        if command.user is not None:
+            return [await self._private_history(self._user(session), command.user, command)]
         room = self._room_name(session, command.room)
         return [await self.history(room, command)]
+
+    async def _private_history(
+        self, user: User, other: str, request: FetchHistory
+    ) -> PrivateHistory:
+        """A page of the private conversation between ``user`` and ``other``, as ``request``
+        asks: only what ``user`` sent and received as the identity it has now.
+
+        An account reads what it said and was sent signed in, under its name, whoever the
+        other side was then (it was part of all of it). A guest reads what it said and was
+        sent under its present name since its first such private message (``took_part``):
+        never what an account of that name, or an earlier guest of it, said or was sent.
+        A guest name proves nothing once its holder is gone, so that is all it can claim.
+        """
+        limit, capped = self._capped(request.limit)
+        if user.registered:
+            signed, first = True, 1
+        elif user.private_floor is None:  # a guest that has no private message yet
+            return PrivateHistory(
+                user=other, messages=(), oldest_seq=1, latest_seq=0, capped=capped
+            )
+        else:
+            signed, first = False, user.private_floor
+        page = functools.partial(
+            self.store.conversation, user.name, other, signed=signed, first=first
+        )
+        if request.around is not None:
+            older = await page(before=request.around, limit=limit // 2)
+            newer = await page(after=request.around - 1, limit=limit - len(older.messages))
+            messages, last = older.messages + newer.messages, newer
+        else:
+            last = await page(before=request.before, after=request.after, limit=limit)
+            messages = last.messages
+        return PrivateHistory(
+            user=other,
+            messages=messages,
+            oldest_seq=last.oldest_seq,
+            latest_seq=last.latest_seq,
+            capped=capped,
+        )
 
     async def history(self, room: str, request: FetchHistory) -> History:
         """A page of ``room``'s history as ``request`` asks (its room is ignored): the one
@@ -754,6 +901,7 @@ class Hub:
                 room, before=request.before, after=request.after, limit=limit
             )
             messages = page.messages
+        await self._check_exists(room, page.latest_seq)
         return History(
             room=room,
             messages=messages,
@@ -775,7 +923,7 @@ class Hub:
         if not bucket.take(self._clock()):
             raise ClientError("flood", "you are posting too fast: wait a moment, then retry")
         room_obj = await self._open_room(say.room)
-        return await self._publish(room_obj, name, Kind.MESSAGE, say.text)
+        return await self._publish(room_obj, name, Kind.MESSAGE, say.text, signed=True)
 
     async def watch(self, peer: str, room: str, since: int | None) -> Session:
         """A session that only reads ``room`` (Server-Sent Events): it replays the messages
@@ -806,6 +954,8 @@ class Hub:
         name = self._room_name(session, room)
         limit, capped = self._capped(limit)
         found = await self.store.search(name, words, limit=limit)
+        if not found:
+            await self._check_exists(name)
         return [SearchResults(room=name, words=words, messages=tuple(found), capped=capped)]
 
     # -- upkeep --
@@ -869,15 +1019,22 @@ class Hub:
             raise ClientError("no_room", "you are in no room: join one first")
         return session.current
 
-    def _room_of(self, session: Session, name: str | None, *, member: bool = True) -> Room:
-        """The room named (or the session's current room), checking membership if asked."""
+    def _room_of(self, session: Session, name: str | None) -> Room:
+        """The room named (or the session's current room), which its user must be in."""
         name = self._room_name(session, name)
         room = self._user(session).rooms.get(name)
-        if room is not None:
-            return room
-        if member:
-            raise ClientError("not_member", f"you are not in {name}: join it first")
-        room = self._rooms.get(name)
         if room is None:
-            raise ClientError("no_such_room", f"there is no room {name}: /rooms lists them")
+            raise ClientError("not_member", f"you are not in {name}: join it first")
         return room
+
+
+def _no_such_room(name: str) -> ClientError:
+    return ClientError("no_such_room", f"there is no room {name}: /rooms lists them")
+
+
+def _where_now(left: str, session: Session, how: str = "") -> str:
+    """What a session that left ``left``, its current room, is told: where its text goes."""
+    done = f"you left {left} {how}" if how else f"you left {left}"
+    if session.current is None:
+        return f"{done}; you are in no room now: /join #room to talk"
+    return f"{done}; text now goes to {session.current}"

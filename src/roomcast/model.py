@@ -38,6 +38,7 @@ __all__ = [
     "Nick",
     "Private",
     "PrivateDraft",
+    "PrivateHistory",
     "PrivateMessage",
     "Quit",
     "Register",
@@ -267,7 +268,8 @@ class Who:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rooms:
-    """List the rooms with their member counts."""
+    """List the rooms with their member counts, the unread counts of one's own rooms and
+    the current room."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,7 +308,8 @@ class Logout:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FetchHistory:
-    """A page of a room's history (any room; ``None`` means the current one).
+    """A page of a room's history (any room; ``None`` means the current one), or, with
+    ``user``, of the private conversation between the session's user and ``user``.
 
     At most one of ``before``, ``after``, ``around`` (sequence numbers); none means the newest.
     """
@@ -316,10 +319,15 @@ class FetchHistory:
     after: int | None = None
     around: int | None = None
     limit: int = 50
+    user: str | None = None  # the other person of a private conversation
 
     def __post_init__(self) -> None:
         if self.room is not None:
             object.__setattr__(self, "room", room_name(self.room))
+        if self.user is not None:
+            user_name(self.user)
+            if self.room is not None:
+                raise ClientError("bad_history", "give a room or a user, not both")
         bounds = [b for b in (self.before, self.after, self.around) if b is not None]
         if len(bounds) > 1:
             raise ClientError("bad_history", "give at most one of before, after or around")
@@ -405,6 +413,7 @@ class Draft:
     kind: Kind
     text: str  # the text (MESSAGE, ACTION), reason (LEAVE, QUIT) or new name (NICK)
     ts: float  # UTC server time, seconds since the epoch
+    signed: bool = False  # the sender was signed in to an account (else a guest, or unknown)
 
     def with_seq(self, seq: int) -> Message:
         """The stored message: this draft under the room's sequence number ``seq``."""
@@ -416,6 +425,7 @@ class Draft:
             kind=self.kind,
             text=self.text,
             ts=self.ts,
+            signed=self.signed,
         )
 
 
@@ -430,6 +440,9 @@ class Message:
     kind: Kind
     text: str  # the text (MESSAGE, ACTION), reason (LEAVE, QUIT) or new name (NICK)
     ts: float  # UTC server time, seconds since the epoch
+    # The sender was signed in to an account: a guest's words (or a message stored before
+    # this was recorded) are never the later account's of the same name.
+    signed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -442,6 +455,8 @@ class PrivateDraft:
     kind: Kind  # MESSAGE or ACTION
     text: str
     ts: float  # UTC server time, seconds since the epoch
+    signed: bool = False  # the sender was signed in to an account
+    recipient_signed: bool = False  # it was sent to an account (not to a guest of that name)
 
     def with_seq(self, seq: int) -> Private:
         """The stored private message under the store-wide sequence number ``seq``."""
@@ -453,6 +468,8 @@ class PrivateDraft:
             kind=self.kind,
             text=self.text,
             ts=self.ts,
+            signed=self.signed,
+            recipient_signed=self.recipient_signed,
         )
 
 
@@ -467,6 +484,8 @@ class Private:
     kind: Kind  # MESSAGE or ACTION
     text: str
     ts: float  # UTC server time, seconds since the epoch
+    signed: bool = False  # the sender was signed in to an account
+    recipient_signed: bool = False  # it was sent to an account (not to a guest of that name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -503,14 +522,18 @@ class RoomEntry:
 
     name: str
     members: int  # online members
-    unread: int | None = None  # for a registered member: messages after its read marker
+    # for the asker's own rooms: messages it has not been sent yet (after its read marker);
+    # None for the other rooms
+    unread: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoomList:
-    """The rooms, sorted by name."""
+    """Every room (with members online or history kept), sorted by name, and the asker's
+    current room: where its plain text goes (``None``: it is in no room)."""
 
     rooms: tuple[RoomEntry, ...]
+    current: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -542,6 +565,18 @@ class History:
     messages: tuple[Message, ...]
     oldest_seq: int  # oldest message still kept: older ones were cut by retention
     latest_seq: int  # newest message of the room
+    capped: int | None = None  # the limit asked for was over the cap and cut to this
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivateHistory:
+    """A page of the private conversation between the asking user and ``user``, oldest
+    first: only what the asker said and received as the identity it has now."""
+
+    user: str  # the other person, as asked
+    messages: tuple[Private, ...]
+    oldest_seq: int  # the oldest message of the conversation it may read (latest_seq + 1: none)
+    latest_seq: int  # the newest one (0: none)
     capped: int | None = None  # the limit asked for was over the cap and cut to this
 
 
@@ -585,6 +620,7 @@ Event = (
     | Unread
     | Summary
     | History
+    | PrivateHistory
     | SearchResults
     | Missed
     | Error

@@ -72,6 +72,8 @@ class User:
         "inbox",
         "marks",
         "name",
+        "private_epoch",
+        "private_floor",
         "private_mark",
         "registered",
         "rooms",
@@ -89,6 +91,10 @@ class User:
         self.marks: dict[str, int] = {}  # room -> newest seq handed to any of its sessions
         self.private_mark = 0  # newest private message seq handed to any of its sessions
         self.dirty = False  # marks moved since they were last written
+        # A guest's private history: what it sent and received under its present name, from
+        # its first such private message on (None: none yet). See Hub._private_history.
+        self.private_floor: int | None = None
+        self.private_epoch = 0  # how many times the guest changed its name
 
     def mark(self, room: str, seq: int) -> None:
         """Record that ``room`` was read up to ``seq``."""
@@ -101,6 +107,19 @@ class User:
         if seq > self.private_mark:
             self.private_mark = seq
             self.dirty = True
+
+    def took_part(self, seq: int, epoch: int) -> None:
+        """Private message ``seq``, which this guest sent or was sent under the name it had
+        at ``epoch`` (its ``private_epoch`` when the message was queued), is stored: its
+        private history starts at the first such message. One stored across a change of
+        name is not the new name's."""
+        if epoch == self.private_epoch and (self.private_floor is None or seq < self.private_floor):
+            self.private_floor = seq
+
+    def renamed(self) -> None:
+        """The guest has another name: its private history starts again, empty."""
+        self.private_epoch += 1
+        self.private_floor = None
 
 
 class _Refill:
@@ -272,6 +291,16 @@ class Session:
         """Whether something is waiting to be read from the store (a lag, a replay)."""
         return bool(self._refill) or self._private_gap is not None
 
+    def delivered(self, room: str) -> int | None:
+        """The seq of the newest message of ``room`` this session has handed out; ``None``
+        if it is not in ``room``. O(1): read from its receiver, or the range it still has to
+        read from the store."""
+        rx = self._rooms.get(room)
+        if rx is None:
+            return None
+        refill = self._refill.get(room)
+        return rx.next_seq - 1 if refill is None else refill.first - 1
+
     def _take_private(self, out: list[Event], max_count: int) -> None:
         assert self._inbox is not None
         try:
@@ -391,6 +420,12 @@ class Session:
     def note_private_read(self, seq: int) -> None:
         """Private messages up to ``seq`` are not this session's to deliver (a new account)."""
         self._private_seen = max(self._private_seen, seq)
+
+    def tell(self, event: Event) -> None:
+        """Deliver ``event`` (news from the hub about this session) before what its rooms
+        have ready, after what is pending already."""
+        self._pend([event])
+        self._wake()
 
     def unsubscribe(self, room: str) -> None:
         """Stop receiving ``room``, keeping what was said in it up to now."""

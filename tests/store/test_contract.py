@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 from collections.abc import AsyncIterator
@@ -22,7 +23,14 @@ def draft(room: str, text: str = "hello", *, ts: float = 1000.0, sender: str = "
     return Draft(id=f"m{next(_ids)}", room=room, sender=sender, kind=Kind.MESSAGE, text=text, ts=ts)
 
 
-def private(recipient: str, text: str = "psst", *, sender: str = "ann") -> PrivateDraft:
+def private(
+    recipient: str,
+    text: str = "psst",
+    *,
+    sender: str = "ann",
+    signed: bool = False,
+    recipient_signed: bool = False,
+) -> PrivateDraft:
     return PrivateDraft(
         id=f"p{next(_ids)}",
         sender=sender,
@@ -30,6 +38,8 @@ def private(recipient: str, text: str = "psst", *, sender: str = "ann") -> Priva
         kind=Kind.MESSAGE,
         text=text,
         ts=1000.0,
+        signed=signed,
+        recipient_signed=recipient_signed,
     )
 
 
@@ -64,6 +74,28 @@ async def test_append_returns_the_draft_as_stored(store: Storage) -> None:
     message = await store.append(d)
     assert message == d.with_seq(1)
     assert (await store.history("#a", limit=10)).messages == (message,)
+
+
+async def test_whether_the_sender_was_signed_in_is_kept(store: Storage) -> None:
+    """A message says whether its sender was signed in, through append, a run, history and
+    search; a private one also whether it went to an account, through ``privates``."""
+    guest = Draft(id="g", room="#a", sender="bob", kind=Kind.MESSAGE, text="one", ts=1.0)
+    account = dataclasses.replace(guest, id="s", text="two", signed=True)
+    again = dataclasses.replace(guest, id="g2", text="three")
+    stored = [await store.append(guest), *await store.append_many([account, again])]
+    assert [m.signed for m in stored] == [False, True, False]
+    assert (await store.history("#a", limit=10)).messages == tuple(stored)
+    assert [m.signed for m in await store.search("#a", "two", limit=5)] == [True]
+    sent = [
+        await store.append_private(private("bob", signed=s, recipient_signed=r))
+        for s, r in [(True, False), (False, True), (True, True)]
+    ]
+    assert [(p.signed, p.recipient_signed) for p in sent] == [
+        (True, False),
+        (False, True),
+        (True, True),
+    ]
+    assert list(await store.privates("bob", after=0, limit=10)) == sent
 
 
 async def test_append_many_stores_a_run_in_order(store: Storage) -> None:
@@ -257,6 +289,82 @@ async def test_private_messages_share_one_sequence(store: Storage) -> None:
     assert list(await store.privates("cy", after=0, limit=10)) == [sent[1], sent[4]]
 
 
+async def test_a_conversation_is_both_directions_of_one_pair_paged_by_seq(
+    store: Storage,
+) -> None:
+    """A conversation holds the messages between two names either way and in any case,
+    and no one else's; it pages like history: newest by default, ``before``, ``after``,
+    both, and ``limit``, always in seq order, with the ends of what the reader may read."""
+    said = []
+    for i in range(10):
+        sender, to = ("ann", "Bob") if i % 2 else ("BOB", "Ann")
+        said.append(
+            await store.append_private(
+                private(to, f"t{i}", sender=sender, signed=True, recipient_signed=True)
+            )
+        )
+        await store.append_private(private("bob", sender="cy", signed=True, recipient_signed=True))
+        await store.append_private(private("cy", sender="ann", signed=True, recipient_signed=True))
+    seqs = [p.seq for p in said]
+
+    async def page(
+        name: str = "ann",
+        other: str = "bob",
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 4,
+    ) -> list[int]:
+        got = await store.conversation(
+            name, other, signed=True, before=before, after=after, limit=limit
+        )
+        assert (got.oldest_seq, got.latest_seq) == (seqs[0], seqs[-1])
+        return [p.seq for p in got.messages]
+
+    newest = await store.conversation("Ann", "BOB", signed=True, limit=4)
+    assert newest.messages == tuple(said[-4:])
+    assert await page("bob", "ann") == seqs[-4:]
+    assert await page(before=seqs[5]) == seqs[1:5]
+    assert await page(after=seqs[5]) == seqs[6:10]
+    assert await page(after=seqs[1], before=seqs[8], limit=100) == seqs[2:8]
+    assert await page(after=seqs[1], before=seqs[8]) == seqs[2:6]
+    assert await page(after=0, limit=100) == seqs
+    assert await page(before=seqs[0]) == []
+    assert await page(after=seqs[-1]) == []
+    assert await page(limit=0) == []
+    empty = await store.conversation("ann", "dora", signed=True, limit=10)
+    assert (empty.messages, empty.oldest_seq, empty.latest_seq) == ((), 1, 0)
+
+
+async def test_a_conversation_holds_only_what_its_reader_took_part_in_as_itself(
+    store: Storage,
+) -> None:
+    """The same pair of names read signed in gives what that name said and was sent signed
+    in; read as a guest, what it said and was sent as a guest, from seq ``first`` on."""
+    rows = [  # sender, recipient, sender signed, recipient signed
+        ("bob", "ann", False, True),  # 1: a guest bob to the account ann
+        ("ann", "bob", True, False),  # 2: the account ann to a guest bob
+        ("bob", "ann", True, True),  # 3: the account bob to the account ann
+        ("ann", "bob", True, True),  # 4: and back
+        ("ann", "bob", False, False),  # 5: a guest ann to a guest bob
+    ]
+    for sender, to, s, r in rows:
+        await store.append_private(private(to, sender=sender, signed=s, recipient_signed=r))
+
+    async def seqs(name: str, other: str, *, signed: bool, first: int = 1) -> list[int]:
+        page = await store.conversation(name, other, signed=signed, first=first, limit=10)
+        return [p.seq for p in page.messages]
+
+    assert await seqs("ann", "bob", signed=True) == [1, 2, 3, 4]
+    assert await seqs("bob", "ann", signed=True) == [3, 4]
+    assert await seqs("bob", "ann", signed=False) == [1, 2, 5]
+    assert await seqs("bob", "ann", signed=False, first=2) == [2, 5]
+    assert await seqs("ann", "bob", signed=False) == [5]
+    page = await store.conversation("bob", "ann", signed=False, first=2, limit=1)
+    assert (page.oldest_seq, page.latest_seq) == (2, 5)
+    await store.append_private(private("ann", sender="ann", signed=True, recipient_signed=True))
+    assert await seqs("ann", "ANN", signed=True) == [6]  # a note to oneself
+
+
 # --- accounts -----------------------------------------------------------------------------
 
 
@@ -363,6 +471,19 @@ async def test_deleting_an_account_deletes_its_privates(store: Storage) -> None:
     assert await store.privates("ann", after=0, limit=10) == []
     assert [p.seq for p in await store.privates("bob", after=0, limit=10)] == [1]
     assert (await store.append_private(private("bob"))).seq == 3
+
+
+async def test_deleting_an_account_deletes_what_it_sent_signed_in(store: Storage) -> None:
+    """Deleting an account also deletes the private messages it sent signed in, so a later
+    account of the name reads none of its conversations; a guest's of that name stay."""
+    await store.create_account("ann", "h", now=1.0)
+    await store.append_private(private("bob", "as ann", sender="Ann", signed=True))
+    await store.append_private(private("bob", "as a guest ann", sender="ann"))
+    await store.delete_account("ann")
+    await store.create_account("ann", "h", now=2.0)
+    assert (await store.conversation("ann", "bob", signed=True, limit=10)).messages == ()
+    kept = await store.privates("bob", after=0, limit=10)
+    assert [p.text for p in kept] == ["as a guest ann"]
 
 
 async def test_memberships_and_read_markers(store: Storage) -> None:

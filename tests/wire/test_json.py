@@ -29,6 +29,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -127,6 +128,11 @@ def decoded(data: bytes) -> dict[str, Any]:
         ),
         ({"type": "history", "after": 3}, FetchHistory(after=3)),
         ({"type": "history", "around": 7, "limit": 500}, FetchHistory(around=7, limit=500)),
+        ({"type": "history", "with": "Bob"}, FetchHistory(user="Bob")),
+        (
+            {"type": "history", "with": "bob", "before": 9, "limit": 20},
+            FetchHistory(user="bob", before=9, limit=20),
+        ),
         ({"type": "search", "words": "borrow checker"}, Search(room=None, words="borrow checker")),
         (
             {"type": "search", "room": "#rust", "words": "x", "limit": 3},
@@ -233,6 +239,7 @@ def test_a_frame_without_a_type_string_is_a_bad_frame(frame: dict[str, Any]) -> 
         ({"type": "history", "before": [1]}, "before"),
         ({"type": "history", "after": {"seq": 1}}, "after"),
         ({"type": "history", "around": 2.0}, "around"),
+        ({"type": "history", "with": 7}, "with"),
         ({"type": "search", "words": "x", "limit": False}, "limit"),
         ({"type": "search", "words": 5}, "words"),
         ({"type": "send", "text": 5}, "text"),
@@ -331,6 +338,8 @@ def test_an_unknown_type_is_unknown_type_echoing_the_id() -> None:
         ({"type": "dm", "to": "b b", "text": "hi"}, "bad_name"),
         ({"type": "history", "before": 1, "after": 2}, "bad_history"),
         ({"type": "history", "limit": 0}, "bad_history"),
+        ({"type": "history", "with": "b b"}, "bad_name"),
+        ({"type": "history", "with": "bob", "room": "#a"}, "bad_history"),
         ({"type": "search", "words": " "}, "bad_search"),
     ],
 )
@@ -473,7 +482,7 @@ def message_frame(kind: Kind, text: str) -> dict[str, Any]:
     return decoded(codec().encode([message(5, kind, text)]))
 
 
-BASE = {"room": "#general", "seq": 5, "id": "m5", "from": "alice", "ts": TS}
+BASE = {"room": "#general", "seq": 5, "id": "m5", "from": "alice", "signed": False, "ts": TS}
 
 
 @pytest.mark.parametrize(
@@ -506,12 +515,15 @@ def test_room_events_encode_to_the_documented_fields(
                 kind=Kind.ACTION,
                 text="nods",
                 ts=TS,
+                signed=True,
+                recipient_signed=True,
             ),
             {
                 "type": "dm",
                 "id": "p9",
                 "seq": 9,
                 "from": "alice",
+                "signed": True,
                 "to": "bob",
                 "kind": "action",
                 "text": "nods",
@@ -531,7 +543,8 @@ def test_room_events_encode_to_the_documented_fields(
                 rooms=(
                     RoomEntry(name="#general", members=2, unread=3),
                     RoomEntry(name="#rust", members=1),
-                )
+                ),
+                current="#general",
             ),
             {
                 "type": "rooms",
@@ -539,7 +552,12 @@ def test_room_events_encode_to_the_documented_fields(
                     {"name": "#general", "members": 2, "unread": 3},
                     {"name": "#rust", "members": 1, "unread": None},
                 ],
+                "current": "#general",
             },
+        ),
+        (
+            RoomList(rooms=()),
+            {"type": "rooms", "rooms": [], "current": None},
         ),
         (
             Unread(rooms=(("#general", 4), ("#rust", 1))),
@@ -580,6 +598,44 @@ def test_room_events_encode_to_the_documented_fields(
                 "oldest_seq": 2,
                 "latest_seq": 9,
                 "capped": 500,
+            },
+        ),
+        (
+            PrivateHistory(
+                user="Bob",
+                messages=(
+                    Private(
+                        id="p3",
+                        seq=3,
+                        sender="bob",
+                        recipient="alice",
+                        kind=Kind.MESSAGE,
+                        text="hi",
+                        ts=TS,
+                    ),
+                ),
+                oldest_seq=3,
+                latest_seq=8,
+            ),
+            {
+                "type": "history",
+                "with": "Bob",
+                "messages": [
+                    {
+                        "type": "dm",
+                        "id": "p3",
+                        "seq": 3,
+                        "from": "bob",
+                        "signed": False,
+                        "to": "alice",
+                        "kind": "message",
+                        "text": "hi",
+                        "ts": TS,
+                    }
+                ],
+                "oldest_seq": 3,
+                "latest_seq": 8,
+                "capped": None,
             },
         ),
         (

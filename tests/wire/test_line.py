@@ -20,6 +20,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -157,6 +158,8 @@ def test_plain_text_is_said_and_double_slash_escapes() -> None:
         ("/history #rust before 100", FetchHistory(room="#rust", before=100)),
         ("/history after 7 5", FetchHistory(after=7, limit=5)),
         ("/history #rust around 9", FetchHistory(room="#rust", around=9)),
+        ("/history @Bob", FetchHistory(user="Bob")),
+        ("/history @bob before 9 20", FetchHistory(user="bob", before=9, limit=20)),
         ("/search #rust borrow checker", Search(room="#rust", words="borrow checker")),
         ("/search lifetimes", Search(room=None, words="lifetimes")),
     ],
@@ -173,8 +176,10 @@ def test_commands(line: str, command: object) -> None:
         ("/join a b", "/join #room [since seq]"),
         ("/join #a since x", "/join #room [since seq]"),
         ("/login alice", "/login name password"),
-        ("/history #a before", "/history [#room] [before|after|around seq] [count]"),
-        ("/history 1 2", "/history [#room] [before|after|around seq] [count]"),
+        ("/history #a before", "/history [#room|@name] [before|after|around seq] [count]"),
+        ("/history 1 2", "/history [#room|@name] [before|after|around seq] [count]"),
+        ("/history @", "/history [#room|@name] [before|after|around seq] [count]"),
+        ("/history @bob after", "/history [#room|@name] [before|after|around seq] [count]"),
         ("/search #a", "/search [#room] words"),
         ("/msg bob", "/msg name text"),
         ("/me", "/me text"),
@@ -258,13 +263,7 @@ def test_other_events_render() -> None:
             id="p", seq=1, sender="alice", recipient="bob", kind=Kind.MESSAGE, text="hi", ts=TS
         ),
         WhoList(room="#general", names=("alice", "bob")),
-        RoomList(
-            rooms=(
-                RoomEntry(name="#general", members=2),
-                RoomEntry(name="#rust", members=1, unread=5),
-            )
-        ),
-        RoomList(rooms=()),
+        WhoList(room="#old", names=()),
         Missed(room="#general", first_seq=10, count=5),
         Missed(room=None, first_seq=0, count=2),
         Error(code="x", message="that was wrong"),
@@ -273,12 +272,36 @@ def test_other_events_render() -> None:
     assert codec().encode(events).decode().splitlines() == [
         "[pm alice -> bob] hi",
         "-- #general: alice bob (2)",
-        "-- rooms: #general (2), #rust (1, 5 unread)",
-        "-- rooms: none",
+        "-- #old: nobody is online (0)",
         "! missed 5 messages of #general (seq 10-14): they are no longer kept",
         "! missed 2 messages of your private messages (seq 0-1): they are no longer kept",
         "! that was wrong",
         "-- fyi",
+    ]
+
+
+def test_a_room_list_has_a_line_per_room_with_counts_and_the_current_room() -> None:
+    """The room list says how many rooms and where text goes, then one aligned line per
+    room: members, and for one's own rooms 'joined', the unread count and 'current'."""
+    rooms = RoomList(
+        rooms=(
+            RoomEntry(name="#general", members=2, unread=0),
+            RoomEntry(name="#old", members=0),
+            RoomEntry(name="#rust", members=1, unread=5),
+        ),
+        current="#rust",
+    )
+    assert codec().encode([rooms]).decode().splitlines() == [
+        "-- rooms: 3; text goes to #rust",
+        "--   #general  2 online, joined, 0 unread",
+        "--   #old      0 online",
+        "--   #rust     1 online, joined, 5 unread, current",
+    ]
+    nowhere = RoomList(rooms=(RoomEntry(name="#old", members=0),))
+    assert codec().encode([nowhere, RoomList(rooms=())]).decode().splitlines() == [
+        "-- rooms: 1; you are in no room: /join #room to talk",
+        "--   #old  0 online",
+        "-- rooms: 0; you are in no room: /join #room to talk",
     ]
 
 
@@ -326,7 +349,7 @@ def test_login_summary_history_and_search_render() -> None:
     events: list[Event] = [
         Summary(room="#general", missed=3, replayed=3, first_seq=1),
         Summary(room="#general", missed=300, replayed=200, first_seq=101),
-        History(room="#general", messages=(old,), oldest_seq=1, latest_seq=9),
+        History(room="#general", messages=(old,), oldest_seq=1, latest_seq=3),
         History(room="#general", messages=(), oldest_seq=5, latest_seq=4),
         History(room="#general", messages=(old,), oldest_seq=3, latest_seq=3, capped=500),
         SearchResults(room="#general", words="hello", messages=(old,)),
@@ -344,8 +367,90 @@ def test_login_summary_history_and_search_render() -> None:
         "3 2023-11-14 22:13 [#general] alice: hello",
         "-- limited to 500 messages",
         "-- messages of #general before seq 3 are no longer kept",
-        "-- search of #general for 'hello': 1 found: seq 3-3",
+        "-- search of #general for 'hello': 1 found",
         "3 2023-11-14 22:13 [#general] alice: hello",
+    ]
+
+
+def test_a_history_page_offers_the_older_and_the_newer_page_it_borders() -> None:
+    """A page in the middle of the history offers both directions; the newest page offers
+    only older ones, the oldest only newer ones; an empty page says what is kept."""
+    page = (message(seq=6), message(seq=7))
+    events: list[Event] = [
+        History(room="#general", messages=page, oldest_seq=1, latest_seq=21),
+        History(room="#general", messages=page, oldest_seq=1, latest_seq=7),
+        History(room="#general", messages=page, oldest_seq=6, latest_seq=21),
+        History(room="#general", messages=(), oldest_seq=1, latest_seq=21),
+        History(room="#general", messages=(), oldest_seq=1, latest_seq=0),
+    ]
+    footers = [
+        line
+        for line in codec().encode(events).decode().splitlines()
+        if not line.startswith(("6 ", "7 "))
+    ]
+    assert footers == [
+        "-- history of #general: seq 6-7",
+        "-- older: /history #general before 6",
+        "-- newer: /history #general after 7",
+        "-- history of #general: seq 6-7",
+        "-- older: /history #general before 6",
+        "-- history of #general: seq 6-7",
+        "-- messages of #general before seq 6 are no longer kept",
+        "-- newer: /history #general after 7",
+        "-- history of #general: no messages",
+        "-- kept: #general seq 1-21",
+        "-- history of #general: no messages",
+    ]
+
+
+def test_search_results_say_newest_first_and_never_a_backwards_range() -> None:
+    """A search header counts what was found and says the order, never a range."""
+    found = (message(seq=11), message(seq=7), message(seq=3))
+    events: list[Event] = [
+        SearchResults(room="#general", words="hello", messages=found, capped=3),
+        SearchResults(room="#general", words="nothing", messages=()),
+    ]
+    lines = codec().encode(events).decode().splitlines()
+    assert lines[0] == "-- search of #general for 'hello': 3 found, newest first"
+    assert [line.split()[0] for line in lines[1:4]] == ["11", "7", "3"]
+    assert lines[4:] == [
+        "-- limited to 3 messages",
+        "-- search of #general for 'nothing': 0 found",
+    ]
+
+
+def test_a_private_history_page_renders_like_a_rooms() -> None:
+    """A page of a private conversation lists each message with its seq, date and time, as
+    it was shown live, and offers the older and the newer page; an empty one says so."""
+
+    def dm(seq: int, sender: str, recipient: str, text: str) -> Private:
+        return Private(
+            id=f"p{seq}",
+            seq=seq,
+            sender=sender,
+            recipient=recipient,
+            kind=Kind.MESSAGE,
+            text=text,
+            ts=TS,
+        )
+
+    page = (dm(4, "alice", "bob", "hi"), dm(9, "bob", "alice", "two\nlines"))
+    events: list[Event] = [
+        PrivateHistory(user="Bob", messages=page, oldest_seq=2, latest_seq=9, capped=500),
+        PrivateHistory(user="bob", messages=page[:1], oldest_seq=4, latest_seq=9),
+        PrivateHistory(user="carol", messages=(), oldest_seq=1, latest_seq=0),
+    ]
+    assert codec().encode(events).decode().splitlines() == [
+        "-- history with @Bob: seq 4-9",
+        "4 2023-11-14 22:13 [pm alice -> bob] hi",
+        "9 2023-11-14 22:13 [pm bob -> alice] two",
+        "  | lines",
+        "-- limited to 500 messages",
+        "-- older: /history @Bob before 4",
+        "-- history with @bob: seq 4-4",
+        "4 2023-11-14 22:13 [pm alice -> bob] hi",
+        "-- newer: /history @bob after 4",
+        "-- history with @carol: no messages",
     ]
 
 

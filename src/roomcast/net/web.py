@@ -83,6 +83,8 @@ _STATUS = {  # HTTP status of a client error, by code; 400 otherwise
     "name_taken": 409,
     "lookalike": 409,
     "not_found": 404,
+    "no_such_room": 404,
+    "bad_method": 405,
 }
 
 
@@ -149,6 +151,12 @@ class WebServer:
         app.router.add_get("/api/rooms/{room}/messages", guard(self._history))
         app.router.add_post("/api/rooms/{room}/messages", guard(self._post))
         app.router.add_get("/api/rooms/{room}/events", guard(self._events))
+        # Any other path under /api answers in the API's JSON error shape (404, or 405 when
+        # the path exists for other methods); other paths keep aiohttp's plain-text 404.
+        self._api_fallback = (
+            app.router.add_route("*", "/api", guard(self._no_route)).resource,
+            app.router.add_route("*", "/api/{rest:.*}", guard(self._no_route)).resource,
+        )
         app.router.add_get("/ws", self._websocket)
         self.app = app
 
@@ -328,6 +336,23 @@ class WebServer:
         body = await self._body(request)
         message = await self.hub.post(name, self._room(request), self._field(body, "text"))
         return _json(message_object(message), 201)
+
+    async def _no_route(self, request: web.Request) -> web.Response:
+        """A path under /api that no route serves: 405 if it exists for other methods (with
+        the ``Allow`` header), else 404; both as JSON errors."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource not in self._api_fallback:
+                allowed |= (await resource.resolve(request))[1]
+        path = request.path[:100]
+        if not allowed:
+            raise ClientError("not_found", f"there is no {path} in the API: see docs/protocol.md")
+        methods = ", ".join(sorted(allowed))
+        log.info("client error %s %s code=bad_method", request.method, request.path)
+        error = {"code": "bad_method", "message": f"{path} takes {methods}, not {request.method}"}
+        response = _json({"error": error}, 405)
+        response.headers["Allow"] = ",".join(sorted(allowed))
+        return response
 
     # -- Server-Sent Events --
 

@@ -9,7 +9,15 @@ scheme (``roomcast.store.open_store``), and translates its driver's exceptions i
 Sequence numbers: the store gives each room message the room's next gap-free sequence number
 (from 1) when it appends it, and ``append`` returns only once the message is durable, so a
 sender's echo (its acknowledgement) always names a stored message. Private messages share one
-store-wide gap-free sequence. Retention cuts only the oldest end of a room's history: the
+store-wide gap-free sequence.
+
+Private conversations: the messages between two names, either way round, make one
+conversation (``conversation_key``). Each private message records whether its sender was
+signed in to an account and whether it was sent to one; ``conversation`` returns only the
+messages its reader took part in as the identity it has now (signed in, or a guest), so an
+account never reads what a guest of its name said or received, nor the other way round.
+
+Retention cuts only the oldest end of a room's history: the
 messages kept are always ``oldest_seq .. latest_seq`` without holes, and ``latest_seq`` never
 moves back.
 
@@ -28,9 +36,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from roomcast.model import Draft, Message, Private, PrivateDraft
+from roomcast.model import Draft, Message, Private, PrivateDraft, fold
 
-__all__ = ["Account", "Accounts", "Page", "RoomInfo", "Storage", "Store", "search_tokens"]
+__all__ = [
+    "Account",
+    "Accounts",
+    "Page",
+    "PrivatePage",
+    "RoomInfo",
+    "Storage",
+    "Store",
+    "conversation_key",
+    "search_tokens",
+]
 
 _TOKEN = re.compile(r"[^\W_]+")  # a run of letters and digits: what search can match
 
@@ -41,6 +59,14 @@ def search_tokens(text: str) -> tuple[str, ...]:
     decomposed = unicodedata.normalize("NFD", text)
     bare = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
     return tuple(t.lower() for t in _TOKEN.findall(bare))
+
+
+def conversation_key(a: str, b: str) -> str:
+    """The key of the private conversation between the names ``a`` and ``b``, the same
+    either way round and in any case: both names folded, sorted, joined by a space (which
+    no name holds)."""
+    x, y = fold(a), fold(b)
+    return f"{x} {y}" if x <= y else f"{y} {x}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +86,15 @@ class Page:
     messages: tuple[Message, ...]  # in sequence order
     oldest_seq: int  # oldest message still kept: anything below was cut by retention
     latest_seq: int  # newest message in the room
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivatePage:
+    """A slice of a private conversation as one of its two people may read it, oldest first."""
+
+    messages: tuple[Private, ...]  # in sequence order
+    oldest_seq: int  # its oldest message that reader may read; latest_seq + 1 if none
+    latest_seq: int  # its newest one; 0 if none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,6 +156,28 @@ class Store(Protocol):
         oldest first."""
         ...
 
+    async def conversation(
+        self,
+        name: str,
+        other: str,
+        *,
+        signed: bool,
+        first: int = 1,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int,
+    ) -> PrivatePage:
+        """Up to ``limit`` private messages between ``name`` and ``other`` (either way, any
+        case) that ``name`` sent or received signed in (``signed``) or as a guest (not
+        ``signed``), from seq ``first`` on; paged like ``history``: with ``seq < before``,
+        or ``seq > after``, or the newest, always in sequence order.
+
+        ``name`` is the reader: the page holds nothing it was not part of as that identity
+        (see the module docstring); ``oldest_seq`` and ``latest_seq`` are those of what it
+        may read. Served by an index on the conversation, not a scan of the store.
+        """
+        ...
+
     async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
         """Up to ``limit`` messages of ``room`` containing ``words``, newest first.
 
@@ -178,7 +235,8 @@ class Accounts(Protocol):
         ...
 
     async def delete_account(self, name: str) -> bool:
-        """Delete the account, its memberships and the private messages sent to it; return
+        """Delete the account, its memberships, the private messages sent to it and those
+        it sent signed in (a later account of the name starts with no conversation); return
         whether it existed."""
         ...
 

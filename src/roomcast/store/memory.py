@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from roomcast.errors import ClientError
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
 from roomcast.names import lookalike_registered, skeleton
-from roomcast.store.base import Account, Page, RoomInfo, search_tokens
+from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, search_tokens
 
 __all__ = ["MemoryStore"]
 
@@ -58,10 +58,14 @@ class MemoryStore:
             r = self._rooms[room] = _Room(self._keep)
         return r
 
+    def _read(self, room: str) -> _Room:
+        """``room`` for reading: one never written to is not kept (any name can be asked)."""
+        return self._rooms.get(room) or _Room(1)
+
     # --- Store ------------------------------------------------------------------------------
 
     async def room(self, room: str) -> RoomInfo:
-        r = self._room(room)
+        r = self._read(room)
         return RoomInfo(room=room, latest_seq=r.latest, oldest_seq=r.oldest)
 
     async def rooms(self) -> Sequence[str]:
@@ -96,7 +100,7 @@ class MemoryStore:
     async def history(
         self, room: str, *, before: int | None = None, after: int | None = None, limit: int
     ) -> Page:
-        r = self._room(room)
+        r = self._read(room)
         oldest = r.oldest
         lo = oldest if after is None else max(oldest, after + 1)
         hi = r.latest + 1 if before is None else min(r.latest + 1, before)
@@ -113,12 +117,50 @@ class MemoryStore:
         found = (p for p in self._privates if p.seq > after and fold(p.recipient) == key)
         return [p for _, p in zip(range(max(limit, 0)), found, strict=False)]
 
+    async def conversation(
+        self,
+        name: str,
+        other: str,
+        *,
+        signed: bool,
+        first: int = 1,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int,
+    ) -> PrivatePage:
+        # A scan of the kept private messages: this store holds at most ``keep`` of them.
+        me, them = fold(name), fold(other)
+
+        def readable(p: Private) -> bool:
+            ends = (fold(p.sender), fold(p.recipient))
+            if p.seq < first or ends not in ((me, them), (them, me)):
+                return False
+            return (ends[0] == me and p.signed is signed) or (
+                ends[1] == me and p.recipient_signed is signed
+            )
+
+        held = [p for p in self._privates if readable(p)]
+        latest = held[-1].seq if held else 0
+        oldest = held[0].seq if held else latest + 1
+        inside = [
+            p
+            for p in held
+            if (before is None or p.seq < before) and (after is None or p.seq > after)
+        ]
+        if limit < 1:
+            inside = []
+        elif after is None:
+            inside = inside[-limit:]
+        else:
+            inside = inside[:limit]
+        return PrivatePage(messages=tuple(inside), oldest_seq=oldest, latest_seq=latest)
+
     async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
         phrases = [t for t in map(search_tokens, words.split()) if t]
         if not phrases or limit < 1:
             return []
         found: list[Message] = []
-        for m in reversed(self._room(room).messages):
+        for m in reversed(self._read(room).messages):
             tokens = search_tokens(m.text)
             if all(_contains(tokens, p) for p in phrases):
                 found.append(m)
@@ -189,7 +231,11 @@ class MemoryStore:
         if not self._skeletons[like]:
             del self._skeletons[like]
         del self._memberships[key]
-        kept = [p for p in self._privates if fold(p.recipient) != key]
+        kept = [
+            p
+            for p in self._privates
+            if fold(p.recipient) != key and not (p.signed and fold(p.sender) == key)
+        ]
         self._privates = deque(kept, maxlen=self._keep)
         return True
 

@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 from roomcast.errors import Broken
 from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
 from roomcast.names import skeleton
-from roomcast.store.base import Account, Page, RoomInfo
+from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, conversation_key
 from roomcast.store.sqlite_schema import open_writer
 from roomcast.store.sqlite_writer import STOP, Job, Writer, broken
 
@@ -64,7 +64,7 @@ __all__ = ["SqliteStore", "Statistics"]
 
 T = TypeVar("T")
 
-_MESSAGE_COLUMNS = "id, seq, sender, kind, text, ts"
+_MESSAGE_COLUMNS = "id, seq, sender, kind, text, ts, signed"
 _HISTORY_NEWEST = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? AND seq < ? AND seq > ?"
     " ORDER BY seq DESC LIMIT ?"
@@ -78,13 +78,32 @@ _ROOM_INFO = (
     " FROM rooms WHERE name = ?"
 )
 _SEARCH = (
-    "SELECT m.id, m.seq, m.sender, m.kind, m.text, m.ts"
+    "SELECT m.id, m.seq, m.sender, m.kind, m.text, m.ts, m.signed"
     " FROM messages_fts JOIN messages AS m ON m.serial = messages_fts.rowid"
     " WHERE messages_fts MATCH ? AND m.room = ? ORDER BY messages_fts.rowid DESC LIMIT ?"
 )
+_PRIVATE_COLUMNS = "seq, id, sender, recipient, kind, text, ts, signed, recipient_signed"
 _PRIVATES = (
-    "SELECT seq, id, sender, recipient, kind, text, ts FROM private_messages"
+    f"SELECT {_PRIVATE_COLUMNS} FROM private_messages"
     " WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+# The messages of one conversation (index private_messages_pair) that its reader took part
+# in as the identity it has now: parameters pair, first, reader, signed, reader, signed.
+_CONVERSATION = (
+    "pair = ? AND seq >= ?"
+    " AND ((sender = ? COLLATE NOCASE AND signed = ?) OR (recipient = ? AND recipient_signed = ?))"
+)
+_CONVERSATION_NEWEST = (
+    f"SELECT {_PRIVATE_COLUMNS} FROM private_messages WHERE {_CONVERSATION}"
+    " AND seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?"
+)
+_CONVERSATION_OLDEST = (
+    f"SELECT {_PRIVATE_COLUMNS} FROM private_messages WHERE {_CONVERSATION}"
+    " AND seq > ? AND seq < ? ORDER BY seq LIMIT ?"
+)
+_CONVERSATION_ENDS = (
+    f"SELECT (SELECT seq FROM private_messages WHERE {_CONVERSATION} ORDER BY seq LIMIT 1),"
+    f" (SELECT seq FROM private_messages WHERE {_CONVERSATION} ORDER BY seq DESC LIMIT 1)"
 )
 _NO_SEQ = 2**62  # an upper bound above any sequence number
 _ACCOUNT_COLUMNS = "name, password_hash, created, private_read_seq"
@@ -106,8 +125,32 @@ class Statistics:
 
 
 def _message(room: str, row: tuple[Any, ...]) -> Message:
-    id_, seq, sender, kind, text, ts = row
-    return Message(id=id_, room=room, seq=seq, sender=sender, kind=Kind(kind), text=text, ts=ts)
+    id_, seq, sender, kind, text, ts, signed = row
+    return Message(
+        id=id_,
+        room=room,
+        seq=seq,
+        sender=sender,
+        kind=Kind(kind),
+        text=text,
+        ts=ts,
+        signed=bool(signed),
+    )
+
+
+def _private(row: tuple[Any, ...]) -> Private:
+    seq, id_, sender, recipient, kind, text, ts, signed, recipient_signed = row
+    return Private(
+        id=id_,
+        seq=seq,
+        sender=sender,
+        recipient=recipient,
+        kind=Kind(kind),
+        text=text,
+        ts=ts,
+        signed=bool(signed),
+        recipient_signed=bool(recipient_signed),
+    )
 
 
 def _account(row: tuple[Any, ...] | None) -> Account | None:
@@ -307,12 +350,42 @@ class SqliteStore:
     async def privates(self, name: str, *, after: int, limit: int) -> Sequence[Private]:
         def run(conn: sqlite3.Connection) -> list[Private]:
             rows = conn.execute(_PRIVATES, (name, after, limit)).fetchall()
-            return [
-                Private(id=i, seq=s, sender=f, recipient=r, kind=Kind(k), text=t, ts=ts)
-                for s, i, f, r, k, t, ts in rows
-            ]
+            return [_private(row) for row in rows]
 
         return [] if limit < 1 else await self._read(run)
+
+    async def conversation(
+        self,
+        name: str,
+        other: str,
+        *,
+        signed: bool,
+        first: int = 1,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int,
+    ) -> PrivatePage:
+        who = (conversation_key(name, other), max(first, 0), name, signed, name, signed)
+        upper = _NO_SEQ if before is None else before
+        lower = -1 if after is None else after
+
+        def run(conn: sqlite3.Connection) -> PrivatePage:
+            oldest, latest = conn.execute(_CONVERSATION_ENDS, who + who).fetchone()
+            if limit < 1:
+                rows: list[Any] = []
+            elif after is None:  # the newest `limit` below `before`
+                rows = conn.execute(_CONVERSATION_NEWEST, (*who, upper, lower, limit)).fetchall()
+                rows.reverse()
+            else:  # the oldest `limit` above `after`
+                rows = conn.execute(_CONVERSATION_OLDEST, (*who, lower, upper, limit)).fetchall()
+            latest = latest or 0
+            return PrivatePage(
+                messages=tuple(_private(row) for row in rows),
+                oldest_seq=latest + 1 if oldest is None else oldest,
+                latest_seq=latest,
+            )
+
+        return await self._read(run)
 
     async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
         query = _fts_query(words)

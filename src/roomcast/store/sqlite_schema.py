@@ -99,6 +99,22 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """INSERT INTO counters (name, value)
             VALUES ('fts_serial', (SELECT COALESCE(MAX(serial), 0) FROM messages))""",
     ),
+    # whether the sender was signed in to an account (and, for a private message, whether it
+    # went to one); rows from before are a guest's: nobody can tell whose they were
+    (
+        "ALTER TABLE messages ADD COLUMN signed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE private_messages ADD COLUMN signed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE private_messages ADD COLUMN recipient_signed INTEGER NOT NULL DEFAULT 0",
+    ),
+    # private conversations: the pair of folded names (store.base.conversation_key) and an
+    # index that pages a conversation by seq. Names are ASCII: lower() is fold().
+    (
+        "ALTER TABLE private_messages ADD COLUMN pair TEXT NOT NULL DEFAULT ''",
+        """UPDATE private_messages SET pair = CASE
+            WHEN lower(sender) <= lower(recipient) THEN lower(sender) || ' ' || lower(recipient)
+            ELSE lower(recipient) || ' ' || lower(sender) END""",
+        "CREATE INDEX private_messages_pair ON private_messages (pair, seq)",
+    ),
     # accounts by skeleton (roomcast.names): a name that looks like a registered one is
     # found with one indexed lookup. Not unique: accounts registered before may collide.
     # roomcast_skeleton is roomcast.names.skeleton, registered on the connection (configure).

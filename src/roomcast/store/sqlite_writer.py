@@ -20,16 +20,18 @@ from typing import Any, Final
 from roomcast.errors import Broken, ClientError
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
 from roomcast.names import lookalike_registered, skeleton
-from roomcast.store.base import Account
+from roomcast.store.base import Account, conversation_key
 
 __all__ = ["STOP", "Job", "Writer", "broken"]
 
 INSERT_MESSAGE = (
-    "INSERT INTO messages (id, room, seq, sender, kind, text, ts) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages (id, room, seq, sender, kind, text, ts, signed)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_PRIVATE = (
-    "INSERT INTO private_messages (seq, id, sender, recipient, kind, text, ts)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO private_messages"
+    " (seq, id, sender, recipient, kind, text, ts, signed, recipient_signed, pair)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -228,7 +230,7 @@ class Writer:
     def append(self, d: Draft) -> Message:
         seq = (self._latest(d.room, create_at=d.ts) or 0) + 1
         self._conn.execute(
-            INSERT_MESSAGE, (d.id, d.room, seq, d.sender, d.kind.value, d.text, d.ts)
+            INSERT_MESSAGE, (d.id, d.room, seq, d.sender, d.kind.value, d.text, d.ts, d.signed)
         )
         self._room_seq[d.room] = seq  # only once the row is in
         self._dirty.add(d.room)
@@ -247,15 +249,21 @@ class Writer:
             messages.append(d.with_seq(seq))
         self._conn.executemany(
             INSERT_MESSAGE,
-            [(m.id, m.room, m.seq, m.sender, m.kind.value, m.text, m.ts) for m in messages],
+            [
+                (m.id, m.room, m.seq, m.sender, m.kind.value, m.text, m.ts, m.signed)
+                for m in messages
+            ],
         )
         self._unindexed += len(messages)
         return messages
 
     def append_private(self, d: PrivateDraft) -> Private:
         seq = self._latest_private() + 1
+        pair = conversation_key(d.sender, d.recipient)
         self._conn.execute(
-            INSERT_PRIVATE, (seq, d.id, d.sender, d.recipient, d.kind.value, d.text, d.ts)
+            INSERT_PRIVATE,
+            (seq, d.id, d.sender, d.recipient, d.kind.value, d.text, d.ts)
+            + (d.signed, d.recipient_signed, pair),
         )
         self._private_seq = seq
         self._private_dirty = True
@@ -347,7 +355,11 @@ class Writer:
     def delete_account(self, name: str) -> bool:
         key = fold(name)
         self._conn.execute("DELETE FROM memberships WHERE account = ?", (key,))
-        self._conn.execute("DELETE FROM private_messages WHERE recipient = ?", (key,))
+        self._conn.execute(
+            "DELETE FROM private_messages"
+            " WHERE recipient = ? OR (sender = ? COLLATE NOCASE AND signed)",
+            (key, key),
+        )
         done = self._conn.execute("DELETE FROM accounts WHERE key = ?", (key,))
         return done.rowcount > 0
 

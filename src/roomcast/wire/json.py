@@ -39,6 +39,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -56,7 +57,14 @@ from roomcast.model import (
 )
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES, EncodedMessages
 
-__all__ = ["PROTOCOL_VERSION", "JsonCodec", "Reply", "encoded_messages", "message_object"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "JsonCodec",
+    "Reply",
+    "encoded_messages",
+    "message_object",
+    "private_object",
+]
 
 PROTOCOL_VERSION = 1
 
@@ -74,7 +82,13 @@ class Reply:
 
 def message_object(m: Message) -> dict[str, Any]:
     """A room message as a JSON object (``type`` from its kind)."""
-    base: dict[str, Any] = {"room": m.room, "seq": m.seq, "id": m.id, "from": m.sender}
+    base: dict[str, Any] = {
+        "room": m.room,
+        "seq": m.seq,
+        "id": m.id,
+        "from": m.sender,
+        "signed": m.signed,
+    }
     match m.kind:
         case Kind.MESSAGE | Kind.ACTION:
             return {"type": "message", **base, "kind": m.kind.value, "text": m.text, "ts": m.ts}
@@ -89,21 +103,27 @@ def message_object(m: Message) -> dict[str, Any]:
     raise AssertionError(m.kind)  # pragma: no cover
 
 
+def private_object(p: Private) -> dict[str, Any]:
+    """A private message as a JSON object (``dm``)."""
+    return {
+        "type": "dm",
+        "id": p.id,
+        "seq": p.seq,
+        "from": p.sender,
+        "signed": p.signed,
+        "to": p.recipient,
+        "kind": p.kind.value,
+        "text": p.text,
+        "ts": p.ts,
+    }
+
+
 def _event_object(e: Event) -> dict[str, Any]:
     match e:
         case Message():
             return message_object(e)
         case Private():
-            return {
-                "type": "dm",
-                "id": e.id,
-                "seq": e.seq,
-                "from": e.sender,
-                "to": e.recipient,
-                "kind": e.kind.value,
-                "text": e.text,
-                "ts": e.ts,
-            }
+            return private_object(e)
         case Welcome(name=name):
             return {
                 "type": "welcome",
@@ -115,9 +135,9 @@ def _event_object(e: Event) -> dict[str, Any]:
             return {"type": "info", "text": text}
         case WhoList(room=room, names=names, total=total):
             return {"type": "who", "room": room, "names": list(names), "total": total}
-        case RoomList(rooms=rooms):
+        case RoomList(rooms=rooms, current=current):
             listed = [{"name": r.name, "members": r.members, "unread": r.unread} for r in rooms]
-            return {"type": "rooms", "rooms": listed}
+            return {"type": "rooms", "rooms": listed, "current": current}
         case Unread(rooms=rooms):
             return {"type": "unread", "rooms": dict(rooms)}
         case Summary():
@@ -133,6 +153,15 @@ def _event_object(e: Event) -> dict[str, Any]:
                 "type": "history",
                 "room": e.room,
                 "messages": [message_object(m) for m in e.messages],
+                "oldest_seq": e.oldest_seq,
+                "latest_seq": e.latest_seq,
+                "capped": e.capped,
+            }
+        case PrivateHistory():
+            return {
+                "type": "history",
+                "with": e.user,
+                "messages": [private_object(p) for p in e.messages],
                 "oldest_seq": e.oldest_seq,
                 "latest_seq": e.latest_seq,
                 "capped": e.capped,
@@ -216,6 +245,7 @@ _REQUESTS: dict[str, Callable[[dict[str, Any]], Command]] = {
         after=_int(f, "after"),
         around=_int(f, "around"),
         limit=_limit(f),
+        user=_str(f, "with", required=False),
     ),
     "search": lambda f: Search(room=_room(f), words=_need(f, "words"), limit=_limit(f)),
     "quit": lambda f: Quit(reason=_str(f, "reason", required=False) or "quit"),
