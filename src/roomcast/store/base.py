@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
     "Storage",
     "Store",
     "conversation_key",
+    "new_account_id",
     "search_tokens",
 ]
 
@@ -67,6 +69,12 @@ def conversation_key(a: str, b: str) -> str:
     no name holds)."""
     x, y = fold(a), fold(b)
     return f"{x} {y}" if x <= y else f"{y} {x}"
+
+
+def new_account_id() -> str:
+    """A fresh account id: 96 random bits in hex. Random, not counted, so that no two
+    accounts ever share one, even in a store that was emptied and begun again."""
+    return secrets.token_hex(12)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,8 +107,16 @@ class PrivatePage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Account:
-    """A registered name."""
+    """A registered name.
 
+    ``id`` names the account for good: it is never given to another account, so a token
+    naming it cannot pass to a later account of the same name. ``generation`` counts the
+    revocations of the account's tokens (a password change, "log out everywhere"): a token
+    carries the generation it was issued in and is refused once the account's has moved on.
+    """
+
+    id: str  # opaque, random, never reused (not even after the account is deleted)
+    generation: int  # from 0; bumped by set_password and revoke
     name: str  # spelled as registered; unique ignoring case
     password_hash: str  # opaque to the store
     created: float  # UTC, seconds since the epoch
@@ -214,16 +230,27 @@ class Accounts(Protocol):
         """The account registered as ``name`` in any case, or ``None``."""
         ...
 
+    async def account_by_id(self, account_id: str) -> Account | None:
+        """The account whose ``id`` is ``account_id``, or ``None`` (deleted, or never was)."""
+        ...
+
     async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
         """Register ``name``; ``ClientError('name_taken')`` if it is registered in any case.
 
-        The new account has read every private message already stored: its
-        ``private_read_seq`` starts at the newest private sequence number.
+        The new account has a fresh random ``id`` and generation 0, and has read every
+        private message already stored: its ``private_read_seq`` starts at the newest private
+        sequence number.
         """
         ...
 
     async def set_password(self, name: str, password_hash: str) -> None:
-        """Replace the account's password hash; ``ClientError('no_account')`` if none."""
+        """Replace the account's password hash and bump its generation (the tokens issued
+        before are revoked); ``ClientError('no_account')`` if none."""
+        ...
+
+    async def revoke(self, account_id: str) -> Account | None:
+        """Bump the generation of the account ``account_id`` (every token issued so far is
+        revoked); the account as it is now, or ``None`` if there is none."""
         ...
 
     async def delete_account(self, name: str) -> bool:

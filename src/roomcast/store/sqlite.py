@@ -57,7 +57,7 @@ from roomcast.errors import Broken
 from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
 from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, conversation_key
 from roomcast.store.sqlite_schema import open_writer
-from roomcast.store.sqlite_writer import STOP, Job, Writer, broken
+from roomcast.store.sqlite_writer import STOP, Job, Writer, broken, read_account
 
 __all__ = ["SqliteStore", "Statistics"]
 
@@ -393,22 +393,10 @@ class SqliteStore:
     # --- Accounts ---------------------------------------------------------------------------
 
     async def account(self, name: str) -> Account | None:
-        def run(conn: sqlite3.Connection) -> Account | None:
-            row = conn.execute(
-                "SELECT name, password_hash, created, private_read_seq FROM accounts WHERE key = ?",
-                (fold(name),),
-            ).fetchone()
-            if row is None:
-                return None
-            shown, password_hash, created, private_read_seq = row
-            return Account(
-                name=shown,
-                password_hash=password_hash,
-                created=created,
-                private_read_seq=private_read_seq,
-            )
+        return await self._read(functools.partial(read_account, column="key", value=fold(name)))
 
-        return await self._read(run)
+    async def account_by_id(self, account_id: str) -> Account | None:
+        return await self._read(functools.partial(read_account, column="id", value=account_id))
 
     async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
         create = functools.partial(self._writer.create_account, name, password_hash, now)
@@ -416,6 +404,9 @@ class SqliteStore:
 
     async def set_password(self, name: str, password_hash: str) -> None:
         await self._write(functools.partial(self._writer.set_password, name, password_hash))
+
+    async def revoke(self, account_id: str) -> Account | None:
+        return await self._write(functools.partial(self._writer.revoke, account_id))
 
     async def delete_account(self, name: str) -> bool:
         delete = functools.partial(self._writer.delete_account, name)

@@ -19,9 +19,9 @@ from typing import Any, Final
 
 from roomcast.errors import Broken, ClientError
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
-from roomcast.store.base import Account, conversation_key
+from roomcast.store.base import Account, conversation_key, new_account_id
 
-__all__ = ["STOP", "Job", "Writer", "broken"]
+__all__ = ["STOP", "Job", "Writer", "broken", "read_account"]
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, room, seq, sender, kind, text, ts, signed)"
@@ -325,24 +325,33 @@ class Writer:
         if self._conn.execute("SELECT 1 FROM accounts WHERE key = ?", (key,)).fetchone():
             raise ClientError("name_taken", f"the name {name!r} is registered: choose another")
         account = Account(
+            id=new_account_id(),
+            generation=0,
             name=name,
             password_hash=password_hash,
             created=now,
             private_read_seq=self._latest_private(),
         )
         self._conn.execute(
-            "INSERT INTO accounts (key, name, password_hash, created, private_read_seq)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (key, name, password_hash, now, account.private_read_seq),
+            "INSERT INTO accounts (key, id, generation, name, password_hash, created,"
+            " private_read_seq) VALUES (?, ?, 0, ?, ?, ?, ?)",
+            (key, account.id, name, password_hash, now, account.private_read_seq),
         )
         return account
 
     def set_password(self, name: str, password_hash: str) -> None:
         done = self._conn.execute(
-            "UPDATE accounts SET password_hash = ? WHERE key = ?", (password_hash, fold(name))
+            "UPDATE accounts SET password_hash = ?, generation = generation + 1 WHERE key = ?",
+            (password_hash, fold(name)),
         )
         if done.rowcount == 0:
             raise ClientError("no_account", f"there is no account named {name!r}")
+
+    def revoke(self, account_id: str) -> Account | None:
+        self._conn.execute(
+            "UPDATE accounts SET generation = generation + 1 WHERE id = ?", (account_id,)
+        )
+        return read_account(self._conn, "id", account_id)
 
     def delete_account(self, name: str) -> bool:
         key = fold(name)
@@ -380,6 +389,28 @@ class Writer:
             "UPDATE accounts SET private_read_seq = ? WHERE key = ? AND private_read_seq < ?",
             (seq, fold(name), seq),
         )
+
+
+ACCOUNT_COLUMNS: Final = "id, generation, name, password_hash, created, private_read_seq"
+
+
+def read_account(conn: sqlite3.Connection, column: str, value: str) -> Account | None:
+    """The account whose ``column`` (``key`` or ``id``, both unique) is ``value``."""
+    assert column in ("key", "id")  # a column of ours, never user text
+    row = conn.execute(
+        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE {column} = ?", (value,)
+    ).fetchone()
+    if row is None:
+        return None
+    account_id, generation, name, password_hash, created, private_read_seq = row
+    return Account(
+        id=account_id,
+        generation=generation,
+        name=name,
+        password_hash=password_hash,
+        created=created,
+        private_read_seq=private_read_seq,
+    )
 
 
 def settle_threadsafe(outcomes: list[Outcome]) -> None:
