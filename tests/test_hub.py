@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from roomcast.auth import Cost, Passwords
-from roomcast.errors import Broken, Closed
+from roomcast.errors import Broken, ClientError, Closed
 from roomcast.hub import GENERAL, Hub, Limits
 from roomcast.model import (
     Action,
+    Authenticated,
     Draft,
     Error,
     Event,
@@ -992,6 +993,106 @@ async def test_logout_keeps_the_connection_without_a_name() -> None:
     assert isinstance(info, Info) and alice.state is State.NEW
     replies = await hub.handle(alice, SetName(name="guest1"))
     assert replies[0] == Welcome(name="guest1")
+
+
+# --- tokens and logging out everywhere -----------------------------------------------------
+
+
+async def account_of(hub: Hub, name: str) -> Account:
+    account = await hub.store.account(name)
+    assert account is not None
+    return account
+
+
+async def test_authenticate_takes_a_current_token_and_refuses_a_revoked_or_deleted_one() -> None:
+    """A token's claims pass while the account has that id and generation; after a password
+    change, or once the account is deleted (even if the name is registered again), they are
+    bad_token with 'log in again'."""
+    hub, _ = make_hub()
+    await registered(hub, "alice")
+    account = await account_of(hub, "alice")
+    assert await hub.authenticate(account.id, account.generation) == account
+    await hub.store.set_password("alice", "another hash")
+    for claims in ((account.id, account.generation), ("nobody's id", 0)):
+        with pytest.raises(ClientError) as caught:
+            await hub.authenticate(*claims)
+        assert caught.value.code == "bad_token" and "log in again" in caught.value.message
+    assert (await hub.authenticate(account.id, account.generation + 1)).name == "alice"
+    await hub.store.delete_account("alice")
+    await hub.store.create_account("alice", "h", now=1.0)
+    with pytest.raises(ClientError) as caught:
+        await hub.authenticate(account.id, account.generation + 1)
+    assert caught.value.code == "bad_token"
+
+
+async def test_hello_with_the_claims_of_a_deleted_account_is_refused() -> None:
+    """Authenticated with the id of a deleted account is bad_token; the session stays NEW."""
+    hub, _ = make_hub()
+    alice = await registered(hub, "alice")
+    account = await account_of(hub, "alice")
+    await hub.handle(alice, Quit())
+    await hub.store.delete_account("alice")
+    session = hub.connect("10.0.0.2:1")
+    [error] = await hub.handle(session, Authenticated(account=account.id, generation=0))
+    assert isinstance(error, Error) and error.code == "bad_token"
+    assert session.state is State.NEW
+
+
+async def test_logout_everywhere_ends_every_session_and_revokes_the_tokens() -> None:
+    """Logout(everywhere) bumps the account's generation, closes its other sessions with
+    'closing: logged out everywhere', and leaves this one NEW; a guest is told there is
+    nothing to log out of everywhere."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    before = await account_of(hub, "alice")
+    laptop, _ = await login(hub, "alice")
+    phone, _ = await login(hub, "alice")
+    await ready(phone)
+    [info] = await hub.handle(laptop, Logout(everywhere=True))
+    assert isinstance(info, Info) and info.text.startswith(
+        "logged out everywhere: every session and token of alice ended"
+    )
+    assert laptop.state is State.NEW
+    assert phone.state is State.CLOSED and phone.close_reason == "logged out everywhere"
+    assert (await ready(phone))[-1] == Error(
+        code="closed", message="closing: logged out everywhere"
+    )
+    assert (await account_of(hub, "alice")).generation == before.generation + 1
+    assert hub.online == 0  # the session that registered alice was closed as well
+    guest = await named(hub, "guest")
+    [error] = await hub.handle(guest, Logout(everywhere=True))
+    assert isinstance(error, Error) and error.code == "guest"
+
+
+async def test_check_accounts_ends_the_sessions_of_accounts_changed_beside_the_hub() -> None:
+    """A password changed or an account deleted straight in the store (by ``roomcast user``)
+    ends the account's sessions at the next check_accounts, and no one else's."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    await registered(hub, "bob")
+    alice, _ = await login(hub, "alice")
+    bob, _ = await login(hub, "bob")
+    guest = await named(hub, "guest")
+    assert await hub.check_accounts() == 0
+    await hub.store.set_password("alice", "changed")
+    await hub.store.delete_account("bob")
+    assert await hub.check_accounts() == 2
+    assert alice.close_reason == "logged out everywhere"
+    assert bob.close_reason == "logged out: the account was deleted"
+    assert guest.state is State.ACTIVE
+    assert hub.online == 1
+
+
+async def test_a_login_after_a_password_change_ends_the_sessions_of_the_old_one() -> None:
+    """The first login with a new password closes the sessions still open from before the
+    change, without waiting for the account check: the new session is the account's."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    stolen = await registered(hub, "alice")
+    await hub.store.set_password("alice", await hub.passwords.hash("new password"))
+    session, replies = await login(hub, "alice", "new password")
+    assert replies[0] == Welcome(name="alice")
+    assert stolen.state is State.CLOSED and stolen.close_reason == "logged out everywhere"
+    assert session.state is State.ACTIVE and hub.online == 1
 
 
 # --- history and search -------------------------------------------------------------------

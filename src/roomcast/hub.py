@@ -25,6 +25,15 @@ leaves and quits are announced (and stored) in rooms of up to ``Limits.quiet_abo
 members; in bigger rooms they would drown the conversation, and each would cost a delivery
 to every member.
 
+Accounts and tokens
+-------------------
+An account has a stable id and a token generation (``store.base.Account``). A token names
+both; ``authenticate`` refuses it once the account is gone or its generation has moved on (a
+password change, ``/logout all``, ``POST /api/logout``), on every use. Revoking through the
+hub also ends the account's open sessions at once; a change made beside the server
+(``roomcast user``) ends them at the next ``check_accounts`` (every 30 s in ``maintain``).
+``Logout`` ends this session's login only; ``Logout(everywhere=True)`` revokes.
+
 Data flow
 ---------
 Every room is a broadcast channel of ``Message`` values. A room message is built as a
@@ -156,6 +165,8 @@ def _new_id() -> str:
 
 
 FLOOD = "you are sending too fast: wait a moment, then retry"
+EVERYWHERE = "logged out everywhere"  # why the sessions of revoked tokens are ended
+DELETED = "logged out: the account was deleted"  # why a deleted account's sessions are ended
 UNAVAILABLE = Error(code="unavailable", message="the server could not do that now; try again")
 
 
@@ -291,11 +302,9 @@ class Hub:
             case Login(name=name, password=password):
                 account = await self.verify_login(name, password, session.address)
                 return await self._log_in(session, account)
-            case Authenticated(name=name):
-                found = await self.store.account(name)
-                if found is None:
-                    raise ClientError("bad_token", "the account no longer exists: register again")
-                return await self._log_in(session, found)
+            case Authenticated(account=account_id, generation=generation):
+                account = await self.authenticate(account_id, generation)
+                return await self._log_in(session, account)
             case Join(room=room, since=since):
                 return await self._join(session, room, since)
             case Leave(room=room):
@@ -320,9 +329,11 @@ class Hub:
                 return await self._history(session, command)
             case Search(room=room, words=words, limit=limit):
                 return await self._search(session, room, words, limit)
-            case Logout():
+            case Logout(everywhere=False):
                 await self._detach(session, "logged out")
                 return [Info(text="logged out: choose a name, or /login name password")]
+            case Logout(everywhere=True):
+                return await self._log_out_everywhere(session)
             case Quit(reason=reason):
                 await self.disconnect(session, reason, Info(text="goodbye"))
                 return []
@@ -472,6 +483,7 @@ class Hub:
         password_hash = await self.passwords.hash(password)
         account = await self.store.create_account(user.name, password_hash, now=self._clock())
         user.registered = True
+        user.account_id, user.generation = account.id, account.generation
         user.private_mark = account.private_read_seq
         for s in user.sessions:
             s.note_private_read(account.private_read_seq)
@@ -514,15 +526,102 @@ class Hub:
         self._name_throttle.clear(keys[0])
         return account
 
+    async def authenticate(self, account_id: str, generation: int) -> Account:
+        """The account a token names, if it still exists and the token's ``generation`` is
+        still the account's; else ``ClientError("bad_token")``. Called on every use of a
+        token (a post, a WebSocket hello, a logout)."""
+        account = await self.store.account_by_id(account_id)
+        if account is None:
+            log.info("token refused account=%s reason=deleted", account_id)
+            raise ClientError(
+                "bad_token", "the account of this token no longer exists: log in again"
+            )
+        if account.generation != generation:
+            log.info("token refused name=%s reason=revoked", account.name)
+            raise ClientError(
+                "bad_token",
+                "this token was revoked (a password change, or a logout everywhere): log in again",
+            )
+        return account
+
+    async def revoke(self, account_id: str, *, keep: Session | None = None) -> Account:
+        """Log the account out everywhere: revoke every token issued to it and end all its
+        open sessions but ``keep``; the account as it is now."""
+        account = await self.store.revoke(account_id)
+        if account is None:
+            raise ClientError("bad_token", "the account no longer exists: log in again")
+        log.info("logged out everywhere name=%s", account.name)
+        user = self._users.get(fold(account.name))
+        if user is not None and user.account_id == account.id:
+            await self._end_user(user, EVERYWHERE, keep=keep)
+        return account
+
+    async def _log_out_everywhere(self, session: Session) -> list[Event]:
+        user = self._user(session)
+        if user.account_id is None:
+            raise ClientError(
+                "guest", "you are a guest: /logout drops your name, there is nothing else"
+            )
+        account = await self.revoke(user.account_id, keep=session)
+        if session.user is not user:  # closed while the store answered
+            return []
+        await self._detach(session, EVERYWHERE)
+        return [
+            Info(
+                text=f"logged out everywhere: every session and token of {account.name} ended;"
+                " choose a name, or /login name password"
+            )
+        ]
+
+    async def _end_user(self, user: User, reason: str, *, keep: Session | None = None) -> None:
+        """Close every session of ``user`` but ``keep``, telling each ``reason``."""
+        farewell = Error(code="closed", message=f"closing: {reason}")
+        for session in list(user.sessions):
+            if session is not keep:
+                await self.disconnect(session, reason, farewell)
+
+    async def check_accounts(self) -> int:
+        """End the sessions of every online account that was deleted, or whose tokens were
+        revoked, since it logged in (by ``roomcast user`` beside the running server);
+        return how many accounts that was."""
+        ended = 0
+        for user in list(self._users.values()):
+            if user.account_id is None:
+                continue
+            account = await self.store.account_by_id(user.account_id)
+            if account is not None and account.generation == user.generation:
+                continue
+            if self._users.get(fold(user.name)) is not user:  # gone meanwhile
+                continue
+            reason = DELETED if account is None else EVERYWHERE
+            log.info("ending the sessions of name=%s reason=%s", user.name, reason)
+            await self._end_user(user, reason)
+            ended += 1
+        return ended
+
     async def _log_in(self, session: Session, account: Account) -> list[Event]:
         if session.state is not State.NEW:  # logged in elsewhere while verifying
             raise ClientError("has_name", "you already have a name: log out first")
         user = self._users.get(fold(account.name))
         if user is not None and not user.registered:
             raise ClientError("name_taken", f"a guest is using {account.name!r} now: try later")
+        if user is not None and user.account_id == account.id:
+            if account.generation < user.generation:  # revoked while the password was checked
+                raise ClientError("bad_login", "the account changed meanwhile: log in again")
+        if user is not None and (user.account_id, user.generation) != (
+            account.id,
+            account.generation,
+        ):  # sessions of a deleted account, or of revoked tokens, not yet checked: end them
+            await self._end_user(user, DELETED if user.account_id != account.id else EVERYWHERE)
+            if session.state is not State.NEW:
+                raise ClientError("has_name", "you already have a name: log out first")
+            user = self._users.get(fold(account.name))
+            if user is not None:  # someone came in meanwhile
+                raise ClientError("name_taken", f"{account.name!r} is in use now: try again")
         returning = user is None
         if user is None:
             user = User(account.name, registered=True)
+            user.account_id, user.generation = account.id, account.generation
             user.private_mark = account.private_read_seq
             self._users[fold(account.name)] = user
         session.attach(user)
@@ -965,11 +1064,18 @@ class Hub:
             log.info("retention removed %d messages", removed)
         return removed
 
-    async def maintain(self, *, flush_every: float = 1.0, retain_every: float = 3600.0) -> None:
+    async def maintain(
+        self,
+        *,
+        flush_every: float = 1.0,
+        retain_every: float = 3600.0,
+        check_every: float = 30.0,
+    ) -> None:
         """Run forever: flush read markers every ``flush_every`` s, retention every
-        ``retain_every`` s. Cancel it to stop."""
+        ``retain_every`` s, ``check_accounts`` every ``check_every`` s. Cancel it to stop."""
         loop = asyncio.get_running_loop()
         next_retention = loop.time()
+        next_check = loop.time() + check_every
         while True:
             await self.flush_markers()
             if loop.time() >= next_retention:
@@ -978,6 +1084,12 @@ class Hub:
                     await self.apply_retention()
                 except Broken:
                     log.exception("retention failed")
+            if loop.time() >= next_check:
+                next_check = loop.time() + check_every
+                try:
+                    await self.check_accounts()
+                except Broken:
+                    log.exception("the account check failed")
             await asyncio.sleep(flush_every)
 
     # -- lookups --

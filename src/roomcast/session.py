@@ -68,7 +68,9 @@ class User:
     """An online user: one name, one or more sessions, the rooms it is in."""
 
     __slots__ = (
+        "account_id",
         "dirty",
+        "generation",
         "inbox",
         "marks",
         "name",
@@ -86,6 +88,8 @@ class User:
         # never get one, and an idle channel would cost each connection a tenth of its memory)
         self.inbox: Sender[Private] | None = None
         self.registered = registered  # has an account: memberships and markers persist
+        self.account_id: str | None = None  # the account's id, once registered or logged in
+        self.generation = 0  # the account's token generation when it logged in
         self.rooms: dict[str, Room] = {}  # room name -> room, in join order
         self.sessions: list[Session] = []  # open sessions of this user
         self.marks: dict[str, int] = {}  # room -> newest seq handed to any of its sessions
