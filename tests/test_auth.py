@@ -1,10 +1,13 @@
-"""Passwords are hashed with argon2id off the loop; failed logins are throttled."""
+"""Passwords are hashed with argon2id on a bounded pool off the loop; attempts are throttled
+before the hash, counting those in flight."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from roomcast.auth import Cost, Passwords, Throttle, check_password
+from roomcast.auth import Cost, Passwords, Throttle, address_key, check_password
 from roomcast.errors import ClientError
 
 CHEAP = Cost(time_cost=1, memory_cost=1024, parallelism=1)  # real argon2id, test-sized
@@ -34,14 +37,23 @@ async def test_overlong_passwords_are_refused() -> None:
     assert check_password("12345678") == "12345678"
 
 
+def fail(throttle: Throttle, key: str) -> bool:
+    """One failed attempt of ``key``, begun and ended; whether it reached the limit."""
+    assert throttle.wait(key) == 0.0
+    throttle.begin(key)
+    return throttle.end(key, count=True)
+
+
 def test_throttle_counts_failures_in_a_window() -> None:
-    """After `limit` failures a key waits until the oldest leaves the window."""
+    """After `limit` failures a key waits until the oldest leaves the window; the failure
+    that reaches the limit says so (once)."""
     now = [0.0]
     throttle = Throttle(limit=3, window=60.0, clock=lambda: now[0])
+    reached = []
     for t in (0.0, 10.0, 20.0):
         now[0] = t
-        assert throttle.wait("alice") == 0.0
-        throttle.fail("alice")
+        reached.append(fail(throttle, "alice"))
+    assert reached == [False, False, True]
     assert throttle.wait("alice") == pytest.approx(40.0)
     assert throttle.wait("bob") == 0.0
     now[0] = 60.0
@@ -51,7 +63,110 @@ def test_throttle_counts_failures_in_a_window() -> None:
 def test_throttle_clear_forgets_a_key() -> None:
     """A success clears the key's failures."""
     throttle = Throttle(limit=1, window=60.0, clock=lambda: 0.0)
-    throttle.fail("alice")
+    fail(throttle, "alice")
     assert throttle.wait("alice") > 0
     throttle.clear("alice")
     assert throttle.wait("alice") == 0.0
+
+
+def test_attempts_in_flight_take_slots_before_they_fail() -> None:
+    """Attempts begun and not ended count: with a limit of 3, three in flight make the
+    fourth wait (a second, as they end soon), before any of them has failed."""
+    throttle = Throttle(limit=3, window=60.0, clock=lambda: 0.0, retry=1.0)
+    for _ in range(3):
+        assert throttle.wait("alice") == 0.0
+        throttle.begin("alice")
+    assert throttle.wait("alice") == 1.0
+    assert throttle.wait("bob") == 0.0
+    throttle.end("alice", count=False)  # a success, or no verdict: the slot is free again
+    assert throttle.wait("alice") == 0.0
+    throttle.end("alice", count=True)
+    throttle.end("alice", count=True)
+    assert throttle.wait("alice") == 0.0  # 2 recorded, none in flight
+    assert fail(throttle, "alice")
+    assert throttle.wait("alice") == pytest.approx(60.0)
+
+
+def test_clear_keeps_the_attempts_in_flight() -> None:
+    """A success clears what was recorded, not the slots other attempts hold."""
+    throttle = Throttle(limit=2, window=60.0, clock=lambda: 0.0)
+    throttle.begin("alice")
+    throttle.begin("alice")
+    throttle.clear("alice")
+    assert throttle.wait("alice") > 0
+    throttle.end("alice", count=False)
+    assert throttle.wait("alice") == 0.0
+
+
+def test_throttle_sweeps_keys_whose_window_has_passed() -> None:
+    """Keys recorded once and never seen again are dropped as the table grows, so a flood
+    of distinct keys leaves the table no bigger than one window's worth."""
+    now = [0.0]
+    throttle = Throttle(limit=5, window=10.0, clock=lambda: now[0])
+    for i in range(5000):
+        now[0] = i / 100  # 100 keys a second, each seen once
+        fail(throttle, f"key{i}")
+    assert len(throttle._recorded) <= 2 * 1024 + 1000 + 1
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("::1", "::/64"),
+        ("?", "?"),
+        ("not an address", "not an address"),
+    ],
+)
+def test_addresses_are_counted_by_ipv4_address_or_ipv6_64(host: str, key: str) -> None:
+    """An IPv6 client is counted by its /64, so that one subscriber's 2**64 addresses are one
+    key; IPv4 (also mapped into IPv6) by its address; anything else as it is."""
+    assert address_key(host) == key
+
+
+async def test_hashing_beyond_the_workers_and_the_queue_is_refused_busy() -> None:
+    """With one worker and a queue of one, a third hash asked while two are pending is
+    refused at once as busy, with a retry hint; the two others complete."""
+    passwords = Passwords(CHEAP, workers=1, queue=1)
+    try:
+        results = await asyncio.gather(
+            passwords.hash("password one"),
+            passwords.verify("not a hash", "password two"),
+            passwords.hash("password three"),
+            return_exceptions=True,
+        )
+        first, second, third = results
+        assert isinstance(first, str) and first.startswith("$argon2id$")
+        assert second is False
+        assert isinstance(third, ClientError) and third.code == "busy"
+        assert third.retry_after is not None and third.retry_after >= 1
+        assert f"try again in {third.retry_after} s" in third.message
+        assert passwords.pending == 0
+        assert await passwords.verify(first, "password one")  # room again
+    finally:
+        passwords.close()
+
+
+async def test_a_cancelled_hash_counts_until_its_worker_is_done_with_it() -> None:
+    """A caller that gives up does not free its place: the work goes on and still counts
+    against the bound until its worker is done with it."""
+    passwords = Passwords(CHEAP, workers=1, queue=1)
+    try:
+        task = asyncio.create_task(passwords.hash("given up on"))
+        await asyncio.sleep(0)  # one loop turn: the task submits its job
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert passwords.pending == 1  # still hashing on its worker
+        behind = asyncio.create_task(passwords.hash("waits behind it"))
+        await asyncio.sleep(0)
+        with pytest.raises(ClientError) as caught:  # the worker and the queue are taken
+            await passwords.hash("refused meanwhile")
+        assert caught.value.code == "busy"
+        assert (await behind).startswith("$argon2id$")  # one worker: the first ended before
+        assert passwords.pending == 0
+    finally:
+        passwords.close()

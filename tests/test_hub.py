@@ -1095,6 +1095,139 @@ async def test_a_login_after_a_password_change_ends_the_sessions_of_the_old_one(
     assert session.state is State.ACTIVE and hub.online == 1
 
 
+# --- throttles ----------------------------------------------------------------------------
+
+
+async def test_logins_sent_together_are_checked_five_at_most() -> None:
+    """Twenty logins for alice from one address at once: five are checked (bad_login), the
+    other fifteen are throttled before any password check."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    sessions = [hub.connect(f"10.0.0.1:{i}") for i in range(20)]
+    answers = await asyncio.gather(
+        *(hub.handle(s, Login(name="alice", password=f"guess {i}")) for i, s in enumerate(sessions))
+    )
+    codes = [a[0].code for a in answers if isinstance(a[0], Error)]
+    assert codes.count("bad_login") == 5 and codes.count("throttled") == 15, codes
+
+
+async def test_wrong_passwords_from_one_address_do_not_lock_out_another() -> None:
+    """Five failures for alice from one address throttle that address; alice logs in from
+    another address at once."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    attacker = [hub.connect(f"10.6.6.6:{i}") for i in range(6)]
+    for s in attacker[:5]:
+        [error] = await hub.handle(s, Login(name="alice", password="wrong password"))
+        assert isinstance(error, Error) and error.code == "bad_login"
+    [error] = await hub.handle(attacker[5], Login(name="alice", password="correct horse"))
+    assert isinstance(error, Error) and error.code == "throttled"
+    owner = hub.connect("10.1.1.1:1")
+    replies = await hub.handle(owner, Login(name="alice", password="correct horse"))
+    assert replies[0] == Welcome(name="alice")
+
+
+async def test_the_name_limit_spares_addresses_the_name_logged_in_from() -> None:
+    """Failures for alice from many addresses reach the name's own limit: a new address is
+    then throttled, but an address alice logged in from before still gets in."""
+    hub, clock = make_hub(rate=1000, burst=1000, name_failures=10)
+    await registered(hub, "alice")
+    home = hub.connect("10.1.1.1:1")
+    assert (await hub.handle(home, Login(name="alice", password="correct horse")))[0] == Welcome(
+        name="alice"
+    )
+    for i in range(10):  # two failures from each of five addresses
+        s = hub.connect(f"10.6.6.{i // 2}:{i}")
+        [error] = await hub.handle(s, Login(name="alice", password="wrong password"))
+        assert isinstance(error, Error) and error.code == "bad_login"
+    cafe = hub.connect("10.2.2.2:1")
+    [error] = await hub.handle(cafe, Login(name="alice", password="correct horse"))
+    assert isinstance(error, Error) and error.code == "throttled"
+    again = hub.connect("10.1.1.1:2")
+    assert (await hub.handle(again, Login(name="alice", password="correct horse")))[0] == Welcome(
+        name="alice"
+    )
+    clock.advance(301)
+    later = hub.connect("10.2.2.2:2")
+    assert (await hub.handle(later, Login(name="alice", password="correct horse")))[0] == Welcome(
+        name="alice"
+    )
+
+
+async def test_a_busy_refusal_is_not_counted_as_a_failed_login() -> None:
+    """Logins refused busy (no worker free) do not count against the name: after many,
+    the right password still logs in."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    hub.passwords = Passwords(CHEAP, workers=1, queue=0)
+    sessions = [hub.connect(f"10.0.0.{i}:1") for i in range(12)]
+    answers = await asyncio.gather(
+        *(hub.handle(s, Login(name="alice", password="wrong password")) for s in sessions)
+    )
+    codes = sorted(a[0].code for a in answers if isinstance(a[0], Error))
+    assert codes == ["bad_login"] + ["busy"] * 11
+    _, replies = await login(hub, "alice")
+    assert replies[0] == Welcome(name="alice")
+
+
+async def test_registrations_are_throttled_per_address() -> None:
+    """An address registers at most ``registrations`` names in the window, counting those
+    still hashing; another address may; the window passing lifts it."""
+    hub, clock = make_hub(rate=1000, burst=1000, registrations=3)
+    made = await asyncio.gather(
+        *(hub.create_account(f"bot{i}", "correct horse", "10.6.6.6") for i in range(5)),
+        return_exceptions=True,
+    )
+    refused = [e for e in made if isinstance(e, ClientError)]
+    assert len(refused) == 2 and all(e.code == "throttled" for e in refused)
+    assert refused[0].retry_after == 1  # three were hashing: they would end soon
+    with pytest.raises(ClientError) as caught:
+        await hub.create_account("bot5", "correct horse", "10.6.6.6")
+    assert caught.value.retry_after == 3600  # three are recorded: the window must pass
+    assert (await hub.create_account("human", "correct horse", "10.1.1.1")).name == "human"
+    clock.advance(3601)
+    assert (await hub.create_account("bot9", "correct horse", "10.6.6.6")).name == "bot9"
+
+
+async def test_a_name_cannot_be_taken_while_its_registration_hashes() -> None:
+    """While create_account hashes alice's password, a guest naming itself alice, another
+    registration of alice and a guest's /nick alice are refused name_taken; alice then logs
+    in."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    bob = await named(hub, "bob")
+    guest = hub.connect("10.0.0.9:1")
+    account, set_name, again, nick = await asyncio.gather(
+        hub.create_account("alice", "correct horse", "10.0.0.1"),
+        hub.handle(guest, SetName(name="ALICE")),
+        hub.create_account("alice", "correct horse", "10.0.0.2"),
+        hub.handle(bob, Nick(name="alice")),
+        return_exceptions=True,
+    )
+    assert isinstance(account, Account) and account.name == "alice"
+    assert isinstance(set_name, list) and isinstance(set_name[0], Error)
+    assert set_name[0].code == "name_taken" and "being registered" in set_name[0].message
+    assert isinstance(again, ClientError) and again.code == "name_taken"
+    assert isinstance(nick, list) and isinstance(nick[0], Error) and nick[0].code == "name_taken"
+    _, replies = await login(hub, "alice")
+    assert replies[0] == Welcome(name="alice")
+
+
+async def test_a_guest_that_leaves_while_registering_keeps_its_name_reserved() -> None:
+    """A guest's /register whose connection ends while the password hashes still reserves
+    the name: no other guest gets it before the account exists."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await named(hub, "alice")
+    registering = asyncio.create_task(hub.handle(alice, Register(password="correct horse")))
+    await asyncio.sleep(0)  # one loop turn: the hash has started
+    await hub.disconnect(alice, "connection lost")
+    other = hub.connect("10.0.0.9:1")
+    [error] = await hub.handle(other, SetName(name="alice"))
+    assert isinstance(error, Error) and error.code == "name_taken"
+    await registering
+    [error] = await hub.handle(other, SetName(name="alice"))
+    assert isinstance(error, Error) and error.code == "registered"
+
+
 # --- history and search -------------------------------------------------------------------
 
 

@@ -72,7 +72,11 @@ async def manage_user(config: Config, action: str, name: str, password: str | No
                 raise ClientError("no_account", f"there is no account {name!r}")
             return f"logged {account.name} out everywhere: every token of it is revoked"
         assert password is not None
-        password_hash = await Passwords().hash(password)
+        passwords = Passwords()
+        try:
+            password_hash = await passwords.hash(password)
+        finally:
+            passwords.close()
         if action == "add":
             account = await store.create_account(name, password_hash, now=time.time())
             return f"added {account.name}"

@@ -20,12 +20,17 @@ class RoomcastError(Exception):
 
 
 class ClientError(RoomcastError):
-    """The client sent something wrong. ``code`` is stable; ``message`` is for a human."""
+    """The client sent something wrong. ``code`` is stable; ``message`` is for a human.
 
-    def __init__(self, code: str, message: str) -> None:
+    ``retry_after`` (seconds), when set, says the request was refused for now only (a
+    throttle, a busy server) and when to try again: HTTP sends it as ``Retry-After``.
+    """
+
+    def __init__(self, code: str, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(code, message)
         self.code = code  # stable, machine-readable: "bad_name", "unknown_command", ...
         self.message = message  # what was wrong and what to do, as a sentence
+        self.retry_after = retry_after  # seconds to wait before trying again, if that helps
 
     def __str__(self) -> str:
         return self.message

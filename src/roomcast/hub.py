@@ -34,6 +34,11 @@ hub also ends the account's open sessions at once; a change made beside the serv
 (``roomcast user``) ends them at the next ``check_accounts`` (every 30 s in ``maintain``).
 ``Logout`` ends this session's login only; ``Logout(everywhere=True)`` revokes.
 
+Password checks and registrations are throttled before the hash is computed: each takes a
+slot per key (name and address, address, name) that counts while it is in flight, so
+requests sent together cannot all be checked (``auth.Throttle``). A name being registered is
+reserved while its password hashes: no guest can take it meanwhile.
+
 Data flow
 ---------
 Every room is a broadcast channel of ``Message`` values. A room message is built as a
@@ -58,10 +63,11 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from roomcast.auth import Passwords, Throttle, check_password
+from roomcast.auth import Passwords, Throttle, address_key, check_password
 from roomcast.broadcast import Receiver, Sender, channel
 from roomcast.errors import Broken, ClientError
 from roomcast.model import (
@@ -110,6 +116,7 @@ __all__ = ["GENERAL", "Hub", "Limits"]
 log = logging.getLogger("roomcast.hub")
 
 GENERAL = "#general"  # the room every new guest joins
+KNOWN_ADDRESSES = 8  # addresses remembered per name that logged in as it (see verify_login)
 WHO_LIMIT = 1000  # names in a who answer
 JOIN_WHO_LIMIT = 100  # names in the member list that answers a join
 
@@ -146,9 +153,12 @@ class Limits:
     refill_page: int = 500  # messages fetched from the store per read when refilling a gap
     replay_cap: int = 200  # missed messages per room replayed at login (older: history)
     history_cap: int = 500  # messages per history or search answer
-    login_failures: int = 5  # failed logins per name in login_window
-    address_failures: int = 20  # failed logins per address in login_window
+    login_failures: int = 5  # failed logins per name from one address in login_window
+    name_failures: int = 50  # failed logins per name from all addresses, in login_window
+    address_failures: int = 20  # failed logins per address (any names) in login_window
     login_window: float = 300.0  # seconds a failed login counts
+    registrations: int = 10  # registrations per address in register_window
+    register_window: float = 3600.0  # seconds a registration counts
     retain_age: float | None = None  # seconds a room message is kept; None: forever
     retain_count: int | None = None  # messages kept per room; None: all
     quiet_above: int = 1000  # rooms with more members do not announce joins, leaves, quits
@@ -214,8 +224,14 @@ class Hub:
         self._post_buckets: dict[str, _Bucket] = {}  # flood control of posts per account
         self._room_lock = asyncio.Lock()  # serializes room creation (it reads the store)
         window = limits.login_window
-        self._name_throttle = Throttle(limits.login_failures, window, clock)
+        self._pair_throttle = Throttle(limits.login_failures, window, clock)  # name + address
+        self._name_throttle = Throttle(limits.name_failures, window, clock)  # all addresses
         self._address_throttle = Throttle(limits.address_failures, window, clock)
+        self._register_throttle = Throttle(limits.registrations, limits.register_window, clock)
+        # folded name -> addresses (newest last) it logged in from: the name's global limit
+        # does not apply to them, so a guesser elsewhere cannot lock the owner out
+        self._known: dict[str, deque[str]] = {}
+        self._reserved: set[str] = set()  # folded names whose registration is hashing
 
     # -- sessions --
 
@@ -374,12 +390,14 @@ class Hub:
         log.info("quit name=%s peer=%s reason=%s", user.name, session.peer, reason)
 
     async def close(self, reason: str = "server shutting down") -> None:
-        """Close every session (telling their rooms) and every room channel."""
+        """Close every session (telling their rooms) and every room channel, and stop the
+        password workers."""
         for session in list(self._sessions):
             await self.disconnect(session, reason)
         for room in self._rooms.values():
             room.tx.close()
         self._rooms.clear()
+        self.passwords.close()
 
     # -- queries --
 
@@ -446,10 +464,18 @@ class Hub:
         replies += await self._join(session, GENERAL, None)
         return replies
 
-    async def _check_free(self, name: str) -> None:
-        """Raise unless a guest may take ``name`` (online check first, then accounts)."""
+    def _check_unclaimed(self, name: str) -> None:
+        """Raise unless ``name`` is neither online nor being registered."""
         if fold(name) in self._users:
             raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
+        if fold(name) in self._reserved:
+            raise ClientError(
+                "name_taken", f"the name {name!r} is being registered: choose another"
+            )
+
+    async def _check_free(self, name: str) -> None:
+        """Raise unless a guest may take ``name`` (online check first, then accounts)."""
+        self._check_unclaimed(name)
         account = await self.store.account(name)
         if account is not None:
             raise ClientError(
@@ -457,8 +483,7 @@ class Hub:
                 f"{account.name!r} is registered: /login {account.name} <password>,"
                 " or pick another name",
             )
-        if fold(name) in self._users:  # taken while the store answered
-            raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
+        self._check_unclaimed(name)  # taken while the store answered
 
     def _send_private(self, user: User, private: Private) -> None:
         """Into ``user``'s private channel, made on its first private message; a user that
@@ -480,8 +505,7 @@ class Hub:
         if user.registered:
             raise ClientError("registered", f"{user.name} is registered already")
         check_password(password)
-        password_hash = await self.passwords.hash(password)
-        account = await self.store.create_account(user.name, password_hash, now=self._clock())
+        account = await self._new_account(user.name, password, session.address)
         user.registered = True
         user.account_id, user.generation = account.id, account.generation
         user.private_mark = account.private_read_seq
@@ -498,32 +522,98 @@ class Hub:
             )
         ]
 
-    async def create_account(self, name: str, password: str) -> Account:
-        """Register ``name`` (not online as a guest, not registered) with ``password``."""
+    async def create_account(self, name: str, password: str, address: str) -> Account:
+        """Register ``name`` (not online as a guest, not registered) with ``password``, for
+        a client at ``address`` (throttled per address)."""
         user_name(name)
         check_password(password)
-        if fold(name) in self._users:
-            raise ClientError("name_taken", f"the name {name!r} is in use: choose another")
-        password_hash = await self.passwords.hash(password)
-        account = await self.store.create_account(name, password_hash, now=self._clock())
-        log.info("registered name=%s", account.name)
+        self._check_unclaimed(name)
+        taken = await self.store.account(name)
+        if taken is not None:  # before hashing: a taken name costs no argon2
+            raise ClientError("name_taken", f"the name {name!r} is registered: choose another")
+        self._check_unclaimed(name)  # taken while the store answered
+        account = await self._new_account(name, password, address)
+        log.info("registered name=%s address=%s", account.name, address)
         return account
 
-    async def verify_login(self, name: str, password: str, address: str) -> Account:
-        """The account if ``password`` is right; throttled per name and per ``address``."""
-        keys = (fold(name), address)
-        wait = max(self._name_throttle.wait(keys[0]), self._address_throttle.wait(keys[1]))
+    async def _new_account(self, name: str, password: str, address: str) -> Account:
+        """Hash ``password`` and store the account ``name``: throttled per address, with the
+        name reserved while it hashes (no guest can take it meanwhile). The caller checked
+        that the name is free."""
+        key = address_key(address)
+        wait = self._register_throttle.wait(key)
         if wait > 0:
+            log.info("registration throttled address=%s wait=%.0f", key, wait)
+            retry = math.ceil(wait)
             raise ClientError(
-                "throttled", f"too many failed logins: try again in {math.ceil(wait)} s"
+                "throttled",
+                f"too many registrations from your address: try again in {retry} s",
+                retry_after=retry,
             )
-        account = await self.store.account(name)
-        if account is None or not await self.passwords.verify(account.password_hash, password):
-            self._name_throttle.fail(keys[0])
-            self._address_throttle.fail(keys[1])
-            log.warning("failed login name=%s address=%s", name, address)
+        folded = fold(name)
+        self._register_throttle.begin(key)
+        self._reserved.add(folded)
+        hashed = False
+        try:
+            password_hash = await self.passwords.hash(password)
+            hashed = True
+            return await self.store.create_account(name, password_hash, now=self._clock())
+        finally:
+            self._reserved.discard(folded)
+            if self._register_throttle.end(key, count=hashed):
+                log.warning(
+                    "registrations paused address=%s: %d in %.0f s",
+                    key,
+                    self.limits.registrations,
+                    self.limits.register_window,
+                )
+
+    async def verify_login(self, name: str, password: str, address: str) -> Account:
+        """The account if ``password`` is right.
+
+        Throttled per (name, address), per address, and per name from every address but
+        those the name logged in from before: a guesser elsewhere slows the name down but
+        cannot lock its owner out. Each key's slot is taken before the password is checked
+        and counts while the check runs, so requests sent together are held to the limit.
+        """
+        folded, key = fold(name), address_key(address)
+        gates = [(self._pair_throttle, f"{folded} {key}"), (self._address_throttle, key)]
+        if key not in self._known.get(folded, ()):
+            gates.append((self._name_throttle, folded))
+        wait = max(throttle.wait(k) for throttle, k in gates)
+        if wait > 0:
+            log.info("login throttled name=%s address=%s wait=%.0f", name, key, wait)
+            retry = math.ceil(wait)
+            raise ClientError(
+                "throttled",
+                f"too many failed logins: try again in {retry} s",
+                retry_after=retry,
+            )
+        for throttle, k in gates:
+            throttle.begin(k)
+        right: bool | None = None  # None: no verdict (the store or the hashing failed)
+        account: Account | None = None
+        try:
+            account = await self.store.account(name)
+            right = account is not None and await self.passwords.verify(
+                account.password_hash, password
+            )
+        finally:
+            for throttle, k in gates:
+                if throttle.end(k, count=right is False):
+                    log.warning(
+                        "login locked key=%s: %d failures in %.0f s",
+                        k,
+                        throttle.limit,
+                        throttle.window,
+                    )
+        if not right or account is None:
+            log.warning("failed login name=%s address=%s", name, key)
             raise ClientError("bad_login", "wrong name or password")
-        self._name_throttle.clear(keys[0])
+        self._pair_throttle.clear(gates[0][1])
+        known = self._known.setdefault(folded, deque(maxlen=KNOWN_ADDRESSES))
+        if key not in known:
+            known.append(key)
         return account
 
     async def authenticate(self, account_id: str, generation: int) -> Account:

@@ -27,7 +27,7 @@ from roomcast.cli import main
 from roomcast.server import Server
 from roomcast.wire.line import GREETING
 from tests.e2e.conftest import Clients
-from tests.e2e.test_web_api import Sockets, fetch, refused
+from tests.e2e.test_web_api import Sockets, fetch, http_base, refused
 
 StartServer = Callable[..., Awaitable[Server]]  # the ``start_server`` fixture of conftest.py
 Obj = dict[str, Any]
@@ -47,7 +47,9 @@ def start_server(start_server: StartServer, tmp_path: Path) -> StartServer:
 
     async def start(*, cost: Cost = CHEAP, **overrides: Any) -> Server:
         server = await start_server(**({"data_dir": str(tmp_path)} | overrides))
-        server.hub.passwords = Passwords(cost)
+        config = server.config
+        server.hub.passwords.close()
+        server.hub.passwords = Passwords(cost, workers=config.hash_workers, queue=config.hash_queue)
         return server
 
     return start
@@ -320,3 +322,148 @@ async def test_the_json_logout_all_and_api_logout_revoke_every_token(
     await listening.expect(lambda e: e["type"] == "error" and e["code"] == "closed")
     assert await refused(http, server, "POST", "/api/logout", token=third) == (401, "bad_token")
     assert await refused(http, server, "POST", "/api/logout") == (401, "no_token")
+
+
+# --- the login throttle ---------------------------------------------------------------------
+
+
+async def test_two_hundred_parallel_guesses_are_throttled_before_argon2_checks_them(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """200 logins for alice sent at once, the right password among them: at most 5 are
+    checked (401 or 200), every other one is 429 throttled with a Retry-After."""
+    server = await start_server(cost=SLOW, **FAST)
+    await register(http, server, "alice")
+    url = http_base(server) + "/api/login"
+    passwords = [f"guess number {i}" for i in range(199)]
+    passwords.insert(137, PASSWORD)
+
+    async def attempt(password: str) -> tuple[int, str | None]:
+        async with asyncio.timeout(60.0):
+            async with http.post(url, json={"name": "alice", "password": password}) as resp:
+                await resp.read()
+                return resp.status, resp.headers.get("Retry-After")
+
+    answers = await asyncio.gather(*(attempt(p) for p in passwords))
+    checked = [status for status, _ in answers if status != 429]
+    assert len(checked) <= 5, f"{len(checked)} passwords were checked: {sorted(checked)}"
+    assert set(checked) <= {200, 401}
+    retry = [after for status, after in answers if status == 429]
+    assert len(retry) >= 195 and all(a is not None and int(a) >= 1 for a in retry), retry[:5]
+
+
+async def test_parallel_guesses_on_the_line_protocol_are_throttled_too(
+    start_server: StartServer, http: aiohttp.ClientSession, clients: Clients
+) -> None:
+    """Twenty line connections sending '/login alice <guess>' at once: at most five are
+    told 'wrong name or password', the others that they are throttled."""
+    server = await start_server(cost=SLOW, **FAST)
+    await register(http, server, "alice")
+    connections = [await clients.connect(server) for _ in range(20)]
+    for c in connections:
+        assert await c.readline() == GREETING
+    for i, c in enumerate(connections):
+        c.writer.write(f"/login alice guess number {i}\n".encode())
+    answers = [await c.readline(within=TIMEOUT) for c in connections]
+    wrong = [a for a in answers if a == "! wrong name or password"]
+    throttled = [a for a in answers if a.startswith("! too many failed logins")]
+    assert len(wrong) <= 5 and len(wrong) + len(throttled) == 20, answers
+
+
+async def test_wrong_passwords_from_another_address_do_not_lock_the_owner_out(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """Five wrong passwords for alice from 127.0.0.2 throttle that address only: alice logs
+    in from 127.0.0.3 at once."""
+    server = await start_server()
+    await register(http, server, "alice")
+    url = http_base(server) + "/api/login"
+
+    async def login_from(address: str, password: str) -> int:
+        connector = aiohttp.TCPConnector(local_addr=(address, 0))
+        async with aiohttp.ClientSession(connector=connector) as client:
+            async with asyncio.timeout(TIMEOUT):
+                body = {"name": "alice", "password": password}
+                async with client.post(url, json=body) as resp:
+                    await resp.read()
+                    return resp.status
+
+    for i in range(5):
+        assert await login_from("127.0.0.2", f"wrong guess {i}") == 401
+    assert await login_from("127.0.0.2", PASSWORD) == 429
+    assert await login_from("127.0.0.3", PASSWORD) == 200
+
+
+# --- registration ---------------------------------------------------------------------------
+
+
+async def test_a_hundred_parallel_registrations_from_one_address_are_throttled(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """100 registrations sent at once from one address: only the first 10 are hashed (201),
+    the other 90 are 429 throttled with a Retry-After, and nothing else was registered."""
+    server = await start_server(**FAST)
+    url = http_base(server) + "/api/register"
+
+    async def attempt(i: int) -> tuple[int, str | None]:
+        async with asyncio.timeout(60.0):
+            body = {"name": f"bot{i}", "password": PASSWORD}
+            async with http.post(url, json=body) as resp:
+                await resp.read()
+                return resp.status, resp.headers.get("Retry-After")
+
+    answers = await asyncio.gather(*(attempt(i) for i in range(100)))
+    statuses = [status for status, _ in answers]
+    assert statuses.count(201) == 10 and statuses.count(429) == 90, statuses
+    assert all(a is not None and int(a) >= 1 for s, a in answers if s == 429)
+    registered = [i for i in range(100) if await server.store.account(f"bot{i}") is not None]
+    assert len(registered) == 10
+
+
+async def test_registrations_beyond_the_hashing_queue_are_refused_busy(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    """With one hashing worker and a queue of one, twenty registrations sent at once at the
+    default argon2id cost: the excess is 503 busy with a Retry-After, never a pile of
+    hashes; each 201 is a real account."""
+    server = await start_server(cost=Cost(), hash_workers=1, hash_queue=1, registrations=1000)
+    url = http_base(server) + "/api/register"
+
+    async def attempt(i: int) -> tuple[int, str, str | None]:
+        async with asyncio.timeout(60.0):
+            body = {"name": f"bot{i}", "password": PASSWORD}
+            async with http.post(url, json=body) as resp:
+                answer = await resp.json()
+                code = "" if resp.status == 201 else answer["error"]["code"]
+                return resp.status, code, resp.headers.get("Retry-After")
+
+    answers = await asyncio.gather(*(attempt(i) for i in range(20)))
+    busy = [a for a in answers if a[0] == 503]
+    assert busy and all(code == "busy" and after for _, code, after in busy), answers
+    assert {a[0] for a in answers} <= {201, 503}, answers
+    for i, (status, _, _) in enumerate(answers):
+        assert (await server.store.account(f"bot{i}") is not None) == (status == 201)
+
+
+async def test_a_guest_cannot_take_a_name_while_its_registration_hashes(
+    start_server: StartServer, http: aiohttp.ClientSession, sockets: Sockets
+) -> None:
+    """A guest naming itself alice while POST /api/register alice is hashing is refused (or
+    the registration is, if the guest came first): never both, and a 201 means the owner can
+    log in."""
+    server = await start_server(cost=Cost())  # about 0.2 s a hash: the guest comes meanwhile
+    registering = asyncio.create_task(
+        fetch(http, server, "POST", "/api/register", json={"name": "alice", "password": PASSWORD})
+    )
+    guest = await sockets.ws(server)
+    rid = await guest.request({"type": "hello", "name": "alice"})
+    answer = await guest.answer(rid)
+    status, body = await registering
+    if status == 201:
+        assert (answer["type"], answer.get("code")) == ("error", "name_taken"), answer
+        owner = await sockets.ws(server)
+        rid = await owner.request({"type": "login", "name": "alice", "password": PASSWORD})
+        assert (await owner.answer(rid))["type"] == "welcome"
+    else:
+        assert (status, body["error"]["code"]) == (409, "name_taken")
+        assert answer["type"] == "welcome"

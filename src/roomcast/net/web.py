@@ -81,6 +81,7 @@ _STATUS = {  # HTTP status of a client error, by code; 400 otherwise
     "no_token": 401,
     "throttled": 429,
     "flood": 429,
+    "busy": 503,
     "name_taken": 409,
     "not_found": 404,
     "no_such_room": 404,
@@ -109,7 +110,10 @@ def _json(obj: object, status: int = 200) -> web.Response:
 
 
 def _error(e: ClientError) -> web.Response:
-    return _json({"error": {"code": e.code, "message": e.message}}, _STATUS.get(e.code, 400))
+    response = _json({"error": {"code": e.code, "message": e.message}}, _STATUS.get(e.code, 400))
+    if e.retry_after is not None:
+        response.headers["Retry-After"] = str(e.retry_after)
+    return response
 
 
 def _static_dir() -> Path:
@@ -299,7 +303,7 @@ class WebServer:
     async def _register(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         account = await self.hub.create_account(
-            self._field(body, "name"), self._field(body, "password")
+            self._field(body, "name"), self._field(body, "password"), request.remote or "?"
         )
         return self._issued(account, 201)
 
