@@ -4,6 +4,7 @@ before the hash, counting those in flight."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import pytest
 
@@ -128,24 +129,40 @@ def test_addresses_are_counted_by_ipv4_address_or_ipv6_64(host: str, key: str) -
 
 
 async def test_hashing_beyond_the_workers_and_the_queue_is_refused_busy() -> None:
-    """With one worker and a queue of one, a third hash asked while two are pending is
-    refused at once as busy, with a retry hint; the two others complete."""
-    passwords = Passwords(CHEAP, workers=1, queue=1)
+    """With one worker and a queue of two, a password check asked while three are pending
+    is refused at once as busy, with a retry hint; the three others complete."""
+    passwords = Passwords(CHEAP, workers=1, queue=2)
     try:
+        hashed = await passwords.hash("password one")
         results = await asyncio.gather(
-            passwords.hash("password one"),
-            passwords.verify("not a hash", "password two"),
-            passwords.hash("password three"),
+            *(passwords.verify(hashed, f"password {n}") for n in ("one", "two", "three", "four")),
             return_exceptions=True,
         )
-        first, second, third = results
-        assert isinstance(first, str) and first.startswith("$argon2id$")
-        assert second is False
-        assert isinstance(third, ClientError) and third.code == "busy"
-        assert third.retry_after is not None and third.retry_after >= 1
-        assert f"try again in {third.retry_after} s" in third.message
+        assert results[:3] == [True, False, False]
+        busy = results[3]
+        assert isinstance(busy, ClientError) and busy.code == "busy"
+        assert busy.retry_after is not None and busy.retry_after >= 1
+        assert f"try again in {busy.retry_after} s" in busy.message
         assert passwords.pending == 0
-        assert await passwords.verify(first, "password one")  # room again
+        assert await passwords.verify(hashed, "password one")  # room again
+    finally:
+        passwords.close()
+
+
+async def test_new_passwords_take_half_the_queue_and_leave_the_rest_to_logins() -> None:
+    """With two workers and a queue of four, new passwords are hashed at most four at once
+    (two running, two waiting); then a registration is busy but a login still gets in."""
+    passwords = Passwords(CHEAP, workers=2, queue=4)
+    try:
+        hashed = await passwords.hash("an earlier password")
+        hashes = [asyncio.create_task(passwords.hash(f"new password {i}")) for i in range(4)]
+        await asyncio.sleep(0)  # one loop turn: the four asked for a worker
+        with pytest.raises(ClientError) as caught:
+            await passwords.hash("one too many")
+        assert caught.value.code == "busy"
+        assert await passwords.verify(hashed, "an earlier password")
+        for task in hashes:
+            assert (await task).startswith("$argon2id$")
     finally:
         passwords.close()
 
@@ -153,7 +170,7 @@ async def test_hashing_beyond_the_workers_and_the_queue_is_refused_busy() -> Non
 async def test_a_cancelled_hash_counts_until_its_worker_is_done_with_it() -> None:
     """A caller that gives up does not free its place: the work goes on and still counts
     against the bound until its worker is done with it."""
-    passwords = Passwords(CHEAP, workers=1, queue=1)
+    passwords = Passwords(CHEAP, workers=1, queue=2)
     try:
         task = asyncio.create_task(passwords.hash("given up on"))
         await asyncio.sleep(0)  # one loop turn: the task submits its job
@@ -167,6 +184,52 @@ async def test_a_cancelled_hash_counts_until_its_worker_is_done_with_it() -> Non
             await passwords.hash("refused meanwhile")
         assert caught.value.code == "busy"
         assert (await behind).startswith("$argon2id$")  # one worker: the first ended before
+        assert passwords.pending == 0
+    finally:
+        passwords.close()
+
+
+async def test_a_waiting_login_goes_before_waiting_registrations() -> None:
+    """With one worker busy and two registrations waiting, a password check asked after
+    them runs first: a registration flood delays a login by the running hash only."""
+    passwords = Passwords(CHEAP, workers=1, queue=4)
+    finished: list[str] = []
+
+    async def job(name: str, work: Awaitable[object]) -> None:
+        await work
+        finished.append(name)
+
+    try:
+        hashed = await passwords.hash("an earlier password")
+        jobs = [
+            asyncio.create_task(job("running", passwords.hash("registration 1"))),
+            asyncio.create_task(job("waiting 1", passwords.hash("registration 2"))),
+            asyncio.create_task(job("waiting 2", passwords.hash("registration 3"))),
+            asyncio.create_task(job("login", passwords.verify(hashed, "an earlier password"))),
+        ]
+        await asyncio.gather(*jobs)
+        assert finished == ["running", "login", "waiting 1", "waiting 2"]
+        assert passwords.pending == 0
+    finally:
+        passwords.close()
+
+
+async def test_a_job_cancelled_while_it_waits_leaves_the_queue() -> None:
+    """A caller that gives up before its job found a worker takes nothing: its place is
+    free at once and the jobs behind it run in order."""
+    passwords = Passwords(CHEAP, workers=1, queue=2)
+    try:
+        running = asyncio.create_task(passwords.hash("running now"))
+        waiting = asyncio.create_task(passwords.hash("given up on"))
+        await asyncio.sleep(0)  # one loop turn: both asked for a worker
+        assert passwords.pending == 2
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert passwords.pending == 1
+        behind = asyncio.create_task(passwords.hash("behind it"))
+        assert (await running).startswith("$argon2id$")
+        assert (await behind).startswith("$argon2id$")
         assert passwords.pending == 0
     finally:
         passwords.close()

@@ -16,6 +16,7 @@ before the first of them is recorded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
@@ -76,7 +77,9 @@ class Passwords:
     ``ClientError("busy")`` at once, with a retry hint, so that a flood costs neither the
     memory of a hash per request nor an unbounded wait for the users behind it. A job counts
     until its thread is done with it, even if its caller was cancelled meanwhile: the bound
-    is on the work, not on the waiting.
+    is on the work, not on the waiting. Checks of passwords (logins) go before hashes of new
+    ones (registrations), which may take only half the queue: a registration flood delays a
+    login by the hashes already running, and cannot fill the queue against it.
     """
 
     def __init__(self, cost: Cost | None = None, *, workers: int = 2, queue: int = 16) -> None:
@@ -89,25 +92,28 @@ class Passwords:
         self.workers = workers  # hashes that run at once
         self.queue = queue  # hashes that may wait for a worker
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="roomcast-argon2")
-        self._pending = 0  # jobs running or waiting
+        self._running = 0  # jobs on a worker (or handed one and about to start)
+        # jobs waiting for a worker: checks of passwords first, then hashes of new ones; each
+        # is a future set when a worker is handed to it
+        self._waiting: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
         self._mean = 0.25  # seconds a hash takes, a running mean: the retry hint
         self._refusing = False  # refused a job since the last one that found room (for logs)
 
     @property
     def pending(self) -> int:
         """Hashes running or waiting for a worker."""
-        return self._pending
+        return self._running + len(self._waiting[0]) + len(self._waiting[1])
 
     async def hash(self, password: str) -> str:
         """The argon2id hash of ``password`` (checked for length first)."""
         check_password(password)
-        return await self._run(self._hasher.hash, password)
+        return await self._run(1, self._hasher.hash, password)
 
     async def verify(self, password_hash: str, password: str) -> bool:
         """Whether ``password`` matches ``password_hash``. A malformed hash never matches."""
         if len(password) > MAX_PASSWORD:
             return False
-        return await self._run(self._verify, password_hash, password)
+        return await self._run(0, self._verify, password_hash, password)
 
     def _verify(self, password_hash: str, password: str) -> bool:
         try:
@@ -115,28 +121,43 @@ class Passwords:
         except (VerificationError, InvalidHashError):
             return False
 
-    async def _run(self, work: Callable[..., T], *args: str) -> T:
-        """Run ``work(*args)`` on a worker, or refuse with ``busy`` if the queue is full."""
-        if self._pending >= self.workers + self.queue:
-            wait = max(1, math.ceil(self._pending / self.workers * self._mean))
+    async def _run(self, rank: int, work: Callable[..., T], *args: str) -> T:
+        """Run ``work(*args)`` on a worker once one is free for it (rank 0, a login, before
+        rank 1, a registration), or refuse with ``busy`` if the workers and the queue (half
+        of it, for rank 1) are taken."""
+        pending = self.pending
+        # hashes of new passwords may take half the queue: the rest stays for logins
+        if pending >= self.workers + (self.queue if rank == 0 else self.queue // 2):
+            wait = max(1, math.ceil(pending / self.workers * self._mean))
             if not self._refusing:
                 self._refusing = True
-                log.warning(
-                    "password hashing busy: %d running or waiting; refusing more", self._pending
-                )
+                log.warning("password hashing busy: %d running or waiting; refusing more", pending)
             raise ClientError(
                 "busy",
                 f"the server is busy checking passwords: try again in {wait} s",
                 retry_after=wait,
             )
         self._refusing = False
+        if self._running < self.workers:
+            self._running += 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            self._waiting[rank].append(turn)
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():  # handed a worker: hand it on
+                    self._release()
+                else:  # still waiting (or already skipped by _release)
+                    with contextlib.suppress(ValueError):
+                        self._waiting[rank].remove(turn)
+                raise
 
         def timed() -> tuple[T, float]:
             start = time.perf_counter()
             result = work(*args)
             return result, time.perf_counter() - start
 
-        self._pending += 1
         job = asyncio.get_running_loop().run_in_executor(self._pool, timed)
         job.add_done_callback(self._done)
         # shielded: a cancelled caller leaves the job counted until its thread is done
@@ -144,12 +165,25 @@ class Passwords:
         return result
 
     def _done(self, job: asyncio.Future[tuple[Any, float]]) -> None:
-        self._pending -= 1
         if not job.cancelled() and job.exception() is None:
             self._mean += (job.result()[1] - self._mean) / 8
+        self._release()
+
+    def _release(self) -> None:
+        """A worker is free: hand it to the first job waiting, or count it free."""
+        for waiting in self._waiting:
+            while waiting:
+                turn = waiting.popleft()
+                if not turn.done():
+                    turn.set_result(None)
+                    return
+        self._running -= 1
 
     def close(self) -> None:
-        """Stop the worker threads once their jobs are done; drop the jobs still waiting."""
+        """Stop the worker threads once their jobs are done; cancel the jobs still waiting."""
+        for waiting in self._waiting:
+            while waiting:
+                waiting.popleft().cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
