@@ -4,6 +4,7 @@ before the hash, counting those in flight."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable
 
 import pytest
@@ -128,42 +129,72 @@ def test_addresses_are_counted_by_ipv4_address_or_ipv6_64(host: str, key: str) -
     assert address_key(host) == key
 
 
+class Held:
+    """Jobs that hold workers of a ``Passwords`` until released: a worker is taken for as
+    long as a test needs it, not for as long as a hash happens to take."""
+
+    def __init__(self, passwords: Passwords) -> None:
+        self.passwords = passwords  # whose workers are held
+        self.release = threading.Event()  # set: the held jobs end
+        self.jobs: list[asyncio.Task[bool]] = []  # the holding jobs
+
+    async def hold(self, count: int = 1) -> None:
+        """Take ``count`` places (workers first, then the queue) with held jobs."""
+        for _ in range(count):
+            held = self.passwords._run(1, self.release.wait)
+            self.jobs.append(asyncio.create_task(held))
+        await asyncio.sleep(0)  # one loop turn: each asked for its place
+
+    async def end(self) -> None:
+        """Let the held jobs end, and wait until they have."""
+        self.release.set()
+        await asyncio.gather(*self.jobs, return_exceptions=True)
+
+
 async def test_hashing_beyond_the_workers_and_the_queue_is_refused_busy() -> None:
     """With one worker and a queue of two, a password check asked while three are pending
-    is refused at once as busy, with a retry hint; the three others complete."""
+    is refused at once as busy, with a retry hint; once they are done there is room."""
     passwords = Passwords(CHEAP, workers=1, queue=2)
+    held = Held(passwords)
     try:
         hashed = await passwords.hash("password one")
-        results = await asyncio.gather(
-            *(passwords.verify(hashed, f"password {n}") for n in ("one", "two", "three", "four")),
-            return_exceptions=True,
-        )
-        assert results[:3] == [True, False, False]
-        busy = results[3]
-        assert isinstance(busy, ClientError) and busy.code == "busy"
-        assert busy.retry_after is not None and busy.retry_after >= 1
+        await held.hold()
+        checks = [asyncio.create_task(passwords.verify(hashed, f"pw {n}")) for n in (1, 2)]
+        await asyncio.sleep(0)
+        assert passwords.pending == 3
+        with pytest.raises(ClientError) as caught:
+            await passwords.verify(hashed, "password one")
+        busy = caught.value
+        assert busy.code == "busy" and busy.retry_after is not None and busy.retry_after >= 1
         assert f"try again in {busy.retry_after} s" in busy.message
+        await held.end()
+        assert await asyncio.gather(*checks) == [False, False]
         assert passwords.pending == 0
         assert await passwords.verify(hashed, "password one")  # room again
     finally:
+        await held.end()
         passwords.close()
 
 
 async def test_new_passwords_take_half_the_queue_and_leave_the_rest_to_logins() -> None:
-    """With two workers and a queue of four, new passwords are hashed at most four at once
-    (two running, two waiting); then a registration is busy but a login still gets in."""
-    passwords = Passwords(CHEAP, workers=2, queue=4)
+    """With one worker and a queue of four, new passwords are hashed three at most (one
+    running, two waiting); then a registration is busy, but a login still gets in."""
+    passwords = Passwords(CHEAP, workers=1, queue=4)
+    held = Held(passwords)
     try:
         hashed = await passwords.hash("an earlier password")
-        hashes = [asyncio.create_task(passwords.hash(f"new password {i}")) for i in range(4)]
-        await asyncio.sleep(0)  # one loop turn: the four asked for a worker
+        await held.hold(3)
+        assert passwords.pending == 3
         with pytest.raises(ClientError) as caught:
             await passwords.hash("one too many")
         assert caught.value.code == "busy"
-        assert await passwords.verify(hashed, "an earlier password")
-        for task in hashes:
-            assert (await task).startswith("$argon2id$")
+        login = asyncio.create_task(passwords.verify(hashed, "an earlier password"))
+        await asyncio.sleep(0)
+        assert passwords.pending == 4
+        await held.end()
+        assert await login
     finally:
+        await held.end()
         passwords.close()
 
 
@@ -171,28 +202,31 @@ async def test_a_cancelled_hash_counts_until_its_worker_is_done_with_it() -> Non
     """A caller that gives up does not free its place: the work goes on and still counts
     against the bound until its worker is done with it."""
     passwords = Passwords(CHEAP, workers=1, queue=2)
+    held = Held(passwords)
     try:
-        task = asyncio.create_task(passwords.hash("given up on"))
-        await asyncio.sleep(0)  # one loop turn: the task submits its job
-        task.cancel()
+        await held.hold()
+        held.jobs[0].cancel()  # its caller gives up; its job runs on
         with pytest.raises(asyncio.CancelledError):
-            await task
-        assert passwords.pending == 1  # still hashing on its worker
+            await held.jobs[0]
+        assert passwords.pending == 1  # still on its worker
         behind = asyncio.create_task(passwords.hash("waits behind it"))
         await asyncio.sleep(0)
-        with pytest.raises(ClientError) as caught:  # the worker and the queue are taken
+        with pytest.raises(ClientError) as caught:  # the worker and the half queue are taken
             await passwords.hash("refused meanwhile")
         assert caught.value.code == "busy"
+        await held.end()
         assert (await behind).startswith("$argon2id$")  # one worker: the first ended before
         assert passwords.pending == 0
     finally:
+        await held.end()
         passwords.close()
 
 
 async def test_a_waiting_login_goes_before_waiting_registrations() -> None:
-    """With one worker busy and two registrations waiting, a password check asked after
+    """With the worker busy and two registrations waiting, a password check asked after
     them runs first: a registration flood delays a login by the running hash only."""
     passwords = Passwords(CHEAP, workers=1, queue=4)
+    held = Held(passwords)
     finished: list[str] = []
 
     async def job(name: str, work: Awaitable[object]) -> None:
@@ -201,16 +235,20 @@ async def test_a_waiting_login_goes_before_waiting_registrations() -> None:
 
     try:
         hashed = await passwords.hash("an earlier password")
+        await held.hold()
         jobs = [
-            asyncio.create_task(job("running", passwords.hash("registration 1"))),
-            asyncio.create_task(job("waiting 1", passwords.hash("registration 2"))),
-            asyncio.create_task(job("waiting 2", passwords.hash("registration 3"))),
+            asyncio.create_task(job("registration 1", passwords.hash("registration 1"))),
+            asyncio.create_task(job("registration 2", passwords.hash("registration 2"))),
             asyncio.create_task(job("login", passwords.verify(hashed, "an earlier password"))),
         ]
+        await asyncio.sleep(0)
+        assert passwords.pending == 4
+        await held.end()
         await asyncio.gather(*jobs)
-        assert finished == ["running", "login", "waiting 1", "waiting 2"]
+        assert finished == ["login", "registration 1", "registration 2"]
         assert passwords.pending == 0
     finally:
+        await held.end()
         passwords.close()
 
 
@@ -218,18 +256,22 @@ async def test_a_job_cancelled_while_it_waits_leaves_the_queue() -> None:
     """A caller that gives up before its job found a worker takes nothing: its place is
     free at once and the jobs behind it run in order."""
     passwords = Passwords(CHEAP, workers=1, queue=2)
+    held = Held(passwords)
     try:
-        running = asyncio.create_task(passwords.hash("running now"))
+        await held.hold()
         waiting = asyncio.create_task(passwords.hash("given up on"))
-        await asyncio.sleep(0)  # one loop turn: both asked for a worker
+        await asyncio.sleep(0)
         assert passwords.pending == 2
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert passwords.pending == 1
         behind = asyncio.create_task(passwords.hash("behind it"))
-        assert (await running).startswith("$argon2id$")
+        await asyncio.sleep(0)
+        assert passwords.pending == 2
+        await held.end()
         assert (await behind).startswith("$argon2id$")
         assert passwords.pending == 0
     finally:
+        await held.end()
         passwords.close()
