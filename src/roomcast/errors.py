@@ -6,13 +6,14 @@
     ├── ClientError     the client sent something wrong; carries the code and the reply to send
     ├── Closed          we closed the session or the server (shutdown, quit, too slow)
     └── Broken          something we depend on failed (store, bus, peer)
+        └── Unwritable  the store cannot take writes now (file deleted, read-only, disk full)
 
 The broadcast channel has its own errors (``roomcast.broadcast``): it knows nothing of chat.
 """
 
 from __future__ import annotations
 
-__all__ = ["Broken", "ClientError", "Closed", "RoomcastError"]
+__all__ = ["Broken", "ClientError", "Closed", "RoomcastError", "Unwritable"]
 
 
 class RoomcastError(Exception):
@@ -49,3 +50,8 @@ class Closed(RoomcastError):
 
 class Broken(RoomcastError):
     """A dependency failed (store, bus or peer); the request may be retried."""
+
+
+class Unwritable(Broken):
+    """The store cannot take writes now: its file was deleted or replaced, it is read-only,
+    or its disk is full. Reads may still work; writes are refused until an operator acts."""

@@ -25,6 +25,13 @@ leaves and quits are announced (and stored) in rooms of up to ``Limits.quiet_abo
 members; in bigger rooms they would drown the conversation, and each would cost a delivery
 to every member.
 
+A command the store fails (``unavailable``) leaves nothing half done, so the client may
+simply retry: each command writes before it changes the online state, or undoes what it
+changed when the write fails. A name or login that fails leaves the session NEW and tells no
+room (a login's joins are one write: all rooms are told, or none); a join, leave or nick
+that fails leaves the user's rooms and name as they were; a registration whose rooms cannot
+be stored deletes its account again.
+
 Accounts and tokens
 -------------------
 An account has a stable id and a token generation (``store.base.Account``). A token names
@@ -69,7 +76,7 @@ from dataclasses import dataclass
 
 from roomcast.auth import Passwords, Throttle, address_key, check_password
 from roomcast.broadcast import Receiver, Sender, channel
-from roomcast.errors import Broken, ClientError
+from roomcast.errors import Broken, ClientError, Unwritable
 from roomcast.model import (
     Action,
     Authenticated,
@@ -178,6 +185,10 @@ FLOOD = "you are sending too fast: wait a moment, then retry"
 EVERYWHERE = "logged out everywhere"  # why the sessions of revoked tokens are ended
 DELETED = "logged out: the account was deleted"  # why a deleted account's sessions are ended
 UNAVAILABLE = Error(code="unavailable", message="the server could not do that now; try again")
+NOT_WRITABLE = Error(
+    code="unavailable",
+    message="the server cannot store anything now: its storage is not writable; try again later",
+)
 
 
 class _Bucket:
@@ -254,7 +265,10 @@ class Hub:
         """Carry out ``command`` for ``session``; return the replies for that session only.
 
         A client's mistake comes back as an ``Error`` event (and a log line), never raised.
+        A store failure comes back as ``unavailable`` with nothing half done: each command
+        stores first or undoes what it changed, and a name or login is undone whole.
         """
+        unnamed = session.user is None
         try:
             if not isinstance(command, _ACCEPTS[session.state]):
                 raise self._illegal(session, command)
@@ -264,8 +278,10 @@ class Hub:
         except ClientError as e:
             log.info("client error peer=%s name=%s code=%s", session.peer, session.name, e.code)
             return [Error(code=e.code, message=e.message)]
-        except Broken:
-            return [self._failed(session)]
+        except Broken as e:
+            if unnamed and session.user is not None:  # named or logged in, then the store failed
+                self._unname(session, session.user)
+            return [self._failed(session, e)]
 
     async def say(self, session: Session, commands: Sequence[Say | Action]) -> list[Event]:
         """Carry out a run of ``Say``/``Action`` commands from ``session`` with one store write;
@@ -294,12 +310,16 @@ class Hub:
         if drafts:
             try:
                 await self._queue(rooms, drafts)
-            except Broken:
-                errors.append(self._failed(session))
+            except Broken as e:
+                errors.append(self._failed(session, e))
         return errors
 
-    def _failed(self, session: Session) -> Error:
-        """Log a store failure met on ``session``'s behalf; the error to send it."""
+    def _failed(self, session: Session, error: Broken) -> Error:
+        """Log a store failure met on ``session``'s behalf; the error to send it. A store
+        that cannot take writes is one line each (the store logged why once), not a trace."""
+        if isinstance(error, Unwritable):
+            log.warning("store not writable for peer=%s: %s", session.peer, error)
+            return NOT_WRITABLE
         log.exception("store failure for peer=%s", session.peer)
         return UNAVAILABLE
 
@@ -388,6 +408,20 @@ class Hub:
             self._remove_member(user, room, forget_marks=False)
         await self._flush(user)
         log.info("quit name=%s peer=%s reason=%s", user.name, session.peer, reason)
+
+    def _unname(self, session: Session, user: User) -> None:
+        """Undo a name or a login that the store failed half-way: ``session`` is NEW again
+        as if it had never been named, and ``user``, unless another of its sessions is
+        online, goes without a word (its joins were not stored: nobody was told of them)."""
+        session.detach(keep=False)
+        if user.sessions or self._users.get(fold(user.name)) is not user:
+            return
+        del self._users[fold(user.name)]
+        if user.inbox is not None:
+            user.inbox.close()
+        for room in list(user.rooms.values()):
+            self._remove_member(user, room, forget_marks=True, keep=False)
+        log.info("name undone name=%s peer=%s", user.name, session.peer)
 
     async def close(self, reason: str = "server shutting down") -> None:
         """Close every session (telling their rooms) and every room channel, and stop the
@@ -506,14 +540,22 @@ class Hub:
             raise ClientError("registered", f"{user.name} is registered already")
         check_password(password)
         account = await self._new_account(user.name, password, session.address)
+        # The user becomes registered once its rooms are stored too; if they cannot be, the
+        # account goes again and the user stays the guest it was.
+        rooms = {name: room.tx.next_seq - 1 for name, room in user.rooms.items()}
+        try:
+            for name, read in rooms.items():
+                await self.store.set_membership(user.name, name, read_seq=read)
+        except Broken:
+            await self._unregister(user.name)
+            raise
         user.registered = True
         user.account_id, user.generation = account.id, account.generation
         user.private_mark = account.private_read_seq
         for s in user.sessions:
             s.note_private_read(account.private_read_seq)
-        for room in user.rooms.values():
-            user.mark(room.name, room.tx.next_seq - 1)
-            await self.store.set_membership(user.name, room.name, read_seq=room.tx.next_seq - 1)
+        for name, read in rooms.items():
+            user.mark(name, read)
         log.info("registered name=%s peer=%s", user.name, session.peer)
         return [
             Info(
@@ -521,6 +563,13 @@ class Hub:
                 " you back to your rooms and what you missed"
             )
         ]
+
+    async def _unregister(self, name: str) -> None:
+        """Delete the account a registration that failed half-way has just made."""
+        try:
+            await self.store.delete_account(name)
+        except Broken:
+            log.exception("could not delete the account %s whose rooms could not be stored", name)
 
     async def create_account(self, name: str, password: str, address: str) -> Account:
         """Register ``name`` (not online as a guest, not registered) with ``password``, for
@@ -721,23 +770,28 @@ class Hub:
         if not memberships:
             replies += await self._join(session, GENERAL, None)
         unread = []
+        entered = []
         for room_name, read_seq in memberships.items():
-            missed = await self._enter(session, user, room_name, read_seq, announce=returning)
+            room, missed = await self._enter(session, user, room_name, read_seq)
+            if room is not None and returning:
+                entered.append(room)
             if missed:
                 unread.append((room_name, missed))
+        if session.user is user:  # every join in one write: all told, or (failed) none
+            await self._announce_all(entered, user, Kind.JOIN, "")
         if unread:
             replies.append(Unread(rooms=tuple(unread)))
         session.replay_privates(user.private_mark)
         return replies
 
     async def _enter(
-        self, session: Session, user: User, name: str, read_seq: int, *, announce: bool
-    ) -> int:
-        """Put a logged-in session in one of its user's rooms, replay what it missed, and
-        return how many that was."""
+        self, session: Session, user: User, name: str, read_seq: int
+    ) -> tuple[Room | None, int]:
+        """Put a logged-in session in one of its user's rooms and replay what it missed;
+        return the room (``None`` if the session closed meanwhile) and how many that was."""
         room = await self._open_room(name)
         if session.state is not State.ACTIVE:
-            return 0
+            return None, 0
         if name not in user.rooms:
             user.rooms[name] = room
             room.members[fold(user.name)] = user
@@ -751,9 +805,7 @@ class Hub:
             first = live - replayed
             summary = Summary(room=name, missed=missed, replayed=replayed, first_seq=first)
             session.replay(name, first, summary)
-        if announce:
-            await self._announce(room, user, Kind.JOIN, "")
-        return max(0, missed)
+        return room, max(0, missed)
 
     # -- rooms --
 
@@ -771,9 +823,11 @@ class Hub:
             )
         room = await self._open_room(name)
         if session.user is not user:  # logged out or closed while the store answered
+            self._drop_if_unused(room)
             return []
         if name in user.rooms:  # another session of the user joined it meanwhile
             return await self._join(session, name, since)
+        previous = session.current
         user.rooms[name] = room
         room.members[fold(user.name)] = user
         for s in user.sessions:
@@ -781,12 +835,43 @@ class Hub:
         session.current = name
         if since is not None:
             session.replay(name, since + 1)
-        joined = await self._announce(room, user, Kind.JOIN, "")
-        if user.registered:
-            read = joined.seq - 1 if joined else room.tx.next_seq - 1
-            user.mark(name, read)
-            await self.store.set_membership(user.name, name, read_seq=read)
+        # The store steps come last (so that the joiner gets its own join), the membership
+        # before the announcement: when one fails, the join is undone and nobody was told.
+        read = room.tx.next_seq - 1  # its sessions get every message after this one
+        stored = False
+        try:
+            if user.registered:
+                user.mark(name, read)
+                await self.store.set_membership(user.name, name, read_seq=read)
+                stored = True
+            await self._announce(room, user, Kind.JOIN, "")
+        except Broken:
+            self._unjoin(session, user, room, previous)
+            if stored:
+                await self._set_membership(user.name, name, None)
+            raise
         return self._who(room, JOIN_WHO_LIMIT)
+
+    def _unjoin(self, session: Session, user: User, room: Room, previous: str | None) -> None:
+        """Undo a join whose store step failed: the user is out of ``room`` as if it had
+        never joined, and ``session`` talks to the room it talked to before."""
+        if user.rooms.get(room.name) is room:
+            self._remove_member(user, room, forget_marks=True, keep=False)
+        if session.user is user and (previous is None or previous in session.rooms):
+            session.current = previous
+
+    async def _set_membership(self, name: str, room: str, read_seq: int | None) -> None:
+        """Put back what a command that failed half-way changed in the store's memberships;
+        when that fails too, say in the log what stays wrong."""
+        try:
+            await self.store.set_membership(name, room, read_seq=read_seq)
+        except Broken:
+            log.exception(
+                "could not undo the membership of %s in %s: it stays %s in the store",
+                name,
+                room,
+                "out" if read_seq is not None else "in",
+            )
 
     async def _open_room(self, name: str) -> Room:
         room = self._rooms.get(name)
@@ -804,7 +889,16 @@ class Hub:
 
     async def _leave(self, session: Session, room: Room) -> list[Event]:
         user = self._user(session)
-        await self._announce(room, user, Kind.LEAVE, "left")
+        # The store steps first, the membership before the announcement; the room is left
+        # once both are done: a failure leaves the user in the room, as it was.
+        if user.registered:
+            await self.store.set_membership(user.name, room.name, read_seq=None)
+        try:
+            await self._announce(room, user, Kind.LEAVE, "left")
+        except Broken:
+            if user.registered and user.rooms.get(room.name) is room:
+                await self._set_membership(user.name, room.name, user.marks.get(room.name, 0))
+            raise
         if user.rooms.get(room.name) is not room:  # left by another session meanwhile
             return [Info(text=f"you left {room.name}")]
         # Each session whose current room this was moves on to another: say which, so that
@@ -814,19 +908,21 @@ class Hub:
         for other in moved:
             if other is not session:
                 other.tell(Info(text=_where_now(room.name, other, "from another connection")))
-        if user.registered:
-            await self.store.set_membership(user.name, room.name, read_seq=None)
         if session in moved:
             return [Info(text=_where_now(room.name, session))]
         return [Info(text=f"you left {room.name}")]
 
-    def _remove_member(self, user: User, room: Room, *, forget_marks: bool) -> None:
+    def _remove_member(
+        self, user: User, room: Room, *, forget_marks: bool, keep: bool = True
+    ) -> None:
+        """Take ``user`` out of ``room``; its sessions still deliver what the room said up to
+        now, unless ``keep`` is false (a join undone)."""
         user.rooms.pop(room.name, None)
         if forget_marks:
             user.marks.pop(room.name, None)
         room.members.pop(fold(user.name), None)
         for s in user.sessions:
-            s.unsubscribe(room.name)
+            s.unsubscribe(room.name, keep=keep)
         self._drop_if_unused(room)
 
     def _drop_if_unused(self, room: Room) -> None:
@@ -862,6 +958,15 @@ class Hub:
         if len(room.members) > self.limits.quiet_above:
             return None
         return await self._publish(room, user.name, kind, text, signed=user.registered)
+
+    async def _announce_all(self, rooms: list[Room], user: User, kind: Kind, text: str) -> None:
+        """``_announce`` in each of ``rooms`` in one store write: every room is told, or
+        (the store failed) none is."""
+        loud = [room for room in rooms if len(room.members) <= self.limits.quiet_above]
+        if loud:
+            now, signed = self._clock(), user.registered
+            drafts = [self._draft(r, user.name, kind, text, now, signed) for r in loud]
+            await self._queue(loud, drafts)
 
     async def _publish(
         self, room: Room, sender: str, kind: Kind, text: str, *, signed: bool
@@ -953,16 +1058,34 @@ class Hub:
             await self._check_free(name)
         if session.user is not user or user.name != old:  # changed while the store answered
             raise ClientError("name_taken", f"the name {name!r} is taken: choose another")
+        # Renamed first, so that nobody takes the name while the store writes; the rooms are
+        # told in one write, and when it fails the old name (and its private history) is back.
+        private = user.private_epoch, user.private_floor
+        self._rename(user, name)
+        rooms = list(user.rooms.values())
+        try:
+            if rooms:
+                now, signed = self._clock(), user.registered
+                drafts = [self._draft(r, old, Kind.NICK, name, now, signed) for r in rooms]
+                await self._queue(rooms, drafts)
+        except Broken:
+            if user.name == name and self._users.get(fold(name)) is user:  # still online
+                self._rename(user, old)
+                user.private_epoch, user.private_floor = private
+            raise
+        log.info("nick old=%s new=%s", old, name)
+        return [Info(text=f"you are now known as {name}")]
+
+    def _rename(self, user: User, name: str) -> None:
+        """Give the online ``user`` the free ``name``, everywhere the hub looks names up."""
+        old = user.name
         del self._users[fold(old)]
         self._users[fold(name)] = user
         user.name = name
         if fold(name) != fold(old):
             user.renamed()  # what it said privately as `old` is not the new name's history
-        for room in list(user.rooms.values()):
+        for room in user.rooms.values():
             room.members[fold(name)] = room.members.pop(fold(old))
-            await self._publish(room, old, Kind.NICK, name, signed=user.registered)
-        log.info("nick old=%s new=%s", old, name)
-        return [Info(text=f"you are now known as {name}")]
 
     async def _who_of(self, session: Session, name: str | None) -> list[Event]:
         """Who is in a room, member or not; a room nobody is in but that has history has
