@@ -135,6 +135,16 @@ async def test_concurrent_appends_are_gap_free(store: Storage) -> None:
         assert {m.id for m in page.messages} == {d.id for d, _, _, _ in flat if d.room == room}
 
 
+# --- health -------------------------------------------------------------------------------
+
+
+async def test_a_store_that_can_take_writes_passes_its_check(store: Storage) -> None:
+    """``check`` returns (raises nothing) for a working store, before and after writes."""
+    await store.check()
+    await store.append(draft("#a"))
+    await store.check()
+
+
 # --- history ------------------------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ resume API) and encodes what comes back with ``wire.json``.
 Routes (docs/protocol.md has the details):
 
     GET  /                                  the web client (static files under /static/)
-    GET  /health                            200 {"status": "ok", "version", counts}
+    GET  /health                            200 {"status": "ok", "version", counts};
+                                            503 {"status": "unavailable", "problem", ...}
     POST /api/register, /api/login          {"name", "password"} -> {"token", "name"}
     POST /api/logout                        with a bearer token: revoke every token
     GET  /api/rooms                         the rooms
@@ -49,7 +50,7 @@ import orjson
 from aiohttp import WSMessage, WSMsgType, web
 
 from roomcast import __version__
-from roomcast.errors import Broken, ClientError, Closed
+from roomcast.errors import Broken, ClientError, Closed, Unwritable
 from roomcast.hub import Hub
 from roomcast.model import (
     Action,
@@ -285,16 +286,22 @@ class WebServer:
         return web.FileResponse(_static_dir() / "index.html")
 
     async def _health(self, request: web.Request) -> web.Response:
-        return _json(
-            {
-                "status": "ok",
-                "version": __version__,
-                "online": self.hub.online,
-                "rooms": len(self.hub.room_list().rooms),
-                "websockets": len(self.sockets),
-                "streams": len(self.streams),
-            }
-        )
+        """200 with the counts; 503 with ``problem`` when the store cannot take writes (the
+        store logs each change of that, once)."""
+        counts = {
+            "version": __version__,
+            "online": self.hub.online,
+            "rooms": len(self.hub.room_list().rooms),
+            "websockets": len(self.sockets),
+            "streams": len(self.streams),
+        }
+        try:
+            await self.hub.store.check()
+        except Broken as e:
+            if not isinstance(e, Unwritable):  # not one the store logs itself
+                log.warning("health: the store failed its check: %s", e)
+            return _json({"status": "unavailable", "problem": str(e), **counts}, 503)
+        return _json({"status": "ok", **counts})
 
     def _issued(self, account: Account, status: int = 200) -> web.Response:
         token = self.tokens.issue(account.id, account.generation)

@@ -4,7 +4,8 @@ The hub never sees SQL. It talks to a ``Store`` (room history and private messag
 ``Accounts`` (registered names, memberships, read markers); each implementation (``memory``,
 ``sqlite``, later ``postgresql``) provides both, lives in its own module, is chosen by URL
 scheme (``roomcast.store.open_store``), and translates its driver's exceptions into
-``roomcast.errors.Broken`` at this seam.
+``roomcast.errors.Broken`` at this seam (``Unwritable``, a kind of ``Broken``, when what
+failed is that the storage cannot take writes: a full disk, a read-only file).
 
 Sequence numbers: the store gives each room message the room's next gap-free sequence number
 (from 1) when it appends it, and ``append`` returns only once the message is durable, so a
@@ -211,6 +212,12 @@ class Store(Protocol):
         stops at the first message younger than ``max_age``, so a message is never deleted
         while an older-numbered one is kept. ``oldest_seq`` moves up; ``latest_seq`` stays.
         """
+        ...
+
+    async def check(self) -> None:
+        """Return if the store can take writes now; else raise ``Unwritable`` saying why
+        (its file deleted, replaced or read-only, its disk full), or ``Broken`` when it
+        cannot be reached. Cheap enough to run on every ``/health`` request: no write."""
         ...
 
     async def close(self) -> None:

@@ -183,6 +183,9 @@ class MemoryStore:
             removed += 1
         return removed
 
+    async def check(self) -> None:
+        return None  # memory is always writable
+
     async def close(self) -> None:
         return None
 

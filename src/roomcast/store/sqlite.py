@@ -30,6 +30,18 @@ power loss or kernel crash can lose the last commits, messages whose senders wer
 told they were stored. ``FULL`` syncs the WAL at every commit, so an acked message survives
 both. Its cost is one fsync per commit, and group commit spreads that over the whole batch.
 
+Storage that goes away
+----------------------
+SQLite writes on, and acknowledges, after its file was deleted or replaced under it: the
+writes go to a file nobody can open again, and the next start finds an empty database. So
+the writer checks before each batch (``sqlite_writer.Guard``: the device and inode at the
+path against those opened, and that the file is writable; a few microseconds per batch, not
+per message) and refuses the batch with ``Unwritable`` when it fails. A full disk and a
+read-only file come back from SQLite as ``SQLITE_FULL`` and ``SQLITE_READONLY``, also
+``Unwritable``. ``check`` (``/health``) runs the same test plus the disk's free space.
+``open`` proves the file writable and refuses one that is not: SQLite would open it
+read-only without a word, and a server on it could store nothing.
+
 Search runs FTS5 (``messages_fts``, external content over ``messages.text``); each query
 word is passed as a quoted FTS5 string, so no user text is ever query syntax. The schema and
 its migrations are in ``roomcast.store.sqlite_schema``, the writer in
@@ -44,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -53,13 +66,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from roomcast.errors import Broken
+from roomcast.errors import Broken, Unwritable
 from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
 from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, conversation_key
 from roomcast.store.sqlite_schema import open_writer
-from roomcast.store.sqlite_writer import STOP, Job, Writer, broken, read_account
+from roomcast.store.sqlite_writer import STOP, Guard, Job, Writer, broken, read_account
 
 __all__ = ["SqliteStore", "Statistics"]
+
+log = logging.getLogger("roomcast.store")
 
 T = TypeVar("T")
 
@@ -164,11 +179,19 @@ class SqliteStore:
     """A ``Storage`` in one SQLite file. Open with ``await SqliteStore.open(path)``."""
 
     def __init__(
-        self, path: Path, conn: sqlite3.Connection, *, max_batch: int, readers: int
+        self,
+        path: Path,
+        conn: sqlite3.Connection,
+        *,
+        max_batch: int,
+        readers: int,
+        guard: Guard | None = None,
     ) -> None:
         """Private: use ``open``, which creates and migrates the file off the event loop."""
         self.path = path  # the database file, absolute
-        self._writer = Writer(conn, max_batch)  # the one writing connection and its thread
+        self._guard = guard  # is the file still the one written to, and writable?
+        self._disk_full = False  # what check() last found of the disk's space, to log changes
+        self._writer = Writer(conn, max_batch, guard)  # the one writing connection, its thread
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="roomcast-sqlite-reader")
         self._local = threading.local()  # .conn: each reader thread's own connection
         self._reader_conns: list[sqlite3.Connection] = []  # every reader connection, to close
@@ -192,12 +215,14 @@ class SqliteStore:
         ``max_batch`` caps the jobs in one group commit; ``readers`` is the number of reader
         threads; ``busy_timeout`` is how many seconds a write waits for a lock held by another
         process (another program using the file) before failing with ``Broken``. Raises
-        ``Broken`` when the file cannot be used (not a database, newer schema, no permission).
+        ``Broken`` when the file cannot be used (not a database, newer schema, no permission),
+        ``Unwritable`` when it can be read but not written (a read-only file or file system):
+        a store that cannot keep what it is told is not opened.
         """
         if max_batch < 1 or readers < 1:
             raise ValueError(f"max_batch and readers must be at least 1: {max_batch}, {readers}")
-        where, conn = await asyncio.to_thread(open_writer, Path(path), busy_timeout)
-        return cls(where, conn, max_batch=max_batch, readers=readers)
+        where, conn, guard = await asyncio.to_thread(_open_writable, Path(path), busy_timeout)
+        return cls(where, conn, max_batch=max_batch, readers=readers, guard=guard)
 
     def statistics(self) -> Statistics:
         """A snapshot of the writer's counters."""
@@ -208,6 +233,33 @@ class SqliteStore:
             largest_batch=w.largest_batch,
             pending=w.pending(),
         )
+
+    async def check(self) -> None:
+        """Raise ``Unwritable`` when the database file was deleted or replaced, is read-only,
+        or its disk has no space left; ``Broken`` once closed. Three system calls and a
+        ``statvfs``, in a thread."""
+        if self._closing:
+            raise Broken("the SQLite store is closed")
+        problem = await asyncio.to_thread(self._problem)
+        if problem is not None:
+            raise Unwritable(f"the SQLite store is not writable: {problem}")
+
+    def _problem(self) -> str | None:
+        if self._guard is not None and (problem := self._guard.problem()) is not None:
+            return problem  # the guard logged it
+        try:
+            space = os.statvfs(self.path.parent)
+        except OSError as e:
+            return f"its directory {self.path.parent} cannot be checked ({e.strerror})"
+        # root may use the blocks a file system keeps in reserve; others may not
+        full = (space.f_bfree if os.geteuid() == 0 else space.f_bavail) == 0
+        if full != self._disk_full:
+            self._disk_full = full
+            if full:
+                log.error("the disk of the SQLite store %s is full: writes will fail", self.path)
+            else:
+                log.warning("the disk of the SQLite store %s has space again", self.path)
+        return f"the disk of {self.path} is full" if full else None
 
     async def close(self) -> None:
         """Let the writer commit everything queued, stop the threads, close the connections.
@@ -432,6 +484,40 @@ class SqliteStore:
 
     async def advance_private_read(self, name: str, seq: int) -> None:
         await self._write(functools.partial(self._writer.advance_private_read, name, seq))
+
+
+def _open_writable(path: Path, busy_timeout: float) -> tuple[Path, sqlite3.Connection, Guard]:
+    """``open_writer``, then prove the file takes writes: SQLite opens a file it may only
+    read without a word, and every write would then fail. The probe is an ``UPDATE`` that
+    matches no row, rolled back: it needs the write lock of a writable file, changes nothing.
+    """
+    try:
+        where, conn = open_writer(path, busy_timeout)
+    except Broken as e:
+        folder = path.expanduser().absolute().parent
+        if folder.is_dir() and not os.access(folder, os.W_OK):
+            raise Unwritable(
+                f"the SQLite store {str(path)!r} is not writable: its directory is not, and"
+                f" SQLite must create its -wal and -shm files there ({e})"
+            ) from e
+        raise
+    try:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("UPDATE counters SET value = value WHERE 0")
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            raise Unwritable(f"the SQLite store {str(where)!r} is not writable: {e}") from e
+        guard = Guard(where)
+        problem = guard.problem()
+        if problem is not None:
+            raise Unwritable(f"the SQLite store {str(where)!r} is not writable: {problem}")
+    except BaseException:
+        conn.close()
+        raise
+    return where, conn, guard
 
 
 def _room_info(conn: sqlite3.Connection, room: str) -> tuple[int, int]:
