@@ -403,8 +403,8 @@ class Hub:
                 quit_message = await self._announce(room, user, Kind.QUIT, reason)
                 if quit_message and user.marks.get(room.name) == quit_message.seq - 1:
                     user.mark(room.name, quit_message.seq)  # all read: so is this
-            except Broken:
-                log.exception("could not store the quit of %s in %s", user.name, room.name)
+            except Broken as e:
+                _log_failure(e, "could not store the quit of %s in %s", user.name, room.name)
             self._remove_member(user, room, forget_marks=False)
         await self._flush(user)
         log.info("quit name=%s peer=%s reason=%s", user.name, session.peer, reason)
@@ -568,8 +568,8 @@ class Hub:
         """Delete the account a registration that failed half-way has just made."""
         try:
             await self.store.delete_account(name)
-        except Broken:
-            log.exception("could not delete the account %s whose rooms could not be stored", name)
+        except Broken as e:
+            _log_failure(e, "could not delete the account %s whose rooms could not be stored", name)
 
     async def create_account(self, name: str, password: str, address: str) -> Account:
         """Register ``name`` (not online as a guest, not registered) with ``password``, for
@@ -865,8 +865,9 @@ class Hub:
         when that fails too, say in the log what stays wrong."""
         try:
             await self.store.set_membership(name, room, read_seq=read_seq)
-        except Broken:
-            log.exception(
+        except Broken as e:
+            _log_failure(
+                e,
                 "could not undo the membership of %s in %s: it stays %s in the store",
                 name,
                 room,
@@ -1259,9 +1260,9 @@ class Hub:
         try:
             await self.store.advance_read({(user.name, r): s for r, s in user.marks.items()})
             await self.store.advance_private_read(user.name, user.private_mark)
-        except Broken:
+        except Broken as e:
             user.dirty = True
-            log.exception("could not write the read markers of %s", user.name)
+            _log_failure(e, "could not write the read markers of %s", user.name)
 
     async def apply_retention(self) -> int:
         """Cut every room's history to the retention limits; return how many were removed."""
@@ -1326,6 +1327,15 @@ class Hub:
         if room is None:
             raise ClientError("not_member", f"you are not in {name}: join it first")
         return room
+
+
+def _log_failure(error: Broken, what: str, *args: object) -> None:
+    """Log a store failure met in the background: one line when the store cannot take
+    writes (it logged why, once), the traceback otherwise."""
+    if isinstance(error, Unwritable):
+        log.warning(what + ": %s", *args, error)
+    else:
+        log.error(what, *args, exc_info=error)
 
 
 def _no_such_room(name: str) -> ClientError:

@@ -391,7 +391,11 @@ class Writer:
 
     def _index_now(self) -> None:
         """Bring the search index up to date in a transaction of its own; a failure leaves
-        it for the next pass (search and retention index first, inside their own jobs)."""
+        it for the next pass (search and retention index first, inside their own jobs), as
+        does a guard that says the writes would not last."""
+        if self.guard is not None and self.guard.problem() is not None:
+            self._indexed_at = time.monotonic()  # ask again in INDEX_DELAY, not at once
+            return
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             self.index()
