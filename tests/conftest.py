@@ -3,8 +3,8 @@ that turns read-only. Nothing is mocked: the store meets what a server on a full
 disk meets, from the kernel.
 
 A small tmpfs needs ``mount``, so root (with CAP_SYS_ADMIN): without it the tests that need
-one are skipped, saying why. A read-only folder is a read-only bind mount as root (root
-ignores permissions) and permissions otherwise.
+one are skipped, saying why. A read-only folder is permissions taken away, or a read-only
+bind mount for root, whom permissions do not bind.
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def _mount(*args: str) -> str | None:
         done = subprocess.run(["mount", *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as e:
         return str(e)
-    return None if done.returncode == 0 else done.stderr.strip() or f"exit {done.returncode}"
+    if done.returncode == 0:
+        return None
+    return (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[0]
 
 
 def _unmount(where: Path) -> None:
@@ -88,29 +90,28 @@ def read_only(folder: Path) -> Iterator[None]:
     """Make ``folder`` and the files in it read-only for new opens, until the block ends.
 
     Files already open keep working, as on a server whose disk is remounted read-only
-    under it: what changes is what the path gives. As root (who ignores permissions) the
-    folder is bind-mounted read-only over itself; otherwise its permissions are taken away.
+    under it: what changes is what the path gives. Permissions are taken away; where they
+    do not bind this process (root), the folder is bind-mounted read-only over itself; where
+    neither can be done, the test is skipped.
     """
-    if os.geteuid() == 0:
-        why = _mount("--bind", str(folder), str(folder))
-        if why is None:
-            why = _mount("-o", "remount,bind,ro", str(folder))
-            if why is not None:
-                _unmount(folder)
-        if why is not None:
-            pytest.skip(
-                f"a read-only folder for root is a read-only bind mount, which failed: {why}"
-            )
-        try:
-            yield
-        finally:
-            _unmount(folder)
-        return
-    modes = {p: p.stat().st_mode for p in [folder, *folder.iterdir()]}
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.iterdir()]}
+    for p, mode in modes.items():
+        p.chmod(mode & ~0o222)
     try:
-        for p, mode in modes.items():
-            p.chmod(stat.S_IMODE(mode) & ~0o222)
-        yield
+        if not os.access(folder, os.W_OK):  # permissions bind us
+            yield
+            return
     finally:
         for p, mode in modes.items():
-            p.chmod(stat.S_IMODE(mode))
+            p.chmod(mode)
+    why = _mount("--bind", str(folder), str(folder))
+    if why is None:
+        why = _mount("-o", "remount,bind,ro", str(folder))
+        if why is not None:
+            _unmount(folder)
+    if why is not None:
+        pytest.skip(f"a read-only folder needs permissions that bind, or a mount: {why}")
+    try:
+        yield
+    finally:
+        _unmount(folder)
