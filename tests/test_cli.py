@@ -161,6 +161,25 @@ def test_user_del_deletes_the_account_its_memberships_and_its_private_messages(
     assert capsys.readouterr().err == "roomcast: there is no account 'alice'\n"
 
 
+def test_user_logout_and_passwd_bump_the_generation_that_tokens_carry(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], store_url: str
+) -> None:
+    """'user logout alice' prints that every token is revoked and moves the account's token
+    generation on, as 'user passwd' does; the id stays; a missing account exits 1."""
+    assert user(monkeypatch, store_url, "add", "alice", stdin=PASSWORD + "\n") == 0
+    added = account_of(store_url, "alice")
+    assert added is not None and added.generation == 0
+    assert user(monkeypatch, store_url, "logout", "ALICE") == 0
+    assert capsys.readouterr().out == (
+        "added alice\nlogged alice out everywhere: every token of it is revoked\n"
+    )
+    assert user(monkeypatch, store_url, "passwd", "alice", stdin="new-password-1\n") == 0
+    changed = account_of(store_url, "alice")
+    assert changed is not None and (changed.id, changed.generation) == (added.id, 2)
+    assert user(monkeypatch, store_url, "logout", "bob") == 1
+    assert capsys.readouterr().err == "roomcast: there is no account 'bob'\n"
+
+
 @pytest.mark.parametrize("name", ["a'b", "x; DROP TABLE accounts", "%", "ünïcode", ""])
 def test_an_invalid_name_is_refused_before_the_store_is_opened(
     monkeypatch: pytest.MonkeyPatch,

@@ -56,3 +56,24 @@ def test_only_some_flags_can_be_added_and_the_others_keep_their_defaults() -> No
     assert config == Config(store="memory:", data_dir="/tmp/x")
     with pytest.raises(SystemExit):
         parser.parse_args(["--port", "1"])
+
+
+def test_the_account_limits_have_defaults_flags_and_variables() -> None:
+    """Login throttles, registrations and password hashing each have a default, a flag and
+    a ROOMCAST_* variable (docs/security.md lists them)."""
+    defaults = parse([], {})
+    assert (defaults.login_failures, defaults.name_failures, defaults.address_failures) == (
+        5,
+        50,
+        20,
+    )
+    assert (defaults.login_window, defaults.registrations, defaults.register_window) == (
+        300.0,
+        10,
+        3600.0,
+    )
+    assert (defaults.hash_workers, defaults.hash_queue) == (2, 16)
+    env = {"ROOMCAST_REGISTRATIONS": "3", "ROOMCAST_HASH_QUEUE": "4"}
+    config = parse(["--hash-workers", "1", "--login-failures", "7"], env)
+    assert (config.registrations, config.hash_queue) == (3, 4)
+    assert (config.hash_workers, config.login_failures) == (1, 7)

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from roomcast.auth import Cost, Passwords
-from roomcast.errors import Broken, Closed
+from roomcast.errors import Broken, ClientError, Closed
 from roomcast.hub import GENERAL, Hub, Limits
 from roomcast.model import (
     Action,
+    Authenticated,
     Draft,
     Error,
     Event,
@@ -992,6 +993,239 @@ async def test_logout_keeps_the_connection_without_a_name() -> None:
     assert isinstance(info, Info) and alice.state is State.NEW
     replies = await hub.handle(alice, SetName(name="guest1"))
     assert replies[0] == Welcome(name="guest1")
+
+
+# --- tokens and logging out everywhere -----------------------------------------------------
+
+
+async def account_of(hub: Hub, name: str) -> Account:
+    account = await hub.store.account(name)
+    assert account is not None
+    return account
+
+
+async def test_authenticate_takes_a_current_token_and_refuses_a_revoked_or_deleted_one() -> None:
+    """A token's claims pass while the account has that id and generation; after a password
+    change, or once the account is deleted (even if the name is registered again), they are
+    bad_token with 'log in again'."""
+    hub, _ = make_hub()
+    await registered(hub, "alice")
+    account = await account_of(hub, "alice")
+    assert await hub.authenticate(account.id, account.generation) == account
+    await hub.store.set_password("alice", "another hash")
+    for claims in ((account.id, account.generation), ("nobody's id", 0)):
+        with pytest.raises(ClientError) as caught:
+            await hub.authenticate(*claims)
+        assert caught.value.code == "bad_token" and "log in again" in caught.value.message
+    assert (await hub.authenticate(account.id, account.generation + 1)).name == "alice"
+    await hub.store.delete_account("alice")
+    await hub.store.create_account("alice", "h", now=1.0)
+    with pytest.raises(ClientError) as caught:
+        await hub.authenticate(account.id, account.generation + 1)
+    assert caught.value.code == "bad_token"
+
+
+async def test_hello_with_the_claims_of_a_deleted_account_is_refused() -> None:
+    """Authenticated with the id of a deleted account is bad_token; the session stays NEW."""
+    hub, _ = make_hub()
+    alice = await registered(hub, "alice")
+    account = await account_of(hub, "alice")
+    await hub.handle(alice, Quit())
+    await hub.store.delete_account("alice")
+    session = hub.connect("10.0.0.2:1")
+    [error] = await hub.handle(session, Authenticated(account=account.id, generation=0))
+    assert isinstance(error, Error) and error.code == "bad_token"
+    assert session.state is State.NEW
+
+
+async def test_logout_everywhere_ends_every_session_and_revokes_the_tokens() -> None:
+    """Logout(everywhere) bumps the account's generation, closes its other sessions with
+    'closing: logged out everywhere', and leaves this one NEW; a guest is told there is
+    nothing to log out of everywhere."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    before = await account_of(hub, "alice")
+    laptop, _ = await login(hub, "alice")
+    phone, _ = await login(hub, "alice")
+    await ready(phone)
+    [info] = await hub.handle(laptop, Logout(everywhere=True))
+    assert isinstance(info, Info) and info.text.startswith(
+        "logged out everywhere: every session and token of alice ended"
+    )
+    assert laptop.state is State.NEW
+    assert phone.state is State.CLOSED and phone.close_reason == "logged out everywhere"
+    assert (await ready(phone))[-1] == Error(
+        code="closed", message="closing: logged out everywhere"
+    )
+    assert (await account_of(hub, "alice")).generation == before.generation + 1
+    assert hub.online == 0  # the session that registered alice was closed as well
+    guest = await named(hub, "guest")
+    [error] = await hub.handle(guest, Logout(everywhere=True))
+    assert isinstance(error, Error) and error.code == "guest"
+
+
+async def test_check_accounts_ends_the_sessions_of_accounts_changed_beside_the_hub() -> None:
+    """A password changed or an account deleted straight in the store (by ``roomcast user``)
+    ends the account's sessions at the next check_accounts, and no one else's."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    await registered(hub, "bob")
+    alice, _ = await login(hub, "alice")
+    bob, _ = await login(hub, "bob")
+    guest = await named(hub, "guest")
+    assert await hub.check_accounts() == 0
+    await hub.store.set_password("alice", "changed")
+    await hub.store.delete_account("bob")
+    assert await hub.check_accounts() == 2
+    assert alice.close_reason == "logged out everywhere"
+    assert bob.close_reason == "logged out: the account was deleted"
+    assert guest.state is State.ACTIVE
+    assert hub.online == 1
+
+
+async def test_a_login_after_a_password_change_ends_the_sessions_of_the_old_one() -> None:
+    """The first login with a new password closes the sessions still open from before the
+    change, without waiting for the account check: the new session is the account's."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    stolen = await registered(hub, "alice")
+    await hub.store.set_password("alice", await hub.passwords.hash("new password"))
+    session, replies = await login(hub, "alice", "new password")
+    assert replies[0] == Welcome(name="alice")
+    assert stolen.state is State.CLOSED and stolen.close_reason == "logged out everywhere"
+    assert session.state is State.ACTIVE and hub.online == 1
+
+
+# --- throttles ----------------------------------------------------------------------------
+
+
+async def test_logins_sent_together_are_checked_five_at_most() -> None:
+    """Twenty logins for alice from one address at once: five are checked (bad_login), the
+    other fifteen are throttled before any password check."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    sessions = [hub.connect(f"10.0.0.1:{i}") for i in range(20)]
+    answers = await asyncio.gather(
+        *(hub.handle(s, Login(name="alice", password=f"guess {i}")) for i, s in enumerate(sessions))
+    )
+    codes = [a[0].code for a in answers if isinstance(a[0], Error)]
+    assert codes.count("bad_login") == 5 and codes.count("throttled") == 15, codes
+
+
+async def test_wrong_passwords_from_one_address_do_not_lock_out_another() -> None:
+    """Five failures for alice from one address throttle that address; alice logs in from
+    another address at once."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    attacker = [hub.connect(f"10.6.6.6:{i}") for i in range(6)]
+    for s in attacker[:5]:
+        [error] = await hub.handle(s, Login(name="alice", password="wrong password"))
+        assert isinstance(error, Error) and error.code == "bad_login"
+    [error] = await hub.handle(attacker[5], Login(name="alice", password="correct horse"))
+    assert isinstance(error, Error) and error.code == "throttled"
+    owner = hub.connect("10.1.1.1:1")
+    replies = await hub.handle(owner, Login(name="alice", password="correct horse"))
+    assert replies[0] == Welcome(name="alice")
+
+
+async def test_the_name_limit_spares_addresses_the_name_logged_in_from() -> None:
+    """Failures for alice from many addresses reach the name's own limit: a new address is
+    then throttled, but an address alice logged in from before still gets in."""
+    hub, clock = make_hub(rate=1000, burst=1000, name_failures=10)
+    await registered(hub, "alice")
+    home = hub.connect("10.1.1.1:1")
+    assert (await hub.handle(home, Login(name="alice", password="correct horse")))[0] == Welcome(
+        name="alice"
+    )
+    for i in range(10):  # two failures from each of five addresses
+        s = hub.connect(f"10.6.6.{i // 2}:{i}")
+        [error] = await hub.handle(s, Login(name="alice", password="wrong password"))
+        assert isinstance(error, Error) and error.code == "bad_login"
+    cafe = hub.connect("10.2.2.2:1")
+    [error] = await hub.handle(cafe, Login(name="alice", password="correct horse"))
+    assert isinstance(error, Error) and error.code == "throttled"
+    again = hub.connect("10.1.1.1:2")
+    assert (await hub.handle(again, Login(name="alice", password="correct horse")))[0] == Welcome(
+        name="alice"
+    )
+    clock.advance(301)
+    later = hub.connect("10.2.2.2:2")
+    assert (await hub.handle(later, Login(name="alice", password="correct horse")))[0] == Welcome(
+        name="alice"
+    )
+
+
+async def test_a_busy_refusal_is_not_counted_as_a_failed_login() -> None:
+    """Logins refused busy (no worker free) do not count against the name: after many,
+    the right password still logs in."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    hub.passwords = Passwords(CHEAP, workers=1, queue=0)
+    sessions = [hub.connect(f"10.0.0.{i}:1") for i in range(12)]
+    answers = await asyncio.gather(
+        *(hub.handle(s, Login(name="alice", password="wrong password")) for s in sessions)
+    )
+    codes = sorted(a[0].code for a in answers if isinstance(a[0], Error))
+    assert codes == ["bad_login"] + ["busy"] * 11
+    _, replies = await login(hub, "alice")
+    assert replies[0] == Welcome(name="alice")
+
+
+async def test_registrations_are_throttled_per_address() -> None:
+    """An address registers at most ``registrations`` names in the window, counting those
+    still hashing; another address may; the window passing lifts it."""
+    hub, clock = make_hub(rate=1000, burst=1000, registrations=3)
+    made = await asyncio.gather(
+        *(hub.create_account(f"bot{i}", "correct horse", "10.6.6.6") for i in range(5)),
+        return_exceptions=True,
+    )
+    refused = [e for e in made if isinstance(e, ClientError)]
+    assert len(refused) == 2 and all(e.code == "throttled" for e in refused)
+    assert refused[0].retry_after == 1  # three were hashing: they would end soon
+    with pytest.raises(ClientError) as caught:
+        await hub.create_account("bot5", "correct horse", "10.6.6.6")
+    assert caught.value.retry_after == 3600  # three are recorded: the window must pass
+    assert (await hub.create_account("human", "correct horse", "10.1.1.1")).name == "human"
+    clock.advance(3601)
+    assert (await hub.create_account("bot9", "correct horse", "10.6.6.6")).name == "bot9"
+
+
+async def test_a_name_cannot_be_taken_while_its_registration_hashes() -> None:
+    """While create_account hashes alice's password, a guest naming itself alice, another
+    registration of alice and a guest's /nick alice are refused name_taken; alice then logs
+    in."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    bob = await named(hub, "bob")
+    guest = hub.connect("10.0.0.9:1")
+    account, set_name, again, nick = await asyncio.gather(
+        hub.create_account("alice", "correct horse", "10.0.0.1"),
+        hub.handle(guest, SetName(name="ALICE")),
+        hub.create_account("alice", "correct horse", "10.0.0.2"),
+        hub.handle(bob, Nick(name="alice")),
+        return_exceptions=True,
+    )
+    assert isinstance(account, Account) and account.name == "alice"
+    assert isinstance(set_name, list) and isinstance(set_name[0], Error)
+    assert set_name[0].code == "name_taken" and "being registered" in set_name[0].message
+    assert isinstance(again, ClientError) and again.code == "name_taken"
+    assert isinstance(nick, list) and isinstance(nick[0], Error) and nick[0].code == "name_taken"
+    _, replies = await login(hub, "alice")
+    assert replies[0] == Welcome(name="alice")
+
+
+async def test_a_guest_that_leaves_while_registering_keeps_its_name_reserved() -> None:
+    """A guest's /register whose connection ends while the password hashes still reserves
+    the name: no other guest gets it before the account exists."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await named(hub, "alice")
+    registering = asyncio.create_task(hub.handle(alice, Register(password="correct horse")))
+    await asyncio.sleep(0)  # one loop turn: the hash has started
+    await hub.disconnect(alice, "connection lost")
+    other = hub.connect("10.0.0.9:1")
+    [error] = await hub.handle(other, SetName(name="alice"))
+    assert isinstance(error, Error) and error.code == "name_taken"
+    await registering
+    [error] = await hub.handle(other, SetName(name="alice"))
+    assert isinstance(error, Error) and error.code == "registered"
 
 
 # --- history and search -------------------------------------------------------------------

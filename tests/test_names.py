@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import string
 
 import pytest
@@ -12,6 +13,7 @@ from roomcast.errors import ClientError
 from roomcast.hub import Hub
 from roomcast.model import Error, Info, Nick, Quit, Register, SetName, Welcome
 from roomcast.names import CONFUSABLES, DECORATIONS, Lookalikes, skeleton
+from roomcast.store.base import Account
 from tests.test_hub import login, make_hub, named, registered
 
 ALPHABET = string.ascii_letters + string.digits + DECORATIONS
@@ -162,11 +164,11 @@ async def test_registering_checks_online_and_registered_look_alikes() -> None:
     hub, _ = make_hub()
     await named(hub, "bob")
     with pytest.raises(ClientError) as caught:
-        await hub.create_account("B0B", "correct horse")
+        await hub.create_account("B0B", "correct horse", "10.0.0.1")
     assert caught.value.code == "lookalike"
-    await hub.create_account("carol", "correct horse")
+    await hub.create_account("carol", "correct horse", "10.0.0.1")
     with pytest.raises(ClientError) as caught:
-        await hub.create_account("caro1", "correct horse")
+        await hub.create_account("caro1", "correct horse", "10.0.0.1")
     assert caught.value.code == "lookalike"
     guest = await named(hub, "erin_")
     await hub.store.create_account("erin", "hash", now=0.0)
@@ -175,6 +177,34 @@ async def test_registering_checks_online_and_registered_look_alikes() -> None:
         code="lookalike",
         message="'erin_' looks like the registered name 'erin': choose another name",
     )
+
+
+async def test_a_lookalike_cannot_be_taken_while_a_registration_hashes() -> None:
+    """While create_account hashes alice's password, a guest naming itself a1ice, a guest's
+    /nick ALICE_ and a registration of aIice are refused lookalike; alice then logs in."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    bob = await named(hub, "bob")
+    guest = hub.connect("10.0.0.9:1")
+    account, set_name, nick, again = await asyncio.gather(
+        hub.create_account("alice", "correct horse", "10.0.0.1"),
+        hub.handle(guest, SetName(name="a1ice")),
+        hub.handle(bob, Nick(name="ALICE_")),
+        hub.create_account("aIice", "correct horse", "10.0.0.2"),
+        return_exceptions=True,
+    )
+    assert isinstance(account, Account) and account.name == "alice"
+    assert set_name == [
+        Error(
+            code="lookalike",
+            message="'a1ice' looks like 'alice', which is being registered: choose another name",
+        )
+    ]
+    assert isinstance(nick, list) and isinstance(nick[0], Error) and nick[0].code == "lookalike"
+    assert isinstance(again, ClientError) and again.code == "lookalike"
+    [error] = await hub.handle(guest, SetName(name="a1ice"))
+    assert isinstance(error, Error) and error.code == "lookalike"
+    _, replies = await login(hub, "alice")
+    assert replies[0] == Welcome(name="alice")
 
 
 async def test_the_owner_of_a_name_logs_in_whatever_look_alike_is_online() -> None:

@@ -56,7 +56,9 @@ def run(coro: Coroutine[Any, Any, None], loop: str) -> None:
 
 
 async def manage_user(config: Config, action: str, name: str, password: str | None) -> str:
-    """Add, change the password of, or delete the account ``name``; return what was done."""
+    """Add, change the password of, log out everywhere, or delete the account ``name``;
+    return what was done. A password change, a logout and a deletion revoke every token of
+    the account at once; a running server ends its open sessions within 30 s."""
     user_name(name)
     store = await open_store(config.store_url())
     try:
@@ -64,8 +66,17 @@ async def manage_user(config: Config, action: str, name: str, password: str | No
             if not await store.delete_account(name):
                 raise ClientError("no_account", f"there is no account {name!r}")
             return f"deleted {name}"
+        if action == "logout":
+            account = await store.account(name)
+            if account is None or await store.revoke(account.id) is None:
+                raise ClientError("no_account", f"there is no account {name!r}")
+            return f"logged {account.name} out everywhere: every token of it is revoked"
         assert password is not None
-        password_hash = await Passwords().hash(password)
+        passwords = Passwords()
+        try:
+            password_hash = await passwords.hash(password)
+        finally:
+            passwords.close()
         if action == "add":
             account = await store.create_account(name, password_hash, now=time.time())
             return f"added {account.name}"
@@ -110,9 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     user_parser = commands.add_parser(
         "user",
-        help="add, change or delete an account",
-        description="Add an account, change its password or delete it, in the store a"
-        " server uses: give the same --store or --data-dir as the server.",
+        help="add, change, log out everywhere or delete an account",
+        description="Add an account, change its password, log it out everywhere or delete"
+        " it, in the store a server uses: give the same --store or --data-dir as the server."
+        " passwd, logout and del revoke every token of the account.",
     )
     try:
         add_arguments(serve_parser)
@@ -121,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(e))
     user_parser.add_argument(
         "action",
-        choices=["add", "passwd", "del"],
-        help="add the account, change its password, or delete it",
+        choices=["add", "passwd", "logout", "del"],
+        help="add the account, change its password, log it out everywhere, or delete it",
     )
     user_parser.add_argument("name", help="the account's name")
     user_parser.add_argument(
@@ -140,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "user":
         try:
-            password = None if args.action == "del" else read_password(args.password_stdin)
+            asks = args.action in ("add", "passwd")
+            password = read_password(args.password_stdin) if asks else None
             print(asyncio.run(manage_user(config, args.action, args.name, password)))
         except (ClientError, Broken, ValueError) as e:
             print(f"roomcast: {e}", file=sys.stderr)
@@ -151,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         run(serve(config), config.loop)
-    except OSError as e:
+    except (OSError, Broken) as e:  # a port in use, a store that cannot be opened or written
         log.error("cannot start: %s", e)
         return 1
     return 0

@@ -33,6 +33,14 @@ class Config:
     retain_days: float = 0.0  # days room messages are kept; 0 = forever
     retain_count: int = 0  # messages kept per room; 0 = all
     quiet_above: int = 1000  # rooms with more members do not announce joins, leaves, quits
+    login_failures: int = 5  # failed logins per name from one address in login_window
+    name_failures: int = 50  # failed logins per name from all addresses in login_window
+    address_failures: int = 20  # failed logins per address, any names, in login_window
+    login_window: float = 300.0  # seconds a failed login counts
+    registrations: int = 10  # registrations per address in register_window
+    register_window: float = 3600.0  # seconds a registration counts
+    hash_workers: int = 2  # argon2 hashes computed at once (each takes 64 MiB)
+    hash_queue: int = 16  # hashes that may wait for a worker; beyond, clients are told busy
     cache_bytes: int = 4194304  # bytes each cache of encoded messages keeps (wire/cache.py)
 
     def store_url(self, environ: Mapping[str, str] = os.environ) -> str:
@@ -86,6 +94,14 @@ FLAG_HELP: Mapping[str, str] = {
     "retain_days": "days room messages are kept; 0: forever",
     "retain_count": "messages kept per room; 0: all",
     "quiet_above": "rooms with more members do not announce joins, leaves and quits",
+    "login_failures": "failed logins for one name from one address in --login-window",
+    "name_failures": "failed logins for one name from new addresses in --login-window",
+    "address_failures": "failed logins from one address, any names, in --login-window",
+    "login_window": "seconds a failed login counts against its limits",
+    "registrations": "registrations from one address in --register-window",
+    "register_window": "seconds a registration counts against --registrations",
+    "hash_workers": "password hashes computed at once (argon2id: 64 MiB each)",
+    "hash_queue": "password hashes that may wait for a worker; beyond: 'busy, try again'",
     "cache_bytes": "bytes each cache of encoded messages keeps (memory under floods)",
 }
 

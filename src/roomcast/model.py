@@ -292,18 +292,20 @@ class Login:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Authenticated:
-    """Become the registered user ``name``, whose identity a transport has already proven
-    (a signed token). Never parsed from client text."""
+    """Become the account with id ``account``, as a signed token says (the transport checked
+    the signature); the hub checks that the account still exists and that its token
+    ``generation`` has not moved on. Never parsed from client text."""
 
-    name: str
-
-    def __post_init__(self) -> None:
-        user_name(self.name)
+    account: str
+    generation: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Logout:
-    """End this session's login; the connection stays, without a name."""
+    """End this session's login; the connection stays, without a name. ``everywhere``: end
+    every session of the account and revoke every token issued to it."""
+
+    everywhere: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -37,6 +37,7 @@ __all__ = [
     "Lookalikes",
     "lookalike_online",
     "lookalike_registered",
+    "lookalike_reserved",
     "skeleton",
 ]
 
@@ -79,6 +80,14 @@ def lookalike_online(name: str, other: str) -> ClientError:
     """The refusal of ``name``, which looks like ``other``, a name online."""
     return ClientError(
         "lookalike", f"{name!r} looks like {other!r}, who is online: choose another name"
+    )
+
+
+def lookalike_reserved(name: str, other: str) -> ClientError:
+    """The refusal of ``name``, which looks like ``other``, a name being registered."""
+    return ClientError(
+        "lookalike",
+        f"{name!r} looks like {other!r}, which is being registered: choose another name",
     )
 
 

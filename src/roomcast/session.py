@@ -68,7 +68,9 @@ class User:
     """An online user: one name, one or more sessions, the rooms it is in."""
 
     __slots__ = (
+        "account_id",
         "dirty",
+        "generation",
         "inbox",
         "marks",
         "name",
@@ -86,6 +88,8 @@ class User:
         # never get one, and an idle channel would cost each connection a tenth of its memory)
         self.inbox: Sender[Private] | None = None
         self.registered = registered  # has an account: memberships and markers persist
+        self.account_id: str | None = None  # the account's id, once registered or logged in
+        self.generation = 0  # the account's token generation when it logged in
         self.rooms: dict[str, Room] = {}  # room name -> room, in join order
         self.sessions: list[Session] = []  # open sessions of this user
         self.marks: dict[str, int] = {}  # room -> newest seq handed to any of its sessions
@@ -427,13 +431,14 @@ class Session:
         self._pend([event])
         self._wake()
 
-    def unsubscribe(self, room: str) -> None:
-        """Stop receiving ``room``, keeping what was said in it up to now."""
+    def unsubscribe(self, room: str, *, keep: bool = True) -> None:
+        """Stop receiving ``room``, keeping what was said in it up to now; with ``keep``
+        false, dropping what was not handed out yet (a join undone: it never happened)."""
         rx = self._rooms.pop(room, None)
         if rx is None:
             return
         self._refill.pop(room, None)
-        while True:
+        while keep:
             try:
                 self._pend(rx.try_recv_many(len(rx) or 1)[1])
             except Lagged as lag:
@@ -459,16 +464,18 @@ class Session:
             self._inbox = inbox.subscribe()
             self._wake()  # the writer re-arms on the new receiver
 
-    def detach(self) -> None:
+    def detach(self, *, keep: bool = True) -> None:
         """Drop the user and every receiver; the session is NEW again.
 
-        What was ready for it is kept and still delivered: nothing said before is lost.
+        What was ready for it is kept and still delivered: nothing said before is lost. With
+        ``keep`` false it is dropped: a name or login undone, as if it had never been.
         """
         for room in list(self._rooms):
-            self.unsubscribe(room)
+            self.unsubscribe(room, keep=keep)
         if self._inbox is not None:
             with contextlib.suppress(Lagged, Empty, ChannelClosed):
-                self._pend(self._inbox.try_recv_many(len(self._inbox) or 1)[1])
+                if keep:
+                    self._pend(self._inbox.try_recv_many(len(self._inbox) or 1)[1])
             self._inbox.close()
             self._inbox = None
         if self.user is not None:

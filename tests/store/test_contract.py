@@ -135,6 +135,16 @@ async def test_concurrent_appends_are_gap_free(store: Storage) -> None:
         assert {m.id for m in page.messages} == {d.id for d, _, _, _ in flat if d.room == room}
 
 
+# --- health -------------------------------------------------------------------------------
+
+
+async def test_a_store_that_can_take_writes_passes_its_check(store: Storage) -> None:
+    """``check`` returns (raises nothing) for a working store, before and after writes."""
+    await store.check()
+    await store.append(draft("#a"))
+    await store.check()
+
+
 # --- history ------------------------------------------------------------------------------
 
 
@@ -439,6 +449,39 @@ async def test_set_password(store: Storage) -> None:
     with pytest.raises(ClientError) as caught:
         await store.set_password("zed", "x")
     assert caught.value.code == "no_account"
+
+
+async def test_an_account_has_an_id_that_no_later_account_gets(store: Storage) -> None:
+    """A new account has generation 0 and an id it is found by; once deleted, its id finds
+    nothing, and an account registered again under the same name has another id."""
+    first = await store.create_account("Ann", "h", now=1.0)
+    assert first.generation == 0 and first.id
+    assert await store.account_by_id(first.id) == first
+    assert await store.account_by_id("no such id") is None
+    await store.delete_account("ann")
+    assert await store.account_by_id(first.id) is None
+    again = await store.create_account("ann", "h", now=2.0)
+    assert again.id != first.id
+    assert await store.account_by_id(first.id) is None
+    assert await store.account_by_id(again.id) == again
+    others = [await store.create_account(f"user{i}", "h", now=3.0) for i in range(20)]
+    assert len({a.id for a in others} | {first.id, again.id}) == 22
+
+
+async def test_a_password_change_and_a_revoke_bump_the_generation(store: Storage) -> None:
+    """set_password and revoke each move the generation up by one, and only that account's;
+    revoke answers the account as it is now, or None for an id that names no account."""
+    ann = await store.create_account("ann", "h", now=1.0)
+    bob = await store.create_account("bob", "h", now=1.0)
+    await store.set_password("ANN", "h2")
+    revoked = await store.revoke(ann.id)
+    assert revoked is not None and (revoked.generation, revoked.password_hash) == (2, "h2")
+    assert revoked == await store.account("ann") == await store.account_by_id(ann.id)
+    assert (revoked.id, revoked.name, revoked.created) == (ann.id, "ann", 1.0)
+    assert await store.account_by_id(bob.id) == bob
+    assert await store.revoke("no such id") is None
+    await store.delete_account("ann")
+    assert await store.revoke(ann.id) is None
 
 
 async def test_new_account_has_read_every_stored_private(store: Storage) -> None:

@@ -186,6 +186,40 @@ async def test_a_file_from_before_signed_and_conversations_is_migrated(path: Pat
         await store.close()
 
 
+async def test_accounts_made_before_ids_get_an_id_and_generation_0(path: Path) -> None:
+    """Accounts stored before accounts had ids are given distinct random ids (found by
+    ``account_by_id``) and generation 0 by the migration; their data stays."""
+    (added,) = [
+        i for i, m in enumerate(MIGRATIONS) if any("accounts_id" in statement for statement in m)
+    ]
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for migration in MIGRATIONS[:added]:
+            for statement in migration:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {added:d}")
+        for key, name in (("ann", "Ann"), ("bob", "bob")):
+            conn.execute(
+                "INSERT INTO accounts (key, name, password_hash, created, private_read_seq)"
+                " VALUES (?, ?, 'hash', 1.0, 7)",
+                (key, name),
+            )
+    store = await SqliteStore.open(path)
+    try:
+        ann, bob = await store.account("ann"), await store.account("BOB")
+        assert ann is not None and bob is not None
+        assert (ann.name, ann.password_hash, ann.private_read_seq, ann.generation) == (
+            "Ann",
+            "hash",
+            7,
+            0,
+        )
+        assert len(ann.id) == 24 and ann.id != bob.id
+        assert await store.account_by_id(ann.id) == ann
+        assert (await store.create_account("carol", "h", now=2.0)).id not in (ann.id, bob.id)
+    finally:
+        await store.close()
+
+
 async def test_accounts_older_than_the_skeleton_column_get_theirs(path: Path) -> None:
     """A database from before the look-alike rule is migrated: its accounts get their
     skeletons, so the rule covers them at once, and accounts that already look alike are
@@ -198,7 +232,8 @@ async def test_accounts_older_than_the_skeleton_column_get_theirs(path: Path) ->
         conn.execute(f"PRAGMA user_version = {step:d}")
         for key, name in [("alice", "Alice"), ("john.doe", "john.doe"), ("john_doe", "john_doe")]:
             conn.execute(
-                "INSERT INTO accounts (key, name, password_hash, created) VALUES (?, ?, 'h', 1)",
+                "INSERT INTO accounts (key, id, name, password_hash, created)"
+                " VALUES (?, lower(hex(randomblob(12))), ?, 'h', 1)",
                 (key, name),
             )
     store = await SqliteStore.open(path)
@@ -213,10 +248,8 @@ async def test_accounts_older_than_the_skeleton_column_get_theirs(path: Path) ->
         assert (await store.account("john_doe")) is not None
     finally:
         await store.close()
-    from roomcast.store import sqlite as module
-
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        plan = conn.execute("EXPLAIN QUERY PLAN " + module._ACCOUNT_LIKE, ("x",)).fetchall()
+        plan = conn.execute("EXPLAIN QUERY PLAN " + sqlite_writer.ACCOUNT_LIKE, ("x",)).fetchall()
     assert [row[3] for row in plan] == [
         "SEARCH accounts USING INDEX accounts_by_skeleton (skeleton=?)"
     ]

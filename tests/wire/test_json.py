@@ -46,15 +46,17 @@ from roomcast.model import (
     Who,
     WhoList,
 )
+from roomcast.tokens import Claims
 from roomcast.wire.json import PROTOCOL_VERSION, JsonCodec, Reply, encoded_messages
 
 TS = 1_700_000_000.5  # 2023-11-14 22:13:20.5 UTC
 
 
-def verify(token: str) -> str:
-    """A stand-in for ``Tokens.verify``: ``good:NAME`` is NAME; ``old`` has expired."""
+def verify(token: str) -> Claims:
+    """A stand-in for ``Tokens.verify``: ``good:ID`` claims account ID at generation 2;
+    ``old`` has expired."""
     if token.startswith("good:"):
-        return token.removeprefix("good:")
+        return Claims(account=token.removeprefix("good:"), generation=2)
     if token == "old":
         raise ClientError("expired_token", "the token has expired: log in again")
     raise ClientError("bad_token", "the token is not valid: log in again")
@@ -99,14 +101,20 @@ def decoded(data: bytes) -> dict[str, Any]:
     ("frame", "command"),
     [
         ({"type": "hello", "name": "alice"}, SetName(name="alice")),
-        ({"type": "hello", "token": "good:alice"}, Authenticated(name="alice")),
-        ({"type": "hello", "token": "good:bob", "name": "alice"}, Authenticated(name="bob")),
+        ({"type": "hello", "token": "good:a1"}, Authenticated(account="a1", generation=2)),
+        (
+            {"type": "hello", "token": "good:b2", "name": "alice"},
+            Authenticated(account="b2", generation=2),
+        ),
         (
             {"type": "login", "name": "alice", "password": "secret12"},
             Login(name="alice", password="secret12"),
         ),
         ({"type": "register", "password": "secret12"}, Register(password="secret12")),
         ({"type": "logout"}, Logout()),
+        ({"type": "logout", "all": False}, Logout()),
+        ({"type": "logout", "all": None}, Logout()),
+        ({"type": "logout", "all": True}, Logout(everywhere=True)),
         ({"type": "join", "room": "#rust"}, Join(room="#rust")),
         ({"type": "join", "room": "Rust", "since": 41}, Join(room="#rust", since=41)),
         ({"type": "join", "room": "#rust", "since": None}, Join(room="#rust")),
@@ -249,6 +257,8 @@ def test_a_frame_without_a_type_string_is_a_bad_frame(frame: dict[str, Any]) -> 
         ({"type": "hello", "name": 7}, "name"),
         ({"type": "hello", "token": 7}, "token"),
         ({"type": "quit", "reason": 1}, "reason"),
+        ({"type": "logout", "all": 1}, "all"),
+        ({"type": "logout", "all": "yes"}, "all"),
     ],
 )
 def test_a_field_of_the_wrong_type_is_a_bad_frame_naming_it(

@@ -153,6 +153,8 @@ def test_plain_text_is_said_and_double_slash_escapes() -> None:
         ("/register s3cret-pass", Register(password="s3cret-pass")),
         ("/login alice s3cret pass", Login(name="alice", password="s3cret pass")),
         ("/logout", Logout()),
+        ("/logout all", Logout(everywhere=True)),
+        ("/logout ALL ", Logout(everywhere=True)),
         ("/history", FetchHistory()),
         ("/history #rust 20", FetchHistory(room="#rust", limit=20)),
         ("/history #rust before 100", FetchHistory(room="#rust", before=100)),
@@ -185,6 +187,7 @@ def test_commands(line: str, command: object) -> None:
         ("/me", "/me text"),
         ("/nick", "/nick name"),
         ("/timestamps maybe", "/timestamps on|off"),
+        ("/logout everything", "/logout [all]"),
     ],
 )
 def test_missing_arguments_get_the_usage(line: str, usage: str) -> None:

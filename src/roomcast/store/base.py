@@ -4,7 +4,8 @@ The hub never sees SQL. It talks to a ``Store`` (room history and private messag
 ``Accounts`` (registered names, memberships, read markers); each implementation (``memory``,
 ``sqlite``, later ``postgresql``) provides both, lives in its own module, is chosen by URL
 scheme (``roomcast.store.open_store``), and translates its driver's exceptions into
-``roomcast.errors.Broken`` at this seam.
+``roomcast.errors.Broken`` at this seam (``Unwritable``, a kind of ``Broken``, when what
+failed is that the storage cannot take writes: a full disk, a read-only file).
 
 Sequence numbers: the store gives each room message the room's next gap-free sequence number
 (from 1) when it appends it, and ``append`` returns only once the message is durable, so a
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ __all__ = [
     "Storage",
     "Store",
     "conversation_key",
+    "new_account_id",
     "search_tokens",
 ]
 
@@ -67,6 +70,12 @@ def conversation_key(a: str, b: str) -> str:
     no name holds)."""
     x, y = fold(a), fold(b)
     return f"{x} {y}" if x <= y else f"{y} {x}"
+
+
+def new_account_id() -> str:
+    """A fresh account id: 96 random bits in hex. Random, not counted, so that no two
+    accounts ever share one, even in a store that was emptied and begun again."""
+    return secrets.token_hex(12)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,8 +108,16 @@ class PrivatePage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Account:
-    """A registered name."""
+    """A registered name.
 
+    ``id`` names the account for good: it is never given to another account, so a token
+    naming it cannot pass to a later account of the same name. ``generation`` counts the
+    revocations of the account's tokens (a password change, "log out everywhere"): a token
+    carries the generation it was issued in and is refused once the account's has moved on.
+    """
+
+    id: str  # opaque, random, never reused (not even after the account is deleted)
+    generation: int  # from 0; bumped by set_password and revoke
     name: str  # spelled as registered; unique ignoring case
     password_hash: str  # opaque to the store
     created: float  # UTC, seconds since the epoch
@@ -197,6 +214,12 @@ class Store(Protocol):
         """
         ...
 
+    async def check(self) -> None:
+        """Return if the store can take writes now; else raise ``Unwritable`` saying why
+        (its file deleted, replaced or read-only, its disk full), or ``Broken`` when it
+        cannot be reached. Cheap enough to run on every ``/health`` request: no write."""
+        ...
+
     async def close(self) -> None:
         """Flush what is pending and release the storage. Idempotent."""
         ...
@@ -214,6 +237,10 @@ class Accounts(Protocol):
         """The account registered as ``name`` in any case, or ``None``."""
         ...
 
+    async def account_by_id(self, account_id: str) -> Account | None:
+        """The account whose ``id`` is ``account_id``, or ``None`` (deleted, or never was)."""
+        ...
+
     async def account_like(self, name: str) -> Account | None:
         """The account registered as ``name`` in any case if there is one, else an account
         whose name looks like ``name`` (the same ``roomcast.names.skeleton``), else
@@ -225,13 +252,20 @@ class Accounts(Protocol):
         ``ClientError('lookalike')`` if a registered name looks like it (checked in the same
         step, so two look-alikes registered at once cannot both succeed).
 
-        The new account has read every private message already stored: its
-        ``private_read_seq`` starts at the newest private sequence number.
+        The new account has a fresh random ``id`` and generation 0, and has read every
+        private message already stored: its ``private_read_seq`` starts at the newest private
+        sequence number.
         """
         ...
 
     async def set_password(self, name: str, password_hash: str) -> None:
-        """Replace the account's password hash; ``ClientError('no_account')`` if none."""
+        """Replace the account's password hash and bump its generation (the tokens issued
+        before are revoked); ``ClientError('no_account')`` if none."""
+        ...
+
+    async def revoke(self, account_id: str) -> Account | None:
+        """Bump the generation of the account ``account_id`` (every token issued so far is
+        revoked); the account as it is now, or ``None`` if there is none."""
         ...
 
     async def delete_account(self, name: str) -> bool:

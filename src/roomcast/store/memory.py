@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from roomcast.errors import ClientError
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
 from roomcast.names import lookalike_registered, skeleton
-from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, search_tokens
+from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, new_account_id, search_tokens
 
 __all__ = ["MemoryStore"]
 
@@ -49,6 +49,7 @@ class MemoryStore:
         self._privates: deque[Private] = deque(maxlen=keep)  # newest private messages
         self._private_seq = 0  # seq of the newest private message
         self._accounts: dict[str, Account] = {}  # folded name -> account
+        self._ids: dict[str, str] = {}  # account id -> folded name
         self._skeletons: dict[str, set[str]] = {}  # skeleton(name) -> folded names
         self._memberships: dict[str, dict[str, int]] = {}  # folded name -> room -> read_seq
 
@@ -184,6 +185,9 @@ class MemoryStore:
             removed += 1
         return removed
 
+    async def check(self) -> None:
+        return None  # memory is always writable
+
     async def close(self) -> None:
         return None
 
@@ -191,6 +195,10 @@ class MemoryStore:
 
     async def account(self, name: str) -> Account | None:
         return self._accounts.get(fold(name))
+
+    async def account_by_id(self, account_id: str) -> Account | None:
+        key = self._ids.get(account_id)
+        return None if key is None else self._accounts[key]
 
     async def account_like(self, name: str) -> Account | None:
         found = self._accounts.get(fold(name))
@@ -207,9 +215,15 @@ class MemoryStore:
         if like is not None:
             raise lookalike_registered(name, like.name)
         account = Account(
-            name=name, password_hash=password_hash, created=now, private_read_seq=self._private_seq
+            id=new_account_id(),
+            generation=0,
+            name=name,
+            password_hash=password_hash,
+            created=now,
+            private_read_seq=self._private_seq,
         )
         self._accounts[key] = account
+        self._ids[account.id] = key
         self._skeletons.setdefault(skeleton(name), set()).add(key)
         self._memberships[key] = {}
         return account
@@ -219,13 +233,26 @@ class MemoryStore:
         account = self._accounts.get(key)
         if account is None:
             raise ClientError("no_account", f"there is no account named {name!r}")
-        self._accounts[key] = dataclasses.replace(account, password_hash=password_hash)
+        self._accounts[key] = dataclasses.replace(
+            account, password_hash=password_hash, generation=account.generation + 1
+        )
+
+    async def revoke(self, account_id: str) -> Account | None:
+        key = self._ids.get(account_id)
+        if key is None:
+            return None
+        account = self._accounts[key]
+        account = self._accounts[key] = dataclasses.replace(
+            account, generation=account.generation + 1
+        )
+        return account
 
     async def delete_account(self, name: str) -> bool:
         key = fold(name)
         account = self._accounts.pop(key, None)
         if account is None:
             return False
+        del self._ids[account.id]
         like = skeleton(account.name)
         self._skeletons[like].discard(key)
         if not self._skeletons[like]:

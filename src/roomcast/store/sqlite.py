@@ -30,6 +30,18 @@ power loss or kernel crash can lose the last commits, messages whose senders wer
 told they were stored. ``FULL`` syncs the WAL at every commit, so an acked message survives
 both. Its cost is one fsync per commit, and group commit spreads that over the whole batch.
 
+Storage that goes away
+----------------------
+SQLite writes on, and acknowledges, after its file was deleted or replaced under it: the
+writes go to a file nobody can open again, and the next start finds an empty database. So
+the writer checks before each batch (``sqlite_writer.Guard``: the device and inode at the
+path against those opened, and that the file is writable; a few microseconds per batch, not
+per message) and refuses the batch with ``Unwritable`` when it fails. A full disk and a
+read-only file come back from SQLite as ``SQLITE_FULL`` and ``SQLITE_READONLY``, also
+``Unwritable``. ``check`` (``/health``) runs the same test plus the disk's free space.
+``open`` proves the file writable and refuses one that is not: SQLite would open it
+read-only without a word, and a server on it could store nothing.
+
 Search runs FTS5 (``messages_fts``, external content over ``messages.text``); each query
 word is passed as a quoted FTS5 string, so no user text is ever query syntax. The schema and
 its migrations are in ``roomcast.store.sqlite_schema``, the writer in
@@ -44,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -53,14 +66,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from roomcast.errors import Broken
+from roomcast.errors import Broken, Unwritable
 from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
-from roomcast.names import skeleton
 from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, conversation_key
 from roomcast.store.sqlite_schema import open_writer
-from roomcast.store.sqlite_writer import STOP, Job, Writer, broken
+from roomcast.store.sqlite_writer import (
+    STOP,
+    Guard,
+    Job,
+    Writer,
+    broken,
+    read_account,
+    read_account_like,
+)
 
 __all__ = ["SqliteStore", "Statistics"]
+
+log = logging.getLogger("roomcast.store")
 
 T = TypeVar("T")
 
@@ -106,12 +128,6 @@ _CONVERSATION_ENDS = (
     f" (SELECT seq FROM private_messages WHERE {_CONVERSATION} ORDER BY seq DESC LIMIT 1)"
 )
 _NO_SEQ = 2**62  # an upper bound above any sequence number
-_ACCOUNT_COLUMNS = "name, password_hash, created, private_read_seq"
-_ACCOUNT = f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE key = ?"
-_ACCOUNT_LIKE = (  # one seek, whatever statistics the planner has (PRAGMA optimize)
-    f"SELECT {_ACCOUNT_COLUMNS} FROM accounts INDEXED BY accounts_by_skeleton"
-    " WHERE skeleton = ? ORDER BY key LIMIT 1"
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,15 +169,6 @@ def _private(row: tuple[Any, ...]) -> Private:
     )
 
 
-def _account(row: tuple[Any, ...] | None) -> Account | None:
-    if row is None:
-        return None
-    shown, password_hash, created, private_read_seq = row
-    return Account(
-        name=shown, password_hash=password_hash, created=created, private_read_seq=private_read_seq
-    )
-
-
 def _fts_query(words: str) -> str | None:
     """``words`` as an FTS5 query: each word a quoted string (so it is never syntax), all
     required; ``None`` when no word has a letter or digit (see ``store.base``). A NUL ends
@@ -183,11 +190,19 @@ class SqliteStore:
     """A ``Storage`` in one SQLite file. Open with ``await SqliteStore.open(path)``."""
 
     def __init__(
-        self, path: Path, conn: sqlite3.Connection, *, max_batch: int, readers: int
+        self,
+        path: Path,
+        conn: sqlite3.Connection,
+        *,
+        max_batch: int,
+        readers: int,
+        guard: Guard | None = None,
     ) -> None:
         """Private: use ``open``, which creates and migrates the file off the event loop."""
         self.path = path  # the database file, absolute
-        self._writer = Writer(conn, max_batch)  # the one writing connection and its thread
+        self._guard = guard  # is the file still the one written to, and writable?
+        self._disk_full = False  # what check() last found of the disk's space, to log changes
+        self._writer = Writer(conn, max_batch, guard)  # the one writing connection, its thread
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="roomcast-sqlite-reader")
         self._local = threading.local()  # .conn: each reader thread's own connection
         self._reader_conns: list[sqlite3.Connection] = []  # every reader connection, to close
@@ -211,12 +226,14 @@ class SqliteStore:
         ``max_batch`` caps the jobs in one group commit; ``readers`` is the number of reader
         threads; ``busy_timeout`` is how many seconds a write waits for a lock held by another
         process (another program using the file) before failing with ``Broken``. Raises
-        ``Broken`` when the file cannot be used (not a database, newer schema, no permission).
+        ``Broken`` when the file cannot be used (not a database, newer schema, no permission),
+        ``Unwritable`` when it can be read but not written (a read-only file or file system):
+        a store that cannot keep what it is told is not opened.
         """
         if max_batch < 1 or readers < 1:
             raise ValueError(f"max_batch and readers must be at least 1: {max_batch}, {readers}")
-        where, conn = await asyncio.to_thread(open_writer, Path(path), busy_timeout)
-        return cls(where, conn, max_batch=max_batch, readers=readers)
+        where, conn, guard = await asyncio.to_thread(_open_writable, Path(path), busy_timeout)
+        return cls(where, conn, max_batch=max_batch, readers=readers, guard=guard)
 
     def statistics(self) -> Statistics:
         """A snapshot of the writer's counters."""
@@ -227,6 +244,33 @@ class SqliteStore:
             largest_batch=w.largest_batch,
             pending=w.pending(),
         )
+
+    async def check(self) -> None:
+        """Raise ``Unwritable`` when the database file was deleted or replaced, is read-only,
+        or its disk has no space left; ``Broken`` once closed. Three system calls and a
+        ``statvfs``, in a thread."""
+        if self._closing:
+            raise Broken("the SQLite store is closed")
+        problem = await asyncio.to_thread(self._problem)
+        if problem is not None:
+            raise Unwritable(f"the SQLite store is not writable: {problem}")
+
+    def _problem(self) -> str | None:
+        if self._guard is not None and (problem := self._guard.problem()) is not None:
+            return problem  # the guard logged it
+        try:
+            space = os.statvfs(self.path.parent)
+        except OSError as e:
+            return f"its directory {self.path.parent} cannot be checked ({e.strerror})"
+        # root may use the blocks a file system keeps in reserve; others may not
+        full = (space.f_bfree if os.geteuid() == 0 else space.f_bavail) == 0
+        if full != self._disk_full:
+            self._disk_full = full
+            if full:
+                log.error("the disk of the SQLite store %s is full: writes will fail", self.path)
+            else:
+                log.warning("the disk of the SQLite store %s has space again", self.path)
+        return f"the disk of {self.path} is full" if full else None
 
     async def close(self) -> None:
         """Let the writer commit everything queued, stop the threads, close the connections.
@@ -412,19 +456,13 @@ class SqliteStore:
     # --- Accounts ---------------------------------------------------------------------------
 
     async def account(self, name: str) -> Account | None:
-        def run(conn: sqlite3.Connection) -> Account | None:
-            return _account(conn.execute(_ACCOUNT, (fold(name),)).fetchone())
-
-        return await self._read(run)
+        return await self._read(functools.partial(read_account, column="key", value=fold(name)))
 
     async def account_like(self, name: str) -> Account | None:
-        def run(conn: sqlite3.Connection) -> Account | None:
-            row = conn.execute(_ACCOUNT, (fold(name),)).fetchone()
-            if row is None:
-                row = conn.execute(_ACCOUNT_LIKE, (skeleton(name),)).fetchone()
-            return _account(row)
+        return await self._read(functools.partial(read_account_like, name=name))
 
-        return await self._read(run)
+    async def account_by_id(self, account_id: str) -> Account | None:
+        return await self._read(functools.partial(read_account, column="id", value=account_id))
 
     async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
         create = functools.partial(self._writer.create_account, name, password_hash, now)
@@ -432,6 +470,9 @@ class SqliteStore:
 
     async def set_password(self, name: str, password_hash: str) -> None:
         await self._write(functools.partial(self._writer.set_password, name, password_hash))
+
+    async def revoke(self, account_id: str) -> Account | None:
+        return await self._write(functools.partial(self._writer.revoke, account_id))
 
     async def delete_account(self, name: str) -> bool:
         delete = functools.partial(self._writer.delete_account, name)
@@ -457,6 +498,40 @@ class SqliteStore:
 
     async def advance_private_read(self, name: str, seq: int) -> None:
         await self._write(functools.partial(self._writer.advance_private_read, name, seq))
+
+
+def _open_writable(path: Path, busy_timeout: float) -> tuple[Path, sqlite3.Connection, Guard]:
+    """``open_writer``, then prove the file takes writes: SQLite opens a file it may only
+    read without a word, and every write would then fail. The probe is an ``UPDATE`` that
+    matches no row, rolled back: it needs the write lock of a writable file, changes nothing.
+    """
+    try:
+        where, conn = open_writer(path, busy_timeout)
+    except Broken as e:
+        folder = path.expanduser().absolute().parent
+        if folder.is_dir() and not os.access(folder, os.W_OK):
+            raise Unwritable(
+                f"the SQLite store {str(path)!r} is not writable: its directory is not, and"
+                f" SQLite must create its -wal and -shm files there ({e})"
+            ) from e
+        raise
+    try:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("UPDATE counters SET value = value WHERE 0")
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            raise Unwritable(f"the SQLite store {str(where)!r} is not writable: {e}") from e
+        guard = Guard(where)
+        problem = guard.problem()
+        if problem is not None:
+            raise Unwritable(f"the SQLite store {str(where)!r} is not writable: {problem}")
+    except BaseException:
+        conn.close()
+        raise
+    return where, conn, guard
 
 
 def _room_info(conn: sqlite3.Connection, room: str) -> tuple[int, int]:

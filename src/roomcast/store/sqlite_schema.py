@@ -115,6 +115,15 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             ELSE lower(recipient) || ' ' || lower(sender) END""",
         "CREATE INDEX private_messages_pair ON private_messages (pair, seq)",
     ),
+    # accounts get a stable random id and a token generation: a token names the account by
+    # id (never reused, so it cannot pass to a later account of the same name) and carries
+    # the generation, which a password change or "log out everywhere" bumps
+    (
+        "ALTER TABLE accounts ADD COLUMN id TEXT NOT NULL DEFAULT ''",
+        "UPDATE accounts SET id = lower(hex(randomblob(12)))",
+        "CREATE UNIQUE INDEX accounts_id ON accounts (id)",
+        "ALTER TABLE accounts ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+    ),
     # accounts by skeleton (roomcast.names): a name that looks like a registered one is
     # found with one indexed lookup. Not unique: accounts registered before may collide.
     # roomcast_skeleton is roomcast.names.skeleton, registered on the connection (configure).

@@ -55,6 +55,7 @@ from roomcast.model import (
     Who,
     WhoList,
 )
+from roomcast.tokens import Claims
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES, EncodedMessages
 
 __all__ = [
@@ -218,6 +219,15 @@ def _int(frame: dict[str, Any], key: str) -> int | None:
     return value
 
 
+def _bool(frame: dict[str, Any], key: str) -> bool:
+    value = frame.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _bad(f"{key!r} must be true or false")
+    return value
+
+
 def _limit(frame: dict[str, Any]) -> int:
     limit = _int(frame, "limit")
     return 50 if limit is None else limit
@@ -230,7 +240,7 @@ def _room(frame: dict[str, Any]) -> str | None:
 _REQUESTS: dict[str, Callable[[dict[str, Any]], Command]] = {
     "login": lambda f: Login(name=_need(f, "name"), password=_need(f, "password")),
     "register": lambda f: Register(password=_need(f, "password")),
-    "logout": lambda f: Logout(),
+    "logout": lambda f: Logout(everywhere=_bool(f, "all")),
     "join": lambda f: Join(room=_need(f, "room"), since=_int(f, "since")),
     "leave": lambda f: Leave(room=_room(f)),
     "send": lambda f: Say(room=_room(f), text=_need(f, "text")),
@@ -256,15 +266,15 @@ class JsonCodec:
     """Server side of one JSON-protocol connection.
 
     ``parse`` turns one text frame into ``(request id, command)`` or a ready ``Reply``;
-    ``encode`` turns events into frames. ``verify_token`` maps a token to a user name (or
+    ``encode`` turns events into frames. ``verify_token`` maps a token to what it claims (or
     raises ``ClientError``); it comes from the transport, which holds the signing key.
     """
 
     def __init__(
-        self, *, messages: EncodedMessages, verify_token: Callable[[str], str] | None = None
+        self, *, messages: EncodedMessages, verify_token: Callable[[str], Claims] | None = None
     ) -> None:
         self._messages = messages  # shared: each room message encoded once
-        self._verify_token = verify_token  # token -> name, for hello {token}
+        self._verify_token = verify_token  # token -> its claims, for hello {token}
 
     # -- input --
 
@@ -303,7 +313,8 @@ class JsonCodec:
         if token is not None:
             if self._verify_token is None:
                 raise ClientError("bad_token", "this server does not take tokens")
-            return Authenticated(name=self._verify_token(token))
+            claims = self._verify_token(token)
+            return Authenticated(account=claims.account, generation=claims.generation)
         name = _str(frame, "name", required=False)
         if name is None:
             raise _bad("'hello' needs 'name' (a guest) or 'token' (an account)")

@@ -79,6 +79,7 @@ HELP = """\
 --   /register password   keep your name, rooms and missed messages
 --   /login name password   come back as a registered name
 --   /logout           end the login; the connection stays
+--   /logout all       log out everywhere: every session and token of the account ends
 --   /timestamps on|off  show the time of each message (UTC)
 --   /quit [reason]    leave the server
 --   /help             this list
@@ -181,7 +182,9 @@ def _command(verb: str, arg: str) -> Command:
             name, password = _two_args(arg, "/login name password")
             return Login(name=name, password=password.strip())
         case "logout":
-            return Logout()
+            if arg.lower() not in ("", "all"):
+                raise _usage("/logout [all]")
+            return Logout(everywhere=arg.lower() == "all")
         case "history":
             return _history(arg)
         case "search":
