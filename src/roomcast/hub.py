@@ -734,7 +734,8 @@ class Hub:
         self, session: Session, user: User, name: str, read_seq: int, *, announce: bool
     ) -> int:
         """Put a logged-in session in one of its user's rooms, replay what it missed, and
-        return how many that was."""
+        return how many messages people wrote meanwhile (joins and quits are replayed but
+        are not news: they are not counted)."""
         room = await self._open_room(name)
         if session.state is not State.ACTIVE:
             return 0
@@ -746,14 +747,27 @@ class Hub:
         read = max(read_seq, user.marks.get(name, 0))
         user.marks.setdefault(name, read)
         missed = live - 1 - read
+        unread = 0
         if missed > 0:
+            said = await self.store.said(name, after=read, before=live)
+            if session.user is not user or name not in user.rooms:  # gone meanwhile
+                return 0
             replayed = min(missed, self.limits.replay_cap)
             first = live - replayed
-            summary = Summary(room=name, missed=missed, replayed=replayed, first_seq=first)
+            summary = None
+            if said.first_seq is not None:
+                unread = said.count
+                summary = Summary(
+                    room=name,
+                    missed=unread,
+                    replayed=replayed,
+                    first_seq=first,
+                    first_unread=said.first_seq,
+                )
             session.replay(name, first, summary)
         if announce:
             await self._announce(room, user, Kind.JOIN, "")
-        return max(0, missed)
+        return unread
 
     # -- rooms --
 
