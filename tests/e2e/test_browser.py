@@ -767,6 +767,81 @@ async def test_members_list_drops_users_gone_after_a_server_restart(
     await erin.shot("members")
 
 
+# --- links and commands -------------------------------------------------------------------
+
+
+async def test_links_in_messages_open_safely(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """http and https addresses in a message are links that open in a new tab without
+    handing it the page (noopener noreferrer); other schemes and markup stay text."""
+    text = (
+        "docs at https://example.com/a?b=1&c=2, and (see http://example.org/x). "
+        "not javascript:alert(1) nor ftp://example.net/f <a href=x>y</a>"
+    )
+    server = await start_server()
+    dave = await web(server)
+    await dave.sign_in("dave")
+    bob = await clients.connect(server, "bob")
+    await bob.send(text)
+    await expect(dave.message(text)).to_have_count(1)
+    links = dave.message(text).locator("a")
+    await expect(links).to_have_count(2)
+    await expect(links.nth(0)).to_have_attribute("href", "https://example.com/a?b=1&c=2")
+    await expect(links.nth(0)).to_have_text("https://example.com/a?b=1&c=2")
+    await expect(links.nth(1)).to_have_attribute("href", "http://example.org/x")
+    for i in range(2):
+        await expect(links.nth(i)).to_have_attribute("rel", "noopener noreferrer")
+        await expect(links.nth(i)).to_have_attribute("target", "_blank")
+    await dave.shot("links")
+
+
+async def test_who_history_search_me_and_msg_typed_in_the_composer_work(
+    start_server: StartServer, web: Web
+) -> None:
+    """/who, /history, /search, /me and /msg typed in the message box do what they do on the
+    line protocol (the answers show in a panel; a search hit opens the message in its room),
+    with no error."""
+    server = await start_server()
+    alice = await web(server)
+    await alice.sign_in("alice")
+    bob = await web(server)
+    await bob.sign_in("bob")
+    await bob.say("the quick brown fox")
+    await expect(alice.message("the quick brown fox")).to_have_count(1)
+    results = alice.page.locator("#results")
+    title = alice.page.locator("#results-title")
+
+    await alice.say("/who")
+    await expect(title).to_have_text("#general: 2 members")
+    await expect(results.locator("li")).to_have_text(["alice", "bob"])
+    await alice.shot("who")
+
+    await alice.say("/history")
+    await expect(title).to_have_text(re.compile(r"^History of #general: seq 1-\d+$"))
+    await expect(results.locator("li").filter(has_text="the quick brown fox")).to_have_count(1)
+    await alice.shot("history")
+
+    await alice.say("/search brown")
+    await expect(title).to_have_text('Search of #general for "brown": 1 found')
+    await alice.shot("search")
+    await results.locator("li button").first.click()
+    await expect(alice.messages.locator("li.focus .text")).to_have_text("the quick brown fox")
+
+    await alice.say("/me waves")
+    await expect(bob.messages.locator("li.msg.action[data-from=alice] .text")).to_have_text("waves")
+    await alice.say("/msg bob psst")
+    await expect(bob.badge("@alice")).to_have_text("1")
+
+    await alice.say("/help")
+    await expect(title).to_have_text("Commands")
+    await expect(results.locator("li").filter(has_text="/search [#room] words")).to_have_count(1)
+    await alice.shot("help")
+    await alice.page.get_by_role("button", name="Close results").click()
+    await expect(results).to_be_hidden()
+    await expect(alice.page.locator("#notices .notice.error")).to_have_count(0)
+
+
 # --- the protocol under the page ----------------------------------------------------------
 
 

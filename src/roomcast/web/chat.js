@@ -11,8 +11,11 @@
 // Unread counts are of messages people wrote, never of joins and quits: at login the server
 // counts each room's (`summary`: up to a seq), and the client adds what comes after that.
 
+import { COMMANDS, CommandError, parseCommand } from "./commands.js";
 import { Connection } from "./connection.js";
 import { Conversation, dmKey, roomKey } from "./conversation.js";
+import { el } from "./dom.js";
+import { closeResults, eventItem, note, personItem, showResults } from "./results.js";
 import { MessageList, drawConversations, drawMembers, notify } from "./view.js";
 
 const PAGE = 50; // messages per history page
@@ -77,6 +80,7 @@ export class Chat {
     this.current = null;
     this.landing = false;
     this.requests.clear();
+    closeResults();
     this.ui.disconnected(false);
     this.ui.signedOut(message);
   }
@@ -140,6 +144,10 @@ export class Chat {
     },
 
     who(frame, about) {
+      if (about?.kind === "show") {
+        this.showWho(frame);
+        return;
+      }
       let conv = this.convs.get(frame.room);
       const joining = about !== null && ["hello", "join", "rejoin"].includes(about.kind);
       if (conv === undefined) {
@@ -165,6 +173,7 @@ export class Chat {
         this.joined(this.room(entry.name));
       }
       this.dirty.sidebar = true;
+      if (about?.kind === "show") this.showRooms(frame);
       if (this.landing && about?.fresh) {
         // Nothing unread (that would have come first, in `unread`): #general, or the first.
         const general = this.convs.get("#general");
@@ -211,6 +220,10 @@ export class Chat {
     },
 
     history(frame, about) {
+      if (about?.kind === "show") {
+        this.showHistory(frame, about);
+        return;
+      }
       const conv = this.convs.get(frame.with === undefined ? frame.room : dmKey(frame.with));
       if (conv === undefined) return;
       if (about?.kind === "probe") {
@@ -228,6 +241,10 @@ export class Chat {
       if (about?.kind === "newer") this.filled(conv, frame, about);
       this.changed(conv);
       if (conv.key === this.current) this.dirty.fill = true;
+    },
+
+    search(frame, about) {
+      if (about?.kind === "show") this.showSearch(frame);
     },
 
     dm(frame) {
@@ -532,6 +549,20 @@ export class Chat {
     conv.add({ ...gap, from_seq: about.after + 1, to_seq: first - 1 });
   }
 
+  /** Show the message `seq` of `room` in its conversation (a search hit, a history line). */
+  jumpTo(room, seq) {
+    const conv = this.convs.get(room);
+    if (conv === undefined || conv.kind !== "room" || !conv.joined) return;
+    conv.reveal = seq;
+    if (!conv.entries.has(seq)) this.around(conv, seq);
+    if (conv.key !== this.current) {
+      this.select(conv.key);
+      return;
+    }
+    this.changed(conv);
+    this.flush();
+  }
+
   /** Ask for the page of history before the oldest message shown. */
   loadOlder(conv = this.convs.get(this.current)) {
     if (conv === undefined || conv.atStart || conv.loadingOlder) return;
@@ -580,8 +611,16 @@ export class Chat {
 
   /** Leave the room shown, or close the private conversation shown. */
   leaveCurrent() {
-    const conv = this.convs.get(this.current);
-    if (conv === undefined) return;
+    this.leave(this.current);
+  }
+
+  /** Leave room `key`, or close the private conversation `key`. */
+  leave(key) {
+    const conv = this.convs.get(key);
+    if (conv === undefined) {
+      if (key !== null) notify(`You are not in ${key}.`, "error");
+      return;
+    }
     if (conv.kind === "dm") {
       this.forget(conv.key);
       return;
@@ -608,35 +647,143 @@ export class Chat {
     return this.sent(this.request(frame, { kind: frame.type, text }));
   }
 
+  /** Carry out a typed /command (see commands.js); false if nothing was done. */
   command(text) {
-    const [, verb, rest = ""] = /^\/(\S+)\s*([\s\S]*)$/.exec(text) ?? [];
-    const conv = this.convs.get(this.current);
-    switch (verb) {
-      case "me":
-        if (conv?.kind !== "room") break;
-        return this.sent(
-          this.request({ type: "action", room: conv.key, text: rest }, { kind: "send", text }),
-        );
-      case "join":
-        return this.join(rest);
-      case "leave":
-      case "part":
-        this.leaveCurrent();
-        return true;
-      case "msg": {
-        const [, to, body] = /^(\S+)\s+([\s\S]+)$/.exec(rest) ?? [];
-        if (to === undefined) break;
-        return this.sent(this.request({ type: "dm", to, text: body }, { kind: "dm", text }));
-      }
-      case "nick":
-        return this.sent(this.request({ type: "nick", name: rest.trim() }, { kind: "nick" }));
+    let command;
+    try {
+      command = parseCommand(text);
+    } catch (error) {
+      if (!(error instanceof CommandError)) throw error;
+      notify(error.message, "error");
+      return false;
     }
-    notify(
-      "Commands: /me text, /join #room, /leave, /msg name text, /nick name" +
-        " (start with // to send a leading /)",
-      "error",
-    );
+    const conv = this.convs.get(this.current);
+    switch (command.verb) {
+      case "me":
+        if (conv?.kind !== "room") {
+          notify("/me is for rooms: a private message cannot be an action.", "error");
+          return false;
+        }
+        const frame = { type: "action", room: conv.key, text: command.text };
+        return this.sent(this.request(frame, { kind: "send", text }));
+      case "msg": {
+        const frame = { type: "dm", to: command.to, text: command.text };
+        return this.sent(this.request(frame, { kind: "dm", text }));
+      }
+      case "join":
+        return this.join(command.room);
+      case "leave":
+        this.leave(command.room === null ? this.current : roomKey(command.room));
+        return true;
+      case "nick":
+        return this.sent(this.request({ type: "nick", name: command.name }, { kind: "nick" }));
+      case "rooms":
+        return this.sent(this.request({ type: "rooms" }, { kind: "show" }));
+      case "quit":
+        this.ui.forgetToken(); // as the Sign out button does
+        this.stop();
+        return true;
+      case "help":
+        showResults(
+          "Commands",
+          COMMANDS.map(([usage, does]) => el("li", {}, el("code", { text: usage }), ` ${does}`)),
+        );
+        return true;
+      case "who":
+      case "history":
+      case "search":
+        return this.ask(command, conv);
+    }
     return false;
+  }
+
+  /** Ask for what /who, /history or /search show, of the room named or the one shown. */
+  ask(command, conv) {
+    const shown = conv?.kind === "room" ? conv.key : null;
+    const room = command.room !== null ? roomKey(command.room) : shown;
+    if (room === null) {
+      notify(`Which room? /${command.verb} #room …`, "error");
+      return false;
+    }
+    let frame;
+    if (command.verb === "who") frame = { type: "who", room };
+    else if (command.verb === "search") frame = { type: "search", room, words: command.words };
+    else {
+      frame = { type: "history", room, limit: command.limit };
+      for (const bound of ["before", "after", "around"]) {
+        if (command[bound] !== undefined) frame[bound] = command[bound];
+      }
+    }
+    return this.sent(this.request(frame, { kind: "show", frame }));
+  }
+
+  // -- the answers to commands, in the results panel --
+
+  /** A button that shows event `seq` of `room` in its conversation, if we are in it. */
+  opener(room, seq) {
+    return this.convs.get(room)?.joined ? () => this.jumpTo(room, seq) : null;
+  }
+
+  showWho(frame) {
+    const count = `${frame.total} member${frame.total === 1 ? "" : "s"}`;
+    const more = frame.total - frame.names.length;
+    showResults(
+      `${frame.room}: ${count}`,
+      frame.names.map((name) => personItem(name, this.me, (who) => this.openDm(who))),
+      more > 0 ? [note(`and ${more} more`)] : [],
+    );
+  }
+
+  showRooms(frame) {
+    showResults(
+      `Rooms: ${frame.rooms.length}`,
+      frame.rooms.map((room) =>
+        el(
+          "li",
+          {},
+          el("button", {
+            type: "button",
+            class: "hit",
+            text: `${room.name} (${room.members})`,
+            onclick: () => this.join(room.name),
+          }),
+        ),
+      ),
+    );
+  }
+
+  showHistory(frame, about) {
+    const messages = frame.messages;
+    const range = messages.length ? `seq ${messages[0].seq}-${messages.at(-1).seq}` : "no messages";
+    const footer = [];
+    if (frame.capped !== null && frame.capped !== undefined) {
+      footer.push(note(`limited to ${frame.capped} messages`));
+    }
+    if (messages.length > 0 && messages[0].seq > frame.oldest_seq) {
+      const older = { type: "history", room: frame.room, before: messages[0].seq };
+      older.limit = about.frame.limit;
+      const ask = () => this.sent(this.request(older, { kind: "show", frame: older }));
+      const button = { type: "button", class: "secondary small", text: "Older", onclick: ask };
+      footer.push(el("button", button));
+    } else if (frame.oldest_seq > 1) {
+      footer.push(note(`messages before seq ${frame.oldest_seq} are no longer kept`));
+    }
+    showResults(
+      `History of ${frame.room}: ${range}`,
+      messages.map((m) => eventItem(m, this.opener(frame.room, m.seq))),
+      footer,
+    );
+  }
+
+  showSearch(frame) {
+    const found = frame.messages;
+    showResults(
+      `Search of ${frame.room} for "${frame.words}": ${found.length} found`,
+      found.map((m) => eventItem(m, this.opener(frame.room, m.seq))),
+      frame.capped === null || frame.capped === undefined
+        ? []
+        : [note(`limited to ${frame.capped} messages`)],
+    );
   }
 
   sent(id) {

@@ -2,14 +2,15 @@
 // member list and notices. Text always goes in as text (see dom.js).
 
 import { Conversation } from "./conversation.js";
-import { byId, dayKey, dayLabel, el, nameNode, timeNode } from "./dom.js";
+import { byId, dayKey, dayLabel, el, linked, nameNode, timeNode } from "./dom.js";
 
 const GROUP_SECONDS = 300; // a message this soon after one from the same person joins its group
 const STICK_PX = 48; // within this of the bottom, new messages keep the list scrolled down
 
 // --- the message list -----------------------------------------------------------------------
 
-function systemLine(event) {
+/** The icon and the text of a line that is not a message (a join, a gap...). */
+export function systemLine(event) {
   switch (event.type) {
     case "join":
       return ["→", `${event.from} joined`];
@@ -77,7 +78,7 @@ function eventNode(event, prev, mine) {
         " ",
         mark,
         mark === null ? null : " ",
-        el("span", { class: "text", text: event.text }),
+        el("span", { class: "text" }, ...linked(event.text)),
       ),
     );
   }
@@ -95,7 +96,7 @@ function eventNode(event, prev, mine) {
       grouped ? null : guestMark(event),
       timeNode(event.ts),
     ),
-    el("p", { class: "text", text: event.text }),
+    el("p", { class: "text" }, ...linked(event.text)),
   );
 }
 
