@@ -49,7 +49,7 @@ from roomcast.model import (
     WhoList,
 )
 from roomcast.session import Session, State
-from roomcast.store import MemoryStore, Storage
+from roomcast.store import MemoryStore, Said, Storage
 from roomcast.store.base import Account
 from roomcast.store.sqlite import SqliteStore
 
@@ -921,6 +921,48 @@ async def test_joins_and_quits_while_away_are_replayed_but_not_counted_as_new() 
     got = await ready(session)
     [summary] = [e for e in got if isinstance(e, Summary)]
     assert summary == Summary(room=GENERAL, missed=2, replayed=5, first_seq=13, first_unread=4)
+
+
+class PausingStore(MemoryStore):
+    """A memory store whose ``said`` waits to be released: the moment a login counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counting = asyncio.Event()  # set when said() is called
+        self.release = asyncio.Event()  # said() answers once this is set
+
+    async def said(self, room: str, *, after: int, before: int) -> Said:
+        self.counting.set()
+        await self.release.wait()
+        return await super().said(room, after=after, before=before)
+
+
+async def test_a_message_said_while_a_login_counts_comes_after_its_catch_up() -> None:
+    """A message said while the store counts what a returning user missed comes after the
+    summary and the replay, even to a session whose writer pulls meanwhile, and is not in
+    the count (it is news after it)."""
+    store = PausingStore()
+    hub, _ = make_hub(store, rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    bob = await named(hub, "bob")
+    await say_many(hub, bob, 2)
+    session = hub.connect("10.0.0.1:alice")
+    login_task = asyncio.create_task(
+        hub.handle(session, Login(name="alice", password="correct horse"))
+    )
+    await store.counting.wait()
+    await hub.handle(bob, Say(text="during"))
+    early = session.take_ready()  # what a writer pumping now would send
+    store.release.set()
+    await login_task
+    got = [e for e in early + await ready(session) if getattr(e, "room", None) == GENERAL]
+    assert isinstance(got[0], Summary) and got[0].missed == 2
+    assert texts(got) == ["m0", "m1", "during"]
+    seqs = [m.seq for m in got if isinstance(m, Message)]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    during = next(m.seq for m in got if isinstance(m, Message) and m.text == "during")
+    assert got[0].first_seq + got[0].replayed - 1 == during - 1  # counted live, not here
 
 
 async def test_a_login_after_only_joins_and_quits_has_nothing_unread() -> None:

@@ -739,19 +739,23 @@ class Hub:
         room = await self._open_room(name)
         if session.state is not State.ACTIVE:
             return 0
-        if name not in user.rooms:
+        if name not in user.rooms:  # a member (the room stays open) while the store counts
             user.rooms[name] = room
             room.members[fold(user.name)] = user
-        live = session.subscribe(name, room.tx)
-        session.current = session.current or name
         read = max(read_seq, user.marks.get(name, 0))
         user.marks.setdefault(name, read)
+        live = room.tx.next_seq  # the session reads the room from here; before, a replay
         missed = live - 1 - read
+        said = await self.store.said(name, after=read, before=live) if missed > 0 else None
+        if session.user is not user or user.rooms.get(name) is not room or name in session.rooms:
+            return 0  # gone meanwhile, or left and joined again by another of its sessions
+        # Subscribed only now, from `live`, and the replay set at once: nothing said while
+        # the store counted can reach the session before its catch-up.
+        session.subscribe(name, room.tx, from_seq=live)
+        session.current = session.current or name
         unread = 0
         if missed > 0:
-            said = await self.store.said(name, after=read, before=live)
-            if session.user is not user or name not in user.rooms:  # gone meanwhile
-                return 0
+            assert said is not None
             replayed = min(missed, self.limits.replay_cap)
             first = live - replayed
             summary = None
