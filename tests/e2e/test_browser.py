@@ -767,6 +767,24 @@ async def test_members_list_drops_users_gone_after_a_server_restart(
     await erin.shot("members")
 
 
+async def test_private_messages_read_on_without_a_gap_between_them(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """Two private messages with a private message to someone else between them (numbered
+    in between) read one after the other, with nothing to load between them."""
+    server = await start_server()
+    dave = await web(server)
+    await dave.sign_in("dave")
+    bob = await clients.connect(server, "bob")
+    await clients.connect(server, "carol")
+    await bob.send("/msg dave one", "/msg carol aside", "/msg dave two")
+    await bob.expect("[pm bob -> dave] two", exact=True)
+    await dave.page.locator("#dm-list button[data-key='@bob']").click()
+    await expect(dave.message("two")).to_have_count(1)
+    assert await dave.chat_texts() == ["one", "two"]
+    await expect(dave.messages.locator("li.hole")).to_have_count(0)
+
+
 # --- links and commands -------------------------------------------------------------------
 
 

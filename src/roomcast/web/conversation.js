@@ -94,9 +94,10 @@ export class Conversation {
     return entry.type === "gap" ? Math.max(seq, entry.to_seq) : seq;
   }
 
-  /** Whether seqs are missing (not loaded) between the held seqs `seq` and `next`. */
+  /** Whether seqs are missing (not loaded) between the held seqs `seq` and `next`. Only a
+   * room's seqs follow each other: private messages are numbered across all conversations. */
   holeBetween(seq, next) {
-    return this.end(seq) + 1 < next;
+    return this.kind === "room" && this.end(seq) + 1 < next;
   }
 
   /** Where to resume after a drop: the end of the run without a hole that starts where the
