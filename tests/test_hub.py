@@ -49,7 +49,7 @@ from roomcast.model import (
     WhoList,
 )
 from roomcast.session import Session, State
-from roomcast.store import MemoryStore, Storage
+from roomcast.store import MemoryStore, Said, Storage
 from roomcast.store.base import Account
 from roomcast.store.sqlite import SqliteStore
 
@@ -876,12 +876,12 @@ async def test_returning_user_gets_summaries_then_missed_messages_in_order() -> 
         await hub.handle(bob, Say(text=f"g{i}", room=GENERAL))
         await hub.handle(bob, Say(text=f"r{i}", room="#rust"))
     session, replies = await login(hub, "alice")
-    assert replies == [Welcome(name="alice"), Unread(rooms=((GENERAL, 4), ("#rust", 4)))]
+    assert replies == [Welcome(name="alice"), Unread(rooms=((GENERAL, 3), ("#rust", 3)))]
     got = await ready(session)
     general = [e for e in got if getattr(e, "room", None) == GENERAL]
     assert isinstance(general[0], Summary) and general[0].room == GENERAL
-    # bob joined, 3 messages: 4 missed (alice's own quit is read)
-    assert (general[0].missed, general[0].replayed) == (4, 4)
+    # bob joined, then 3 messages: 4 events replayed, 3 messages new (alice's quit is read)
+    assert (general[0].missed, general[0].replayed) == (3, 4)
     assert texts(general) == ["g0", "g1", "g2"]
     rust = [e for e in got if getattr(e, "room", None) == "#rust"]
     assert isinstance(rust[0], Summary) and texts(rust) == ["r0", "r1", "r2"]
@@ -899,8 +899,85 @@ async def test_replay_is_capped_and_points_to_history() -> None:
     session, _ = await login(hub, "alice")
     got = await ready(session)
     [summary] = [e for e in got if isinstance(e, Summary)]
-    assert (summary.missed, summary.replayed) == (21, 5)
+    assert (summary.missed, summary.replayed) == (20, 5)
+    assert summary.first_unread < summary.first_seq
     assert texts(got) == ["15", "16", "17", "18", "19"]
+
+
+async def test_joins_and_quits_while_away_are_replayed_but_not_counted_as_new() -> None:
+    """The login summary and unread count hold only what people wrote; the summary says
+    where the first of those is, even when the replay starts after it."""
+    hub, _ = make_hub(rate=1000, burst=1000, replay_cap=5)
+    alice = await registered(hub, "alice")
+    await ready(alice)
+    await hub.handle(alice, Quit())  # #general: 1 alice joined, 2 alice quit
+    bob = await named(hub, "bob")  # 3 bob joined
+    await say_many(hub, bob, 2)  # 4-5
+    for i in range(6):  # 6-17: six guests come and go
+        guest = await named(hub, f"guest{i}")
+        await hub.handle(guest, Quit())
+    session, replies = await login(hub, "alice")
+    assert replies == [Welcome(name="alice"), Unread(rooms=((GENERAL, 2),))]
+    got = await ready(session)
+    [summary] = [e for e in got if isinstance(e, Summary)]
+    assert summary == Summary(room=GENERAL, missed=2, replayed=5, first_seq=13, first_unread=4)
+
+
+class PausingStore(MemoryStore):
+    """A memory store whose ``said`` waits to be released: the moment a login counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counting = asyncio.Event()  # set when said() is called
+        self.release = asyncio.Event()  # said() answers once this is set
+
+    async def said(self, room: str, *, after: int, before: int) -> Said:
+        self.counting.set()
+        await self.release.wait()
+        return await super().said(room, after=after, before=before)
+
+
+async def test_a_message_said_while_a_login_counts_comes_after_its_catch_up() -> None:
+    """A message said while the store counts what a returning user missed comes after the
+    summary and the replay, even to a session whose writer pulls meanwhile, and is not in
+    the count (it is news after it)."""
+    store = PausingStore()
+    hub, _ = make_hub(store, rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    bob = await named(hub, "bob")
+    await say_many(hub, bob, 2)
+    session = hub.connect("10.0.0.1:alice")
+    login_task = asyncio.create_task(
+        hub.handle(session, Login(name="alice", password="correct horse"))
+    )
+    await store.counting.wait()
+    await hub.handle(bob, Say(text="during"))
+    early = session.take_ready()  # what a writer pumping now would send
+    store.release.set()
+    await login_task
+    got = [e for e in early + await ready(session) if getattr(e, "room", None) == GENERAL]
+    assert isinstance(got[0], Summary) and got[0].missed == 2
+    assert texts(got) == ["m0", "m1", "during"]
+    seqs = [m.seq for m in got if isinstance(m, Message)]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    during = next(m.seq for m in got if isinstance(m, Message) and m.text == "during")
+    assert got[0].first_seq + got[0].replayed - 1 == during - 1  # counted live, not here
+
+
+async def test_a_login_after_only_joins_and_quits_has_nothing_unread() -> None:
+    """Joins and quits alone make no summary and no unread count, but are replayed."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    guest = await named(hub, "guest")
+    await hub.handle(guest, Quit())
+    session, replies = await login(hub, "alice")
+    assert replies == [Welcome(name="alice")]
+    got = await ready(session)
+    assert not [e for e in got if isinstance(e, Summary)]
+    kinds = [(m.kind, m.sender) for m in got if isinstance(m, Message)]
+    assert kinds[:2] == [(Kind.JOIN, "guest"), (Kind.QUIT, "guest")]
 
 
 async def test_private_messages_wait_for_an_away_user() -> None:
@@ -1318,7 +1395,7 @@ async def test_a_replay_asked_during_login_catch_up_keeps_its_summary() -> None:
     session, _ = await login(hub, "alice")
     await hub.handle(session, Join(room=GENERAL, since=1))
     got = await ready(session)
-    assert [e.missed for e in got if isinstance(e, Summary)] == [4]
+    assert [e.missed for e in got if isinstance(e, Summary)] == [3]
     seqs = [m.seq for m in got if isinstance(m, Message)]
     assert len(seqs) == len(set(seqs))
 

@@ -825,24 +825,42 @@ class Hub:
         self, session: Session, user: User, name: str, read_seq: int
     ) -> tuple[Room | None, int]:
         """Put a logged-in session in one of its user's rooms and replay what it missed;
-        return the room (``None`` if the session closed meanwhile) and how many that was."""
+        return the room (``None`` if the session went meanwhile) and how many messages people
+        wrote meanwhile (joins and quits are replayed but are not news: they are not counted)."""
         room = await self._open_room(name)
         if session.state is not State.ACTIVE:
             return None, 0
-        if name not in user.rooms:
+        if name not in user.rooms:  # a member (the room stays open) while the store counts
             user.rooms[name] = room
             room.members[fold(user.name)] = user
-        live = session.subscribe(name, room.tx)
-        session.current = session.current or name
         read = max(read_seq, user.marks.get(name, 0))
         user.marks.setdefault(name, read)
+        live = room.tx.next_seq  # the session reads the room from here; before, a replay
         missed = live - 1 - read
+        said = await self.store.said(name, after=read, before=live) if missed > 0 else None
+        if session.user is not user or user.rooms.get(name) is not room or name in session.rooms:
+            return None, 0  # gone meanwhile, or left and joined again by another session
+        # Subscribed only now, from `live`, and the replay set at once: nothing said while
+        # the store counted can reach the session before its catch-up.
+        session.subscribe(name, room.tx, from_seq=live)
+        session.current = session.current or name
+        unread = 0
         if missed > 0:
+            assert said is not None
             replayed = min(missed, self.limits.replay_cap)
             first = live - replayed
-            summary = Summary(room=name, missed=missed, replayed=replayed, first_seq=first)
+            summary = None
+            if said.first_seq is not None:
+                unread = said.count
+                summary = Summary(
+                    room=name,
+                    missed=unread,
+                    replayed=replayed,
+                    first_seq=first,
+                    first_unread=said.first_seq,
+                )
             session.replay(name, first, summary)
-        return room, max(0, missed)
+        return room, unread
 
     # -- rooms --
 

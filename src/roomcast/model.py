@@ -540,23 +540,26 @@ class RoomList:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Unread:
-    """On login: how many messages came in each of the user's rooms since it last read."""
+    """On login: how many messages people wrote in each of the user's rooms since it last
+    read (joins, leaves, quits and renames are not counted)."""
 
     rooms: tuple[tuple[str, int], ...]  # (room, count), rooms with none left out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Summary:
-    """On login: ``missed`` messages of ``room`` came while the user was away.
+    """On login: people wrote ``missed`` messages in ``room`` while the user was away.
 
-    ``replayed`` of them (the newest) follow; when fewer than ``missed``, older ones are in
-    the history from ``first_seq`` back.
+    The newest ``replayed`` events of the room (messages, and joins and the like, which are
+    not counted in ``missed``) follow, from ``first_seq``; when ``first_unread`` is below
+    ``first_seq``, the older ones are in the history.
     """
 
     room: str
-    missed: int
-    replayed: int
-    first_seq: int  # sequence number of the first replayed message
+    missed: int  # messages people wrote after the user's read marker
+    replayed: int  # events replayed: seq first_seq .. first_seq + replayed - 1
+    first_seq: int  # sequence number of the first replayed event
+    first_unread: int  # sequence number of the first message missed: where "new" begins
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

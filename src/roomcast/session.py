@@ -392,9 +392,11 @@ class Session:
 
     # -- what the hub changes --
 
-    def subscribe(self, room: str, tx: Sender[Message]) -> int:
-        """Start receiving ``room`` live; return the seq of the first live message."""
-        rx = self._rooms[room] = tx.subscribe()  # its start_seq: the first message live
+    def subscribe(self, room: str, tx: Sender[Message], from_seq: int | None = None) -> int:
+        """Start receiving ``room`` live, from its next message or from ``from_seq`` (a
+        recent seq: what the ring no longer holds is refilled from the store); return the
+        seq of the first message it reads."""
+        rx = self._rooms[room] = tx.subscribe(from_seq)  # its start_seq: the first it reads
         self._wake()  # the writer re-arms on the new receiver
         return rx.next_seq
 

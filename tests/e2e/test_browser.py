@@ -38,7 +38,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from roomcast.auth import Cost, Passwords
 from roomcast.server import Server
-from tests.e2e.conftest import TIMEOUT, Clients, StartServer
+from tests.e2e.conftest import TIMEOUT, Client, Clients, StartServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -78,14 +78,29 @@ class WebUser:
             has_text=re.compile(f"^{re.escape(text)}$")
         )
 
-    async def sign_in(self, name: str, password: str = "", *, register: bool = False) -> None:
-        """Fill the sign-in form (no password: a guest) and wait until the chat shows."""
+    async def sign_in(
+        self, name: str, password: str = "", *, register: bool = False, room: str = "#general"
+    ) -> None:
+        """Fill the sign-in form (no password: a guest) and wait until the chat shows
+        ``room``."""
         await self.page.locator("#signin-name").fill(name)
         await self.page.locator("#signin-password").fill(password)
         button = "Create account" if register else "Sign in"
         await self.page.get_by_role("button", name=button, exact=True).click()
         await expect(self.page.locator("#me-name")).to_have_text(name)
-        await expect(self.page.locator("#conv-title")).to_have_text("#general")
+        await expect(self.page.locator("#conv-title")).to_have_text(room)
+
+    async def join(self, room: str) -> None:
+        """Join ``room`` with the sidebar's form and wait until it is shown."""
+        await self.page.locator("#join-input").fill(room)
+        await self.page.get_by_role("button", name="Join", exact=True).click()
+        await expect(self.page.locator("#conv-title")).to_have_text(room)
+
+    def badge(self, key: str) -> Locator:
+        """The unread badge of the conversation ``key`` ("#room" or "@name") in the sidebar."""
+        return self.page.locator(
+            f"#room-list button[data-key='{key}'], #dm-list button[data-key='{key}']"
+        ).locator(".badge")
 
     async def name(self) -> str:
         """The name the page is signed in with."""
@@ -298,12 +313,13 @@ async def test_scrolling_to_the_top_loads_older_history(
     await reader.shot("older-page")
 
     start = reader.messages.locator("li.start")
+    held = reader.messages.locator("li[data-seq]")  # messages, joins...: each page adds some
     for _ in range(len(texts) // 50 + 2):  # one page of 50 per scroll, at most
         if await start.count():
             break
-        count = await shown.count()
+        count = await held.count()
         await scroller.evaluate("box => { box.scrollTop = 0; }")
-        await expect(shown.nth(count)).to_be_attached()
+        await expect(held.nth(count)).to_be_attached()
     await expect(start).to_have_text("This is the start of #general.")
     assert await reader.chat_texts() == texts
     await reader.shot("start")
@@ -523,6 +539,325 @@ async def test_a_former_guests_messages_are_not_shown_as_the_accounts_own(
     await expect(by_account).not_to_have_class(re.compile(r"\bcont\b"))  # a group of its own
     await expect(by_account.locator(".guest")).to_have_count(0)
     await account.shot("guest-and-account")
+
+
+# --- reading what was missed -------------------------------------------------------------
+
+
+async def away(client: Client, *names: str, room: str = "#general") -> None:
+    """Wait until ``client`` has seen each of ``names`` quit ``room``."""
+    for name in names:
+        await client.expect(f"[{room}] <-- {name} quit (")
+
+
+async def test_divider_sits_above_the_first_of_500_missed_messages(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """Someone who missed 500 messages, more than a login replays, finds the "500 new
+    messages" divider right after the last message it read and above the first it missed;
+    scrolling down shows the 500, in order, each once."""
+    server = await cheap_server(start_server, rate=1000.0, burst=1000)
+    alice = await web(server)
+    await alice.sign_in("alice", PASSWORD, register=True)
+    bob = await clients.connect(server, "bob")
+    await bob.send("read before")
+    await expect(alice.message("read before")).to_have_count(1)
+    await alice.context.close()
+    await away(bob, "alice")
+    missed = [f"missed {n:03}" for n in range(1, 501)]
+    await bob.send(*missed)
+    await bob.expect("[#general] bob: missed 500", exact=True, max_lines=600)
+
+    back = await web(server)
+    await back.sign_in("alice", PASSWORD)
+    divider = back.messages.locator("li.divider")
+    await expect(divider).to_have_text("500 new messages while you were away")
+    await expect(back.messages.locator("li.divider + li.msg .text")).to_have_text("missed 001")
+    await expect(divider).to_be_in_viewport()
+    read: list[str] = await divider.evaluate(
+        """divider => { const texts = []; let li = divider.previousElementSibling;
+           for (; li !== null; li = li.previousElementSibling)
+             if (li.matches('li.msg')) texts.push(li.querySelector('.text').textContent);
+           return texts; }"""
+    )
+    assert read and read[0] == "read before", read
+    await back.shot("divider")
+
+    shown = back.messages.locator("li.msg")
+    hole = back.messages.locator("li.hole")
+    for _ in range(len(missed) // 50 + 5):  # a page of 50 per step, at most
+        if await hole.count() == 0:
+            break
+        count = await shown.count()
+        await hole.first.scroll_into_view_if_needed()
+        await expect(shown).not_to_have_count(count)
+    await expect(hole).to_have_count(0)
+    texts = await back.chat_texts()
+    assert texts[texts.index("read before") :] == ["read before", *missed]
+    seqs = await back.seqs()
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "a duplicate or a hole"
+    await back.shot("all-read")
+
+
+async def test_joins_and_quits_while_away_are_one_line_and_not_new_messages(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """Back after 2 messages and 3 guests coming and going, one sees "2 new messages" above
+    the first of the 2 and the comings and goings as one line, "3 joined, 4 left" (the 4th
+    is oneself), which opens to list each."""
+    server = await cheap_server(start_server)
+    alice = await web(server)
+    await alice.sign_in("alice", PASSWORD, register=True)
+    bob = await clients.connect(server, "bob")
+    await bob.send("hello alice")
+    await expect(alice.message("hello alice")).to_have_count(1)
+    await alice.context.close()
+    await away(bob, "alice")
+    for name in ("g1", "g2", "g3"):
+        guest = await clients.connect(server, name)
+        await guest.close()
+        await away(bob, name)
+    await bob.send("new 1", "new 2")
+    await bob.expect("[#general] bob: new 2", exact=True)
+
+    back = await web(server)
+    await back.sign_in("alice", PASSWORD)
+    await expect(back.messages.locator("li.divider")).to_have_text(
+        "2 new messages while you were away"
+    )
+    await expect(back.messages.locator("li.divider + li.msg .text")).to_have_text("new 1")
+    runs = back.messages.locator("li.run")  # alice and bob joining, then the 7 while away
+    await expect(runs).to_have_count(2)
+    await expect(runs.first.locator("summary")).to_contain_text("2 joined")
+    run = runs.nth(1)
+    await expect(run.locator("summary")).to_contain_text("3 joined, 4 left")
+    lines = run.locator("li.sys")
+    await expect(lines).to_have_count(7)
+    await expect(lines.first).to_be_hidden()
+    await back.shot("collapsed")
+    await run.locator("summary").click()
+    await expect(lines.first).to_be_visible()
+    await expect(lines.first).to_contain_text("alice quit")
+    await back.shot("opened")
+
+
+async def test_sign_in_opens_the_room_with_unread_messages(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """Signing in shows the room where the most was said meanwhile (joins and quits do not
+    count), not #general; with nothing new, #general."""
+    server = await cheap_server(start_server)
+    alice = await web(server)
+    await alice.sign_in("alice", PASSWORD, register=True)
+    await alice.join("#rust")
+    bob = await clients.connect(server, "bob")
+    await bob.join("#rust")
+    await expect(alice.messages.locator("li[data-from=bob]")).to_have_count(1)
+    await alice.context.close()
+    await away(bob, "alice", room="#rust")
+    guest = await clients.connect(server, "guest")
+    await guest.close()
+    await away(bob, "guest")
+    await bob.send("/join #general", "general news", "/join #rust", "rust 1", "rust 2")
+    await bob.expect("[#rust] bob: rust 2", exact=True)
+
+    back = await web(server)
+    await back.sign_in("alice", PASSWORD, room="#rust")
+    await expect(back.messages.locator("li.divider")).to_have_text(
+        "2 new messages while you were away"
+    )
+    await expect(back.badge("#general")).to_have_text("1")
+    await back.shot("landed")
+    await back.context.close()
+    await away(bob, "alice", room="#rust")
+    again = await web(server)
+    await again.sign_in("alice", PASSWORD, room="#general")
+
+
+async def test_unread_badge_adds_live_messages_to_the_count_at_login(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """A room with 2 unread messages at login, followed by 220 joins and leaves (not
+    counted, and more than a login replays), shows a badge of 2 while another room is
+    shown; 3 more messages live make it 5."""
+    server = await cheap_server(start_server, rate=1000.0, burst=1000)
+    alice = await web(server)
+    await alice.sign_in("alice", PASSWORD, register=True)
+    await alice.join("#rust")
+    await alice.join("#zed")
+    bob = await clients.connect(server, "bob")
+    await bob.join("#rust")
+    await bob.join("#zed")
+    await expect(alice.messages.locator("li[data-from=bob]")).to_have_count(1)
+    await alice.context.close()
+    await away(bob, "alice", room="#zed")
+    churn = ["/leave #zed", "/join #zed"] * 110
+    await bob.send("/join #rust", "r1", "r2", "r3", "/join #zed", "z1", "z2", *churn, "/who #zed")
+    await bob.expect("-- #zed: bob (1)", exact=True, max_lines=1000)
+
+    back = await web(server)
+    await back.sign_in("alice", PASSWORD, room="#rust")  # the room with the most unread
+    await expect(back.badge("#zed")).to_have_text("2")
+    await expect(back.badge("#general")).to_have_count(0)
+    await expect(back.page).to_have_title("(2) roomcast")
+    await bob.send("z3", "z4", "z5")
+    await expect(back.badge("#zed")).to_have_text("5")
+    await expect(back.page).to_have_title("(5) roomcast")
+    await back.shot("badges")
+
+    await back.badge("#zed").click()
+    await expect(back.messages.locator("li.divider + li.msg .text")).to_have_text("z1")
+    await expect(back.page).to_have_title("roomcast")
+    await back.shot("zed")
+
+
+async def test_people_coming_and_going_collapse_into_one_line(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """Five people joining and three of them quitting, live, show as one "5 joined, 3 left"
+    line; a quit after someone spoke is a line of its own."""
+    server = await start_server()
+    dave = await web(server)
+    await dave.sign_in("dave")
+    await dave.say("hi all")
+    guests = [await clients.connect(server, f"p{n}") for n in range(1, 6)]
+    for guest in guests[:3]:
+        await guest.close()
+    run = dave.messages.locator("li.run")
+    await expect(run.locator("summary")).to_contain_text("5 joined, 3 left")
+    await expect(run).to_have_count(1)
+    await expect(run.locator("li.sys")).to_have_count(8)
+    await expect(run.locator("li.sys").first).to_be_hidden()
+    await dave.shot("run")
+
+    await guests[3].send("hello")
+    await expect(dave.message("hello")).to_have_count(1)
+    await guests[3].close()
+    alone = dave.messages.locator("li.sys[data-type=presence][data-from=p4]")
+    await expect(alone).to_be_visible()
+    await expect(alone).to_contain_text("p4 quit")
+    await expect(run).to_have_count(1)
+    await dave.shot("after")
+
+
+async def test_members_list_drops_users_gone_after_a_server_restart(
+    start_server: StartServer, clients: Clients, web: Web, tmp_path: Path
+) -> None:
+    """After a server restart the Members list is the new server's: someone who did not come
+    back is no longer listed, someone new is."""
+    storage = {"store": f"sqlite:{tmp_path}/rc.db", "data_dir": str(tmp_path)}
+    first = await cheap_server(start_server, **storage)
+    assert first.web is not None
+    port = first.web.port
+    erin = await web(first)
+    await erin.sign_in("erin", PASSWORD, register=True)
+    await clients.connect(first, "gus")
+    members = erin.page.locator("#member-list li")
+    await expect(members.filter(has_text="gus")).to_have_count(1)
+
+    await first.stop()
+    await expect(erin.page.locator("#banner")).to_be_visible()
+    second = await cheap_server(start_server, **storage, http_port=port)
+    await clients.connect(second, "hal")
+    await expect(erin.page.locator("#banner")).to_be_hidden(timeout=RECONNECT_MS)
+    await expect(members.filter(has_text="hal")).to_have_count(1)
+    await expect(members.filter(has_text="gus")).to_have_count(0)
+    await expect(members).to_have_count(2)
+    await expect(erin.page.locator("#members-heading")).to_have_text("Members (2 online)")
+    await erin.shot("members")
+
+
+async def test_private_messages_read_on_without_a_gap_between_them(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """Two private messages with a private message to someone else between them (numbered
+    in between) read one after the other, with nothing to load between them."""
+    server = await start_server()
+    dave = await web(server)
+    await dave.sign_in("dave")
+    bob = await clients.connect(server, "bob")
+    await clients.connect(server, "carol")
+    await bob.send("/msg dave one", "/msg carol aside", "/msg dave two")
+    await bob.expect("[pm bob -> dave] two", exact=True)
+    await dave.page.locator("#dm-list button[data-key='@bob']").click()
+    await expect(dave.message("two")).to_have_count(1)
+    assert await dave.chat_texts() == ["one", "two"]
+    await expect(dave.messages.locator("li.hole")).to_have_count(0)
+
+
+# --- links and commands -------------------------------------------------------------------
+
+
+async def test_links_in_messages_open_safely(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """http and https addresses in a message are links that open in a new tab without
+    handing it the page (noopener noreferrer); other schemes and markup stay text."""
+    text = (
+        "docs at https://example.com/a?b=1&c=2, and (see http://example.org/x). "
+        "not javascript:alert(1) nor ftp://example.net/f <a href=x>y</a>"
+    )
+    server = await start_server()
+    dave = await web(server)
+    await dave.sign_in("dave")
+    bob = await clients.connect(server, "bob")
+    await bob.send(text)
+    await expect(dave.message(text)).to_have_count(1)
+    links = dave.message(text).locator("a")
+    await expect(links).to_have_count(2)
+    await expect(links.nth(0)).to_have_attribute("href", "https://example.com/a?b=1&c=2")
+    await expect(links.nth(0)).to_have_text("https://example.com/a?b=1&c=2")
+    await expect(links.nth(1)).to_have_attribute("href", "http://example.org/x")
+    for i in range(2):
+        await expect(links.nth(i)).to_have_attribute("rel", "noopener noreferrer")
+        await expect(links.nth(i)).to_have_attribute("target", "_blank")
+    await dave.shot("links")
+
+
+async def test_who_history_search_me_and_msg_typed_in_the_composer_work(
+    start_server: StartServer, web: Web
+) -> None:
+    """/who, /history, /search, /me and /msg typed in the message box do what they do on the
+    line protocol (the answers show in a panel; a search hit opens the message in its room),
+    with no error."""
+    server = await start_server()
+    alice = await web(server)
+    await alice.sign_in("alice")
+    bob = await web(server)
+    await bob.sign_in("bob")
+    await bob.say("the quick brown fox")
+    await expect(alice.message("the quick brown fox")).to_have_count(1)
+    results = alice.page.locator("#results")
+    title = alice.page.locator("#results-title")
+
+    await alice.say("/who")
+    await expect(title).to_have_text("#general: 2 members")
+    await expect(results.locator("li")).to_have_text(["alice", "bob"])
+    await alice.shot("who")
+
+    await alice.say("/history")
+    await expect(title).to_have_text(re.compile(r"^History of #general: seq 1-\d+$"))
+    await expect(results.locator("li").filter(has_text="the quick brown fox")).to_have_count(1)
+    await alice.shot("history")
+
+    await alice.say("/search brown")
+    await expect(title).to_have_text('Search of #general for "brown": 1 found')
+    await alice.shot("search")
+    await results.locator("li button").first.click()
+    await expect(alice.messages.locator("li.focus .text")).to_have_text("the quick brown fox")
+
+    await alice.say("/me waves")
+    await expect(bob.messages.locator("li.msg.action[data-from=alice] .text")).to_have_text("waves")
+    await alice.say("/msg bob psst")
+    await expect(bob.badge("@alice")).to_have_text("1")
+
+    await alice.say("/help")
+    await expect(title).to_have_text("Commands")
+    await expect(results.locator("li").filter(has_text="/search [#room] words")).to_have_count(1)
+    await alice.shot("help")
+    await alice.page.get_by_role("button", name="Close results").click()
+    await expect(results).to_be_hidden()
+    await expect(alice.page.locator("#notices .notice.error")).to_have_count(0)
 
 
 # --- the protocol under the page ----------------------------------------------------------

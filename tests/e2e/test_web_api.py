@@ -1057,6 +1057,7 @@ async def test_hello_with_a_token_logs_in_and_catches_up(
         "missed": 5,
         "replayed": 5,
         "first_seq": 4,
+        "first_unread": 4,
     }
     after = [await again.next() for _ in range(6)]
     assert [e.get("text") for e in after[:5]] == [f"while away {i}" for i in range(5)]

@@ -646,3 +646,33 @@ async def test_emoji_text_round_trips(store: Storage) -> None:
     (got,) = await store.privates("bob", after=0, limit=5)
     assert got.text == text and got == dm
     assert await store.search("#emoji", "😀", limit=5) == []
+
+
+# --- what people wrote ----------------------------------------------------------------------
+
+
+async def test_said_counts_messages_and_actions_in_a_range(store: Storage) -> None:
+    """``said`` counts only the messages people wrote (not joins, leaves, quits, renames),
+    strictly inside its bounds, and names the first; none gives a count of 0."""
+    kinds = [Kind.JOIN, Kind.MESSAGE, Kind.QUIT, Kind.ACTION, Kind.LEAVE, Kind.NICK]
+    kinds += [Kind.MESSAGE, Kind.JOIN]
+    for kind in kinds:  # seq 1-8
+        await store.append(
+            Draft(id=f"k{next(_ids)}", room="#a", sender="ann", kind=kind, text="x", ts=1.0)
+        )
+    said = await store.said("#a", after=0, before=9)
+    assert (said.count, said.first_seq) == (3, 2)
+    said = await store.said("#a", after=2, before=7)
+    assert (said.count, said.first_seq) == (1, 4)
+    said = await store.said("#a", after=4, before=7)
+    assert (said.count, said.first_seq) == (0, None)
+    said = await store.said("#nowhere", after=0, before=100)
+    assert (said.count, said.first_seq) == (0, None)
+
+
+async def test_said_skips_what_retention_cut(store: Storage) -> None:
+    """Messages removed by retention are not counted."""
+    await fill(store, "#a", 10)
+    assert await store.retain("#a", max_age=None, max_count=4, now=2000.0) == 6
+    said = await store.said("#a", after=0, before=11)
+    assert (said.count, said.first_seq) == (4, 7)

@@ -574,13 +574,14 @@ def test_room_events_encode_to_the_documented_fields(
             {"type": "unread", "rooms": {"#general": 4, "#rust": 1}},
         ),
         (
-            Summary(room="#general", missed=250, replayed=200, first_seq=51),
+            Summary(room="#general", missed=250, replayed=200, first_seq=51, first_unread=9),
             {
                 "type": "summary",
                 "room": "#general",
                 "missed": 250,
                 "replayed": 200,
                 "first_seq": 51,
+                "first_unread": 9,
             },
         ),
         (

@@ -350,8 +350,10 @@ def test_login_summary_history_and_search_render() -> None:
     """Summaries, history pages and search results render with seq, date and time."""
     old = message(seq=3)
     events: list[Event] = [
-        Summary(room="#general", missed=3, replayed=3, first_seq=1),
-        Summary(room="#general", missed=300, replayed=200, first_seq=101),
+        Summary(room="#general", missed=3, replayed=3, first_seq=1, first_unread=1),
+        Summary(room="#general", missed=300, replayed=200, first_seq=101, first_unread=1),
+        Summary(room="#general", missed=2, replayed=200, first_seq=101, first_unread=150),
+        Summary(room="#general", missed=5, replayed=200, first_seq=801, first_unread=10),
         History(room="#general", messages=(old,), oldest_seq=1, latest_seq=3),
         History(room="#general", messages=(), oldest_seq=5, latest_seq=4),
         History(room="#general", messages=(old,), oldest_seq=3, latest_seq=3, capped=500),
@@ -361,6 +363,9 @@ def test_login_summary_history_and_search_render() -> None:
         "-- #general: 3 new since you left",
         "-- #general: 300 new since you left; the latest 200 follow"
         " (older: /history #general before 101)",
+        "-- #general: 2 new since you left",
+        "-- #general: 5 new since you left; the latest 200 follow"
+        " (older: /history #general before 801)",
         "-- history of #general: seq 3-3",
         "3 2023-11-14 22:13 [#general] alice: hello",
         "-- older: /history #general before 3",

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from roomcast.store.base import Account, Accounts, Page, RoomInfo, Storage, Store
+from roomcast.store.base import Account, Accounts, Page, RoomInfo, Said, Storage, Store
 from roomcast.store.memory import MemoryStore
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "MemoryStore",
     "Page",
     "RoomInfo",
+    "Said",
     "Storage",
     "Store",
     "open_store",

@@ -46,6 +46,7 @@ __all__ = [
     "Page",
     "PrivatePage",
     "RoomInfo",
+    "Said",
     "Storage",
     "Store",
     "conversation_key",
@@ -107,6 +108,14 @@ class PrivatePage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Said:
+    """The messages people wrote in a range of a room's history (``Store.said``)."""
+
+    count: int  # how many: kinds message and action, not joins, leaves, quits or renames
+    first_seq: int | None  # the sequence number of the oldest of them; None when none
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Account:
     """A registered name.
 
@@ -165,6 +174,15 @@ class Store(Protocol):
         With neither bound, the newest ``limit`` messages. ``before`` and ``after`` together
         are a range. The page is always returned in sequence order. A ``limit`` below 1
         gives an empty page.
+        """
+        ...
+
+    async def said(self, room: str, *, after: int, before: int) -> Said:
+        """The messages people wrote (kinds ``message`` and ``action``) that ``room`` keeps
+        with ``after < seq < before``: how many, and the first one's sequence number.
+
+        What unread counts are made of: joins, leaves, quits and renames are not news one
+        has missed. Messages cut by retention are not counted.
         """
         ...
 

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
 from roomcast.errors import ClientError
-from roomcast.model import Draft, Message, Private, PrivateDraft, fold
+from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
 from roomcast.names import lookalike_registered, skeleton
-from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, new_account_id, search_tokens
+from roomcast.store.base import (
+    Account,
+    Page,
+    PrivatePage,
+    RoomInfo,
+    Said,
+    new_account_id,
+    search_tokens,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -112,6 +121,17 @@ class MemoryStore:
         held = r.messages
         picked = tuple(held[i - oldest] for i in range(lo, hi)) if lo < hi else ()
         return Page(room=room, messages=picked, oldest_seq=oldest, latest_seq=r.latest)
+
+    async def said(self, room: str, *, after: int, before: int) -> Said:
+        r = self._room(room)
+        oldest = r.oldest
+        lo, hi = max(oldest, after + 1), min(r.latest + 1, before)
+        count, first = 0, None
+        for m in itertools.islice(r.messages, max(0, lo - oldest), max(0, hi - oldest)):
+            if m.kind in (Kind.MESSAGE, Kind.ACTION):
+                count += 1
+                first = m.seq if first is None else first
+        return Said(count=count, first_seq=first)
 
     async def privates(self, name: str, *, after: int, limit: int) -> Sequence[Private]:
         key = fold(name)

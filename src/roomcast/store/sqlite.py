@@ -68,7 +68,7 @@ from typing import Any, TypeVar
 
 from roomcast.errors import Broken, Unwritable
 from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
-from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, conversation_key
+from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, Said, conversation_key
 from roomcast.store.sqlite_schema import open_writer
 from roomcast.store.sqlite_writer import (
     STOP,
@@ -105,6 +105,10 @@ _SEARCH = (
     " WHERE messages_fts MATCH ? AND m.room = ? ORDER BY messages_fts.rowid DESC LIMIT ?"
 )
 _PRIVATE_COLUMNS = "seq, id, sender, recipient, kind, text, ts, signed, recipient_signed"
+_SAID = (
+    "SELECT count(*), min(seq) FROM messages"
+    " WHERE room = ? AND seq > ? AND seq < ? AND kind IN ('message', 'action')"
+)
 _PRIVATES = (
     f"SELECT {_PRIVATE_COLUMNS} FROM private_messages"
     " WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?"
@@ -388,6 +392,13 @@ class SqliteStore:
                 rows = conn.execute(_HISTORY_OLDEST, (room, lower, upper, limit)).fetchall()
             messages = tuple(_message(room, row) for row in rows)
             return Page(room=room, messages=messages, oldest_seq=oldest, latest_seq=latest)
+
+        return await self._read(run)
+
+    async def said(self, room: str, *, after: int, before: int) -> Said:
+        def run(conn: sqlite3.Connection) -> Said:
+            count, first = conn.execute(_SAID, (room, after, before)).fetchone()
+            return Said(count=count, first_seq=first)
 
         return await self._read(run)
 

@@ -2,6 +2,7 @@
 
 import { Chat } from "./chat.js";
 import { byId, el } from "./dom.js";
+import { closeResults } from "./results.js";
 
 const TOKEN_KEY = "roomcast.token"; // the login token, kept between visits
 const NAME_KEY = "roomcast.name"; // the last name used, to fill the form
@@ -206,8 +207,15 @@ byId("scrim").addEventListener("click", closePanels);
 document.addEventListener("visibilitychange", () => {
   if (!document.hidden) chat.seen();
 });
+byId("results-close").addEventListener("click", () => {
+  closeResults();
+  composerInput.focus();
+});
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape") closePanels();
+  if (event.key === "Escape") {
+    closePanels();
+    closeResults();
+  }
 });
 
 // --- start ----------------------------------------------------------------------------------

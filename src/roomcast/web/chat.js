@@ -5,16 +5,24 @@
 // token, or the same guest name: if that name is still held by the old session, it retries
 // after the backoff), then `join {room, since}` for each room it was in, `since` being the
 // end of the run of seqs it holds without a hole, so the server replays exactly what is
-// missing. Anything that comes twice anyway is dropped by seq.
+// missing. Anything that comes twice anyway is dropped by seq. Then it asks each room for its
+// members again, and replaces its lists with the server's (see `who`).
+//
+// Unread counts are of messages people wrote, never of joins and quits: at login the server
+// counts each room's (`summary`: up to a seq), and the client adds what comes after that.
 
+import { COMMANDS, CommandError, parseCommand } from "./commands.js";
 import { Connection } from "./connection.js";
 import { Conversation, dmKey, roomKey } from "./conversation.js";
+import { el } from "./dom.js";
+import { closeResults, eventItem, note, personItem, showResults } from "./results.js";
 import { MessageList, drawConversations, drawMembers, notify } from "./view.js";
 
 const PAGE = 50; // messages per history page
 const MAX_REQUESTS = 500; // requests remembered while waiting for their replies
 const ROOM_EVENTS = new Set(["message", "join", "leave", "presence", "nick"]);
-const QUIET = new Set(["hello", "join", "rejoin", "who", "rooms", "initial", "older", "probe"]);
+const QUIET = new Set(["hello", "join", "rejoin", "members", "rooms", "initial", "older", "probe"]);
+const PAGES = new Set(["initial", "older", "around"]); // history pages that may reach the start
 const NAME = /^[A-Za-z0-9_.-]{1,32}$/;
 
 /** The key under which a name is unique (names compare case-insensitively). */
@@ -39,10 +47,11 @@ export class Chat {
       onFrame: (frame) => this.receive(frame),
       onLink: (up) => this.link(up),
     });
-    this.list = new MessageList();
+    this.list = new MessageList({ onHole: (after, before) => this.loadNewer(after, before) });
     this.credentials = null; // {token} or {name}: what each hello sends
     this.me = null; // our name, once welcomed
     this.welcomed = false; // welcomed on an earlier connection: the next welcome is a resume
+    this.landing = false; // just signed in: which room to show first is not chosen yet
     this.convs = new Map(); // key -> Conversation
     this.current = null; // key of the conversation shown
     this.requests = new Map(); // request id -> {kind, room?, text?}
@@ -69,7 +78,9 @@ export class Chat {
     this.welcomed = false;
     this.convs.clear();
     this.current = null;
+    this.landing = false;
     this.requests.clear();
+    closeResults();
     this.ui.disconnected(false);
     this.ui.signedOut(message);
   }
@@ -127,11 +138,16 @@ export class Chat {
       this.conn.established();
       this.ui.disconnected(false);
       this.ui.signedIn(frame.name, !this.credentials.token);
+      this.landing = !resuming; // the first room to show waits for what is unread (`rooms`)
       if (resuming) this.resume();
       this.request({ type: "rooms" }, { kind: "rooms", fresh: !resuming });
     },
 
     who(frame, about) {
+      if (about?.kind === "show") {
+        this.showWho(frame);
+        return;
+      }
       let conv = this.convs.get(frame.room);
       const joining = about !== null && ["hello", "join", "rejoin"].includes(about.kind);
       if (conv === undefined) {
@@ -139,11 +155,14 @@ export class Chat {
         conv = this.room(frame.room);
       }
       if (joining) this.joined(conv, about.kind === "join");
-      const online = new Set(frame.names.map(fold));
-      for (const [key, person] of conv.members) {
-        if (person.online && !online.has(key)) conv.members.delete(key);
+      // The server's list replaces ours: after a reconnection, people who went meanwhile
+      // (a restart tells nobody) are gone from it. Joins and quits up to the room's newest
+      // seq when it was asked are in it already: replayed later, they change nothing.
+      conv.members = new Map(frame.names.map((name) => [fold(name), { name, online: true }]));
+      if (about?.kind === "members" && conv.membersProbe !== null) {
+        conv.membersFrom = Math.max(conv.membersFrom, conv.membersProbe);
+        conv.membersProbe = null;
       }
-      for (const name of frame.names) conv.members.set(fold(name), { name, online: true });
       if (conv.key === this.current) this.dirty.members = true;
     },
 
@@ -151,44 +170,64 @@ export class Chat {
       this.ui.roomNames(frame.rooms.map((room) => room.name));
       for (const entry of frame.rooms) {
         if (entry.unread === null || entry.unread === undefined) continue; // not one of ours
-        const conv = this.room(entry.name);
-        this.joined(conv);
-        if (about?.fresh && conv.key !== this.current) {
-          conv.serverUnread = Math.max(conv.serverUnread, entry.unread);
-        }
+        this.joined(this.room(entry.name));
       }
       this.dirty.sidebar = true;
+      if (about?.kind === "show") this.showRooms(frame);
+      if (this.landing && about?.fresh) {
+        // Nothing unread (that would have come first, in `unread`): #general, or the first.
+        const general = this.convs.get("#general");
+        const first = [...this.convs.values()].filter((c) => c.kind === "room" && c.joined);
+        first.sort((a, b) => a.key.localeCompare(b.key));
+        this.land(general?.joined ? general : first[0]);
+      }
     },
 
     unread(frame) {
-      for (const [name, count] of Object.entries(frame.rooms)) {
+      // The counts themselves come with each room's summary, with the seq they run to.
+      let most = null;
+      const rooms = Object.entries(frame.rooms).sort(([a], [b]) => a.localeCompare(b));
+      for (const [name, count] of rooms) {
         const conv = this.room(name);
         this.joined(conv);
-        if (conv.key !== this.current) conv.serverUnread = Math.max(conv.serverUnread, count);
+        if (most === null || count > most.count) most = { conv, count };
       }
+      if (this.landing && most !== null) this.land(most.conv); // where the most was said
       this.dirty.sidebar = true;
     },
 
     summary(frame) {
       const conv = this.room(frame.room);
       this.joined(conv);
-      const until = frame.first_seq + frame.replayed - 1; // the newest message replayed
+      const until = frame.first_seq + frame.replayed - 1; // the newest event replayed
       if (conv.resumeFrom !== null) {
         // A resume: count from what this page last held, as the messages arrive.
         const divider = conv.divider;
         const after = conv.resumeFrom;
-        conv.divider = { after, until: Math.max(until, divider?.until ?? 0), count: null };
+        const upTo = Math.max(until, divider?.until ?? 0);
+        conv.divider = { after, first: null, until: upTo, count: null };
       } else {
-        conv.divider = { after: frame.first_seq - 1, until, count: frame.missed };
+        const first = frame.first_unread;
+        conv.divider = { after: first - 1, first, until, count: frame.missed };
+        conv.reveal = "divider";
+        // The replay holds only the newest events: load the page around the first unread.
+        if (!conv.entries.has(first)) this.around(conv, first);
       }
-      if (conv.key !== this.current) conv.serverUnread = Math.max(conv.serverUnread, frame.missed);
+      const unseen = conv.key !== this.current || document.hidden;
+      if (unseen && until > conv.counted) conv.serverUnread += frame.missed;
+      conv.counted = Math.max(conv.counted, until);
       this.changed(conv);
     },
 
     history(frame, about) {
+      if (about?.kind === "show") {
+        this.showHistory(frame, about);
+        return;
+      }
       const conv = this.convs.get(frame.with === undefined ? frame.room : dmKey(frame.with));
       if (conv === undefined) return;
       if (about?.kind === "probe") {
+        conv.membersProbe = frame.latest_seq;
         if (conv.divider !== null && conv.divider.count === null) {
           conv.divider.until = Math.max(conv.divider.until ?? 0, frame.latest_seq);
           this.changed(conv);
@@ -196,12 +235,16 @@ export class Chat {
         return;
       }
       for (const message of frame.messages) conv.add(message);
-      if (frame.messages.length === 0 || frame.messages[0].seq <= frame.oldest_seq) {
-        conv.atStart = true;
-      }
+      const startReached = frame.messages.length === 0 || frame.messages[0].seq <= frame.oldest_seq;
+      if (PAGES.has(about?.kind) && startReached) conv.atStart = true;
       if (about?.kind === "older") conv.loadingOlder = false;
+      if (about?.kind === "newer") this.filled(conv, frame, about);
       this.changed(conv);
       if (conv.key === this.current) this.dirty.fill = true;
+    },
+
+    search(frame, about) {
+      if (about?.kind === "show") this.showSearch(frame);
     },
 
     dm(frame) {
@@ -241,10 +284,12 @@ export class Chat {
         case "dm":
           this.ui.restore(about.text);
           break;
-        case "older": {
+        case "older":
+        case "newer": {
           const conv = this.convs.get(about.room);
           if (conv !== undefined) {
             conv.loadingOlder = false;
+            conv.loadingNewer = null;
             this.changed(conv);
           }
           break;
@@ -267,7 +312,8 @@ export class Chat {
     this.stop(frame.message);
   }
 
-  /** Reconnected: ask every room for what we missed, from where we are sure we have all. */
+  /** Reconnected: ask every room for what we missed, from where we are sure we have all,
+   * then for its members. */
   resume() {
     for (const conv of this.convs.values()) {
       if (conv.kind !== "room" || !conv.joined) continue;
@@ -275,17 +321,22 @@ export class Chat {
       const join = { type: "join", room: conv.key };
       if (since !== null) join.since = since;
       this.request(join, { kind: "rejoin", room: conv.key });
+      // Its newest seq, then its members: the replay's joins and quits up to that seq are
+      // already in the list the server gives.
+      conv.membersProbe = null;
+      const probe = { type: "history", room: conv.key, limit: 1 };
+      this.request(probe, { kind: "probe", room: conv.key });
+      this.request({ type: "who", room: conv.key }, { kind: "members" });
       if (since === null) continue;
       conv.resumeFrom = since;
-      conv.divider = { after: since, until: null, count: null };
-      const probe = { type: "history", room: conv.key, limit: 1 }; // its latest_seq
-      this.request(probe, { kind: "probe", room: conv.key });
+      conv.divider = { after: since, first: null, until: null, count: null };
       this.changed(conv);
     }
   }
 
   roomEvent(event) {
     const conv = this.room(event.room);
+    if (conv.streamFrom === null) conv.streamFrom = event.seq; // where a resume starts from
     const where = this.add(conv, event, true);
     if (where === null) return; // a duplicate
     // An event older than the newest one held (a replay that came late) changes no state.
@@ -310,9 +361,18 @@ export class Chat {
     if (where === null) return null;
     const shown = conv.key === this.current;
     const unseen = !shown || document.hidden;
-    if (live && unseen && Conversation.isChat(event) && event.from !== this.me) {
+    // What the server counted at login (up to `counted`) is not counted again as it arrives.
+    const news = Conversation.isChat(event) && event.from !== this.me && event.seq > conv.counted;
+    if (live && unseen && news) {
       conv.unread += 1;
       this.dirty.sidebar = true;
+      // The divider covers whatever is unread when the conversation is shown.
+      const divider = conv.divider;
+      if (divider === null) {
+        conv.divider = { after: event.seq - 1, first: event.seq, until: null, count: 1 };
+      } else if (divider.count !== null) {
+        divider.count += 1;
+      }
     }
     if (shown && where === "last" && !this.dirty.refresh) this.dirty.appended.push(event.seq);
     else if (shown) this.dirty.refresh = true;
@@ -320,6 +380,7 @@ export class Chat {
   }
 
   members(conv, event) {
+    if (event.seq <= conv.membersFrom) return; // the member list given after it has it
     const key = fold(event.from);
     switch (event.type) {
       case "join":
@@ -355,6 +416,7 @@ export class Chat {
     if (conv !== undefined) {
       if (dirty.refresh) this.list.refresh();
       else for (const seq of dirty.appended) this.list.append(seq);
+      if (conv.reveal !== null) this.list.reveal();
       if (dirty.members) drawMembers(conv, this.me, (name) => this.openDm(name));
       if (dirty.fill && this.list.fits()) this.loadOlder(conv);
     }
@@ -403,9 +465,17 @@ export class Chat {
         const frame = { type: "history", room: conv.key, limit: PAGE };
         conv.historyAsked = this.request(frame, { kind: "initial", room: conv.key }) !== null;
       }
-      if (conv.members.size === 0) this.request({ type: "who", room: conv.key }, { kind: "who" });
+      if (conv.members.size === 0) {
+        this.request({ type: "who", room: conv.key }, { kind: "members" });
+      }
     }
-    if (show || !this.convs.has(this.current)) this.select(conv.key);
+    if (show || (!this.landing && !this.convs.has(this.current))) this.select(conv.key);
+  }
+
+  /** Just signed in: show `conv` first (undefined: nothing yet, the first room joined). */
+  land(conv) {
+    this.landing = false;
+    if (conv !== undefined) this.select(conv.key);
   }
 
   /** Drop a conversation (a room we left, a private chat closed). */
@@ -420,8 +490,12 @@ export class Chat {
 
   /** Show conversation `key` (null: none). */
   select(key) {
+    this.landing = false; // shown, by the reader or for them
     const previous = this.convs.get(this.current);
-    if (previous !== undefined && previous.key !== key) previous.divider = null; // it was seen
+    if (previous !== undefined && previous.key !== key) {
+      previous.divider = null; // it was seen
+      previous.reveal = null;
+    }
     const conv = key === null ? undefined : this.convs.get(key);
     this.current = conv === undefined ? null : key;
     this.dirty = { ...Chat.clean(), sidebar: true };
@@ -446,6 +520,47 @@ export class Chat {
     conv.unread = 0;
     conv.serverUnread = 0;
     this.drawSidebar();
+  }
+
+  /** Ask for the page of history around `seq` (the first unread message, a search hit). */
+  around(conv, seq) {
+    const frame = { type: "history", room: conv.key, around: seq, limit: PAGE };
+    this.request(frame, { kind: "around", room: conv.key });
+  }
+
+  /** Ask for the page after `after`, in the hole that ends at `before` (not loaded). */
+  loadNewer(after, before, conv = this.convs.get(this.current)) {
+    if (conv === undefined || conv.kind !== "room" || conv.loadingNewer !== null) return;
+    const limit = Math.min(PAGE, before - after - 1);
+    if (limit < 1) return;
+    const frame = { type: "history", room: conv.key, after, limit };
+    if (this.request(frame, { kind: "newer", room: conv.key, after, before }) === null) return;
+    conv.loadingNewer = after;
+  }
+
+  /** A page asked for by `loadNewer` came: what it should have started with and does not
+   * was removed by retention, and is held as a gap so that the hole closes. */
+  filled(conv, frame, about) {
+    conv.loadingNewer = null;
+    const first = frame.messages.length > 0 ? frame.messages[0].seq : about.before;
+    if (first <= about.after + 1) return;
+    const ts = conv.entries.get(about.after)?.ts ?? Date.now() / 1000;
+    const gap = { type: "gap", room: conv.key, seq: about.after + 1, ts };
+    conv.add({ ...gap, from_seq: about.after + 1, to_seq: first - 1 });
+  }
+
+  /** Show the message `seq` of `room` in its conversation (a search hit, a history line). */
+  jumpTo(room, seq) {
+    const conv = this.convs.get(room);
+    if (conv === undefined || conv.kind !== "room" || !conv.joined) return;
+    conv.reveal = seq;
+    if (!conv.entries.has(seq)) this.around(conv, seq);
+    if (conv.key !== this.current) {
+      this.select(conv.key);
+      return;
+    }
+    this.changed(conv);
+    this.flush();
   }
 
   /** Ask for the page of history before the oldest message shown. */
@@ -496,8 +611,16 @@ export class Chat {
 
   /** Leave the room shown, or close the private conversation shown. */
   leaveCurrent() {
-    const conv = this.convs.get(this.current);
-    if (conv === undefined) return;
+    this.leave(this.current);
+  }
+
+  /** Leave room `key`, or close the private conversation `key`. */
+  leave(key) {
+    const conv = this.convs.get(key);
+    if (conv === undefined) {
+      if (key !== null) notify(`You are not in ${key}.`, "error");
+      return;
+    }
     if (conv.kind === "dm") {
       this.forget(conv.key);
       return;
@@ -524,35 +647,143 @@ export class Chat {
     return this.sent(this.request(frame, { kind: frame.type, text }));
   }
 
+  /** Carry out a typed /command (see commands.js); false if nothing was done. */
   command(text) {
-    const [, verb, rest = ""] = /^\/(\S+)\s*([\s\S]*)$/.exec(text) ?? [];
-    const conv = this.convs.get(this.current);
-    switch (verb) {
-      case "me":
-        if (conv?.kind !== "room") break;
-        return this.sent(
-          this.request({ type: "action", room: conv.key, text: rest }, { kind: "send", text }),
-        );
-      case "join":
-        return this.join(rest);
-      case "leave":
-      case "part":
-        this.leaveCurrent();
-        return true;
-      case "msg": {
-        const [, to, body] = /^(\S+)\s+([\s\S]+)$/.exec(rest) ?? [];
-        if (to === undefined) break;
-        return this.sent(this.request({ type: "dm", to, text: body }, { kind: "dm", text }));
-      }
-      case "nick":
-        return this.sent(this.request({ type: "nick", name: rest.trim() }, { kind: "nick" }));
+    let command;
+    try {
+      command = parseCommand(text);
+    } catch (error) {
+      if (!(error instanceof CommandError)) throw error;
+      notify(error.message, "error");
+      return false;
     }
-    notify(
-      "Commands: /me text, /join #room, /leave, /msg name text, /nick name" +
-        " (start with // to send a leading /)",
-      "error",
-    );
+    const conv = this.convs.get(this.current);
+    switch (command.verb) {
+      case "me":
+        if (conv?.kind !== "room") {
+          notify("/me is for rooms: a private message cannot be an action.", "error");
+          return false;
+        }
+        const frame = { type: "action", room: conv.key, text: command.text };
+        return this.sent(this.request(frame, { kind: "send", text }));
+      case "msg": {
+        const frame = { type: "dm", to: command.to, text: command.text };
+        return this.sent(this.request(frame, { kind: "dm", text }));
+      }
+      case "join":
+        return this.join(command.room);
+      case "leave":
+        this.leave(command.room === null ? this.current : roomKey(command.room));
+        return true;
+      case "nick":
+        return this.sent(this.request({ type: "nick", name: command.name }, { kind: "nick" }));
+      case "rooms":
+        return this.sent(this.request({ type: "rooms" }, { kind: "show" }));
+      case "quit":
+        this.ui.forgetToken(); // as the Sign out button does
+        this.stop();
+        return true;
+      case "help":
+        showResults(
+          "Commands",
+          COMMANDS.map(([usage, does]) => el("li", {}, el("code", { text: usage }), ` ${does}`)),
+        );
+        return true;
+      case "who":
+      case "history":
+      case "search":
+        return this.ask(command, conv);
+    }
     return false;
+  }
+
+  /** Ask for what /who, /history or /search show, of the room named or the one shown. */
+  ask(command, conv) {
+    const shown = conv?.kind === "room" ? conv.key : null;
+    const room = command.room !== null ? roomKey(command.room) : shown;
+    if (room === null) {
+      notify(`Which room? /${command.verb} #room …`, "error");
+      return false;
+    }
+    let frame;
+    if (command.verb === "who") frame = { type: "who", room };
+    else if (command.verb === "search") frame = { type: "search", room, words: command.words };
+    else {
+      frame = { type: "history", room, limit: command.limit };
+      for (const bound of ["before", "after", "around"]) {
+        if (command[bound] !== undefined) frame[bound] = command[bound];
+      }
+    }
+    return this.sent(this.request(frame, { kind: "show", frame }));
+  }
+
+  // -- the answers to commands, in the results panel --
+
+  /** A button that shows event `seq` of `room` in its conversation, if we are in it. */
+  opener(room, seq) {
+    return this.convs.get(room)?.joined ? () => this.jumpTo(room, seq) : null;
+  }
+
+  showWho(frame) {
+    const count = `${frame.total} member${frame.total === 1 ? "" : "s"}`;
+    const more = frame.total - frame.names.length;
+    showResults(
+      `${frame.room}: ${count}`,
+      frame.names.map((name) => personItem(name, this.me, (who) => this.openDm(who))),
+      more > 0 ? [note(`and ${more} more`)] : [],
+    );
+  }
+
+  showRooms(frame) {
+    showResults(
+      `Rooms: ${frame.rooms.length}`,
+      frame.rooms.map((room) =>
+        el(
+          "li",
+          {},
+          el("button", {
+            type: "button",
+            class: "hit",
+            text: `${room.name} (${room.members})`,
+            onclick: () => this.join(room.name),
+          }),
+        ),
+      ),
+    );
+  }
+
+  showHistory(frame, about) {
+    const messages = frame.messages;
+    const range = messages.length ? `seq ${messages[0].seq}-${messages.at(-1).seq}` : "no messages";
+    const footer = [];
+    if (frame.capped !== null && frame.capped !== undefined) {
+      footer.push(note(`limited to ${frame.capped} messages`));
+    }
+    if (messages.length > 0 && messages[0].seq > frame.oldest_seq) {
+      const older = { type: "history", room: frame.room, before: messages[0].seq };
+      older.limit = about.frame.limit;
+      const ask = () => this.sent(this.request(older, { kind: "show", frame: older }));
+      const button = { type: "button", class: "secondary small", text: "Older", onclick: ask };
+      footer.push(el("button", button));
+    } else if (frame.oldest_seq > 1) {
+      footer.push(note(`messages before seq ${frame.oldest_seq} are no longer kept`));
+    }
+    showResults(
+      `History of ${frame.room}: ${range}`,
+      messages.map((m) => eventItem(m, this.opener(frame.room, m.seq))),
+      footer,
+    );
+  }
+
+  showSearch(frame) {
+    const found = frame.messages;
+    showResults(
+      `Search of ${frame.room} for "${frame.words}": ${found.length} found`,
+      found.map((m) => eventItem(m, this.opener(frame.room, m.seq))),
+      frame.capped === null || frame.capped === undefined
+        ? []
+        : [note(`limited to ${frame.capped} messages`)],
+    );
   }
 
   sent(id) {

@@ -4,8 +4,14 @@
 // Events are kept by their seq (a room's gap-free sequence number; for private messages the
 // server's private seq), so whatever order they come in (live, catch-up, history pages,
 // a resume replay) each is kept once and they are always shown in seq order.
+//
+// What is held need not be one run: a page loaded around the first unread message, or around
+// a search hit, leaves a hole below it. A hole is a range of seqs between two held events
+// (room seqs have no gaps of their own; what retention removed is held as a "gap" event),
+// drawn as a row that loads the next page when it comes into view.
 
 const CHAT_TYPES = new Set(["message", "dm"]); // what counts as a message (not joins, leaves...)
+const COMINGS = new Set(["join", "leave", "presence"]); // comings and goings: shown in runs
 
 /** The key of a room as typed ("General", "#general") — the server spells rooms in lower case. */
 export function roomKey(text) {
@@ -28,11 +34,20 @@ export class Conversation {
     this.historyAsked = false; // the first page of history was asked for
     this.atStart = false; // nothing older exists: the history reached its start
     this.loadingOlder = false; // a history page is on its way
-    this.unread = 0; // messages that arrived while another conversation was shown
-    this.serverUnread = 0; // what the server counted at login (rooms, unread, summary frames)
-    this.divider = null; // {after, until, count}: "N new messages while you were away"
+    this.unread = 0; // messages that came live after `counted`, while not seen
+    this.serverUnread = 0; // messages the server counted as unread (summary frames), not seen
+    this.counted = 0; // the newest seq the server's count covers: later ones add to `unread`
+    // {after, first, until, count}: "N new messages while you were away", shown above seq
+    // `first` (null: above the first message after seq `after`); `count` null: counted here,
+    // the messages after `after` up to `until` (null: all)
+    this.divider = null;
     this.resumeFrom = null; // after a reconnection: the last seq held when the link dropped
+    this.streamFrom = null; // the first seq the server sent live or replayed (not a page)
+    this.loadingNewer = null; // the seq after which a page is on its way into a hole
+    this.reveal = null; // what to bring into view once drawn: "divider", or a seq (a jump)
     this.members = new Map(); // folded name -> {name, online}
+    this.membersProbe = null; // the room's newest seq, asked for just before a member list
+    this.membersFrom = 0; // joins, leaves... up to this seq are already in `members`
   }
 
   /** Keep `event` (it has a seq); "last" if it is the newest, "middle" if older than one
@@ -73,15 +88,28 @@ export class Conversation {
     return index > 0 ? this.entries.get(this.seqs[index - 1]) : null;
   }
 
-  /** Where to resume after a drop: the last seq of the run without a hole that starts at
-   * the oldest one kept (a gap entry covers its whole range). null when nothing is kept. */
+  /** The last seq `seq`'s entry covers (a gap entry covers its whole range). */
+  end(seq) {
+    const entry = this.entries.get(seq);
+    return entry.type === "gap" ? Math.max(seq, entry.to_seq) : seq;
+  }
+
+  /** Whether seqs are missing (not loaded) between the held seqs `seq` and `next`. Only a
+   * room's seqs follow each other: private messages are numbered across all conversations. */
+  holeBetween(seq, next) {
+    return this.kind === "room" && this.end(seq) + 1 < next;
+  }
+
+  /** Where to resume after a drop: the end of the run without a hole that starts where the
+   * server's stream started (pages loaded elsewhere, around a search hit or an unread
+   * message, do not count); null when nothing is kept. */
   resumePoint() {
     if (this.seqs.length === 0) return null;
-    let end = this.seqs[0] - 1;
-    for (const seq of this.seqs) {
-      if (seq > end + 1) break;
-      const entry = this.entries.get(seq);
-      end = Math.max(end, entry.type === "gap" ? entry.to_seq : seq);
+    const streamed = this.streamFrom !== null && this.entries.has(this.streamFrom);
+    let index = streamed ? this.indexAfter(this.streamFrom - 1) : this.seqs.length - 1;
+    let end = this.end(this.seqs[index]);
+    for (index += 1; index < this.seqs.length && this.seqs[index] <= end + 1; index++) {
+      end = Math.max(end, this.end(this.seqs[index]));
     }
     return end;
   }
@@ -100,20 +128,34 @@ export class Conversation {
     return count;
   }
 
-  /** The seq the divider is shown before (the first one after `divider.after`), or null. */
+  /** The seq the divider is shown above: the first unread message, once it is held; null
+   * when there is no divider, or not yet. Joins and quits are never "new messages": the
+   * divider goes below them. */
   dividerBefore() {
     if (this.dividerCount() <= 0) return null;
-    const index = this.indexAfter(this.divider.after);
-    return index < this.seqs.length ? this.seqs[index] : null;
+    const { after, first, until } = this.divider;
+    if (first !== null) return this.entries.has(first) ? first : null;
+    for (let i = this.indexAfter(after); i < this.seqs.length; i++) {
+      const seq = this.seqs[i];
+      if (until !== null && seq > until) break;
+      if (Conversation.isChat(this.entries.get(seq))) return seq;
+    }
+    return null;
   }
 
-  /** The unread count to show. */
+  /** The unread count to show: what the server counted at login plus what came since. */
   unreadCount() {
-    return Math.max(this.unread, this.serverUnread);
+    return this.unread + this.serverUnread;
   }
 
   /** Whether `event` is a message (as opposed to a join, leave, presence or nick line). */
   static isChat(event) {
     return CHAT_TYPES.has(event.type);
+  }
+
+  /** Whether `event` is someone coming or going (join, leave, quit): such lines are shown
+   * collapsed, a run of them as one line. */
+  static isComing(event) {
+    return COMINGS.has(event.type);
   }
 }

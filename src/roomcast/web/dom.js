@@ -76,3 +76,72 @@ export function dayLabel(ts) {
   if (date.toDateString() === yesterday.toDateString()) return "Yesterday";
   return dayFormat.format(date);
 }
+
+const stampFormat = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+/** A <time> for a UTC epoch in seconds, shown as the local date, hour and minute. */
+export function stampNode(ts) {
+  const date = new Date(ts * 1000);
+  return el("time", {
+    datetime: date.toISOString(),
+    title: fullFormat.format(date),
+    text: stampFormat.format(date),
+  });
+}
+
+// --- links in text --------------------------------------------------------------------------
+
+const ADDRESS = /\bhttps?:\/\/[^\s<>"'`]+/gi; // an http(s) address, up to what cannot be in one
+const CLOSERS = { ")": "(", "]": "[", "}": "{" };
+
+/** `candidate` without the punctuation that ends the sentence around it rather than the
+ * address: "(see http://x.org/a)." gives "http://x.org/a"; "http://x.org/Foo_(bar)" keeps
+ * its balanced parenthesis. */
+function trimAddress(candidate) {
+  let text = candidate;
+  for (;;) {
+    const last = text.at(-1);
+    if (".,;:!?*".includes(last)) {
+      text = text.slice(0, -1);
+    } else if (last in CLOSERS) {
+      const open = CLOSERS[last];
+      const opens = text.split(open).length - 1;
+      const closes = text.split(last).length - 1;
+      if (closes <= opens) return text;
+      text = text.slice(0, -1);
+    } else {
+      return text;
+    }
+  }
+}
+
+/** The address `text` names if it is a well-formed http or https URL, else null. */
+function webAddress(text) {
+  try {
+    const url = new URL(text);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * `text` as nodes to append: its http and https addresses as links, the rest as strings
+ * (Text nodes once appended). A link opens in a new tab that gets neither this page
+ * (`noopener`) nor its address (`noreferrer`); any other scheme (javascript:, data:...) is
+ * left as text. The link's text is the address as written; its href, the parsed URL.
+ */
+export function linked(text) {
+  const nodes = [];
+  let shown = 0; // text before this index is in `nodes`
+  for (const match of text.matchAll(ADDRESS)) {
+    const written = trimAddress(match[0]);
+    const href = webAddress(written);
+    if (href === null) continue;
+    if (match.index > shown) nodes.push(text.slice(shown, match.index));
+    nodes.push(el("a", { href, target: "_blank", rel: "noopener noreferrer", text: written }));
+    shown = match.index + written.length;
+  }
+  if (shown < text.length) nodes.push(text.slice(shown));
+  return nodes;
+}

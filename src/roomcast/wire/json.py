@@ -148,6 +148,7 @@ def _event_object(e: Event) -> dict[str, Any]:
                 "missed": e.missed,
                 "replayed": e.replayed,
                 "first_seq": e.first_seq,
+                "first_unread": e.first_unread,
             }
         case History():
             return {

@@ -370,9 +370,11 @@ class Renderer:
                 return self._room_list(e)
             case Unread(rooms=rooms):
                 return "-- unread: " + ", ".join(f"{r} {n}" for r, n in rooms) + "\n"
-            case Summary(room=room, missed=missed, replayed=replayed, first_seq=first):
+            case Summary(
+                room=room, missed=missed, replayed=replayed, first_seq=first, first_unread=unread
+            ):
                 line = f"-- {room}: {missed} new since you left"
-                if replayed < missed:
+                if unread < first:  # the replay starts after the first new message
                     line += (
                         f"; the latest {replayed} follow (older: /history {room} before {first})"
                     )
