@@ -391,35 +391,52 @@ class Hub:
     ) -> None:
         """End ``session``; a user's last session leaving tells its rooms it quit.
 
-        The session still delivers what was ready for it, then ``farewell``.
+        The session still delivers what was ready for it, then ``farewell``. What the hub
+        holds changes before the first await: once this is called the session is closed, and
+        a user it was the last session of is offline and in no room, whatever becomes of the
+        caller or of the store while the quits are stored. Calling it again does nothing.
         """
         if session.state is State.CLOSED:
             return
-        await self._detach(session, reason)
+        user = session.user
         session.close(reason, farewell)
         self._sessions.discard(session)
         self._buckets.pop(session, None)
+        await self._quit_if_last(user, session.peer, reason)
 
     async def _detach(self, session: Session, reason: str) -> None:
         """Take the session away from its user; the user's last session going quits it."""
         user = session.user
         session.detach()
+        await self._quit_if_last(user, session.peer, reason)
+
+    async def _quit_if_last(self, user: User | None, peer: str, reason: str) -> None:
+        """If ``user`` has no session left, take it offline and out of every room at once,
+        then store the quits (one write) that its rooms are told."""
         if user is None or user.sessions:
             return
-        del self._users[fold(user.name)]
+        self._users.pop(fold(user.name), None)
         self._looks.discard(user.name)
         if user.inbox is not None:
             user.inbox.close()
+        rooms = [r for r in user.rooms.values() if len(r.members) <= self.limits.quiet_above]
+        now = self._clock()
+        drafts = [self._draft(r, user.name, Kind.QUIT, reason, now, user.registered) for r in rooms]
+        stored = self._queue(rooms, drafts) if drafts else None  # keeps those rooms open
         for room in list(user.rooms.values()):
-            try:
-                quit_message = await self._announce(room, user, Kind.QUIT, reason)
-                if quit_message and user.marks.get(room.name) == quit_message.seq - 1:
-                    user.mark(room.name, quit_message.seq)  # all read: so is this
-            except Broken as e:
-                _log_failure(e, "could not store the quit of %s in %s", user.name, room.name)
             self._remove_member(user, room, forget_marks=False)
+        log.info("quit name=%s peer=%s reason=%s", user.name, peer, reason)
+        # The user is gone from the hub now: what follows only stores and tells.
+        if stored is not None:
+            try:
+                quits = await stored
+            except Broken as e:
+                _log_failure(e, "could not store the quits of %s", user.name)
+            else:
+                for quit_message in quits:
+                    if user.marks.get(quit_message.room) == quit_message.seq - 1:
+                        user.mark(quit_message.room, quit_message.seq)  # all read: so is this
         await self._flush(user)
-        log.info("quit name=%s peer=%s reason=%s", user.name, session.peer, reason)
 
     def _unname(self, session: Session, user: User) -> None:
         """Undo a name or a login that the store failed half-way: ``session`` is NEW again
@@ -503,6 +520,8 @@ class Hub:
 
     async def _set_name(self, session: Session, name: str) -> list[Event]:
         await self._check_free(name)
+        if session.state is not State.NEW:  # closed while the store answered
+            return []
         user = User(name, registered=False)
         self._users[fold(name)] = user
         self._looks.add(name)
