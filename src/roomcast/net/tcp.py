@@ -12,6 +12,12 @@ so the session's receivers fall behind in the room rings (which costs the server
 the reader stops reading the socket. A connection that stays above the mark for
 ``stall_timeout`` seconds is closed with a reason. Buffered bytes per connection stay bounded
 by ``high_water`` plus one batch.
+
+The end: every line that came before the end of the input (a close, a half-close, a reset) is
+handled, in order, and answered while the socket still takes it; then the session leaves the
+hub, what is left for it is written, and the connection closes. The reader is never
+cancelled, so that no command is cut off halfway through the hub. Only when the server
+closes a connection (a cut, a shutdown) are the lines not yet handled dropped.
 """
 
 from __future__ import annotations
@@ -53,7 +59,9 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_codec",
         "_cut",
+        "_ended",
         "_limits",
+        "_over",
         "_peer",
         "_pending",
         "_reader",
@@ -82,6 +90,8 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._cut: asyncio.TimerHandle | None = None  # aborts a closing client that never reads
         self._stall: asyncio.TimerHandle | None = None  # cuts a client above high_water too long
+        self._over: str | None = None  # why the input ended (the quit reason); None: it goes on
+        self._ended = False  # the session was told to end
 
     # -- asyncio.Protocol callbacks --
 
@@ -100,13 +110,14 @@ class _Connection(asyncio.Protocol):
         self._pending += self._codec.receive_data(data)
         if self._pending:
             if self._reader is None and self._session is not None:
-                self._reader = asyncio.create_task(self._read_loop(self._session))
+                self._reader = self._server.spawn(self._read_loop(self._session))
             if len(self._pending) >= self._limits.max_pending:
                 self._pause_reading()
 
     def eof_received(self) -> bool | None:
-        self._codec.eof()
-        return None  # close our side too
+        self._codec.eof()  # a half-sent last line is dropped
+        self._input_over("connection closed")
+        return True  # keep our side open: what came before the end is answered first
 
     def pause_writing(self) -> None:
         self._resumed = asyncio.get_running_loop().create_future()
@@ -129,17 +140,38 @@ class _Connection(asyncio.Protocol):
         if self._stall is not None:
             self._stall.cancel()
         self._server.forget(self)
-        self._set_resumed()
-        for task in (self._reader, self._refiller):
-            if task is not None:
-                task.cancel()
+        self._set_resumed()  # a reader waiting for the client to read goes on
+        if self._refiller is not None:  # a store read: nothing is left halfway
+            self._refiller.cancel()
         session = self._session
         if session is not None:
             session.on_wake = None
             reason = session.close_reason or ("connection lost" if exc else "connection closed")
-            self._server.spawn(self._server.hub.disconnect(session, reason))
             name = session.name or session.last_name or None
             log.info("disconnect peer=%s name=%s reason=%s", self._peer, name, reason)
+        self._input_over("connection lost" if exc else "connection closed")
+
+    # -- the end of the input --
+
+    def _input_over(self, reason: str) -> None:
+        """No more lines will come: once those that came are handled, the session ends with
+        ``reason`` (the first one given)."""
+        if self._over is None:
+            self._over = reason
+        if self._reader is None:  # nothing in hand: end now; else the reader ends it
+            self._end()
+
+    def _end(self) -> None:
+        """End the session: it leaves the hub, and the pump writes what is left and closes."""
+        session = self._session
+        if self._ended or session is None:
+            return
+        self._ended = True
+        self._server.spawn(self._finish(session, self._over or "connection closed"))
+
+    async def _finish(self, session: Session, reason: str) -> None:
+        await self._server.hub.disconnect(session, reason)  # does nothing if it quit already
+        self._ready()  # a session that never had a name is pumped by nobody else
 
     # -- the read side: one command at a time, runs of messages pipelined --
 
@@ -151,6 +183,8 @@ class _Connection(asyncio.Protocol):
             self.close("internal error")
         finally:
             self._reader = None
+            if self._over is not None:  # the input had ended: all of it was handled
+                self._end()
 
     async def _read_lines(self, session: Session) -> None:
         """Handle the queued lines, then end: the next data_received starts a new run."""
@@ -256,24 +290,28 @@ class _Connection(asyncio.Protocol):
             self._transport.write(self._codec.encode(events))
 
     def _pause_reading(self) -> None:
-        if not self._reading_paused and self._transport is not None:
+        if not self._reading_paused and self._transport is not None and self._over is None:
             self._reading_paused = True
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and self._transport is not None:
+        # after the end of the input there is nothing to read (and resuming would read the
+        # end again)
+        if self._reading_paused and self._transport is not None and self._over is None:
             self._reading_paused = False
             self._transport.resume_reading()
 
     def close(self, reason: str | None = None) -> None:
         """Tell the client why (if a reason is given), flush, and close.
 
-        With a reason, the session leaves the hub at once. A client that does not take what is
-        buffered within ``close_grace`` seconds is cut.
+        With a reason, the session leaves the hub at once and the lines not yet handled are
+        dropped. A client that does not take what is buffered within ``close_grace`` seconds
+        is cut.
         """
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        self._pending.clear()
         session = self._session
         if reason is not None:
             self._write([Error(code="closed", message=f"closing: {reason}")])
@@ -301,7 +339,7 @@ class LineServer:
         self.stamped = Renderer(timestamps=True, cache_bytes=cache)  # the same, with times
         self.connections: set[_Connection] = set()  # open connections
         self._server: asyncio.Server | None = None
-        self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
+        self._background: set[asyncio.Task[None]] = set()  # readers, disconnects in progress
         self._flusher = Flusher[_Connection](self.limits.flush_gap, self._failed)
         self._all_closed = asyncio.Event()  # set when no connection is open
 
@@ -319,11 +357,13 @@ class LineServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the background, keeping a reference until it finishes."""
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` in the background, keeping a reference until it finishes (``stop``
+        waits for it)."""
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def schedule(self, conn: _Connection) -> None:
         """Pump ``conn`` at the next flush (see ``roomcast.net.flush``)."""
