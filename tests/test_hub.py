@@ -564,6 +564,24 @@ async def test_flood_is_refused_then_allowed_again() -> None:
     assert await hub.handle(alice, Say(text="ok again")) == []
 
 
+async def test_pace_says_how_long_until_the_next_command_may_go() -> None:
+    """pace is 0 while tokens last, then the time until the next one comes; allowance counts
+    the commands that may go at once, never more than the burst."""
+    hub, clock = make_hub(rate=2, burst=3)
+    alice = await named(hub, "alice")  # the name took one token
+    assert hub.pace(alice) == 0.0 and hub.allowance(alice) == 2
+    assert await hub.say(alice, [Say(text="a"), Say(text="b")]) == []
+    assert hub.allowance(alice) == 0
+    assert hub.pace(alice) == pytest.approx(0.5)
+    clock.advance(0.2)
+    assert hub.pace(alice) == pytest.approx(0.3)
+    clock.advance(0.3)
+    assert hub.pace(alice) == 0.0 and hub.allowance(alice) == 1
+    assert await hub.handle(alice, Say(text="c")) == []  # waiting as told is never refused
+    clock.advance(60.0)
+    assert hub.allowance(alice) == 3
+
+
 # --- big rooms ------------------------------------------------------------------------------
 
 

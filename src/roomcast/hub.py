@@ -211,13 +211,27 @@ class _Bucket:
         self.tokens = float(burst)  # tokens left
         self.last = now  # when tokens was last brought up to date
 
-    def take(self, now: float) -> bool:
+    def _refill(self, now: float) -> None:
         self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
         self.last = now
+
+    def take(self, now: float) -> bool:
+        """Spend a token if there is one."""
+        self._refill(now)
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
         return False
+
+    def available(self, now: float) -> int:
+        """Whole tokens there are now."""
+        self._refill(now)
+        return int(self.tokens)
+
+    def wait(self, now: float) -> float:
+        """Seconds until there is a whole token: 0.0 if there is one now."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
 
 
 class Hub:
@@ -263,6 +277,23 @@ class Hub:
         self._sessions.add(session)
         self._buckets[session] = _Bucket(self.limits.rate, self.limits.burst, self._clock())
         return session
+
+    def pace(self, session: Session) -> float:
+        """Seconds ``session`` must wait before its next command: 0.0 if it may send it now.
+
+        Flood control that delays instead of refusing ("fakelag", as IRC servers apply it): a
+        transport that waits this long before it hands the next command over, reading no
+        further ahead meanwhile, gets a paste through whole at ``Limits.rate``, and TCP flow
+        control slows the client down. ``handle`` still refuses a command that comes early.
+        """
+        bucket = self._buckets.get(session)
+        return 0.0 if bucket is None else bucket.wait(self._clock())
+
+    def allowance(self, session: Session) -> int:
+        """How many commands ``session`` may send now, at once, without being refused for
+        flooding (a run of lines handed to ``say`` together takes at most this many)."""
+        bucket = self._buckets.get(session)
+        return self.limits.burst if bucket is None else bucket.available(self._clock())
 
     def spend(self, session: Session) -> Error | None:
         """Count a request the transport answers by itself (a malformed frame, a ping)

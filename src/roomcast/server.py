@@ -65,6 +65,7 @@ class Server:
                 high_water=cfg.high_water,
                 stall_timeout=cfg.stall_timeout,
                 cache_bytes=cfg.cache_bytes,
+                flood_hold=cfg.flood_hold,
             ),
         )
         await self.line.start(cfg.host, cfg.port)
@@ -81,6 +82,7 @@ class Server:
                     high_water=cfg.high_water,
                     stall_timeout=cfg.stall_timeout,
                     cache_bytes=cfg.cache_bytes,
+                    flood_hold=cfg.flood_hold,
                 ),
             )
             await self.web.start(cfg.host, cfg.http_port)

@@ -511,36 +511,61 @@ async def test_a_command_with_wrong_arguments_gets_its_usage(
 # --- flood control -------------------------------------------------------------------------
 
 
-async def test_a_flooding_client_is_told_to_slow_down_and_others_are_still_served(
+async def test_a_pasted_block_of_60_lines_arrives_whole_and_in_order(
     start_server: StartServer, clients: Clients
 ) -> None:
-    """At rate=5 burst=5, 50 lines at once mostly get '! you are sending too fast...' and
-    the other clients are served as usual."""
-    server = await start_server(rate=5.0, burst=5)
+    """Pasting 60 lines at once, far past the burst, delays them to the allowed rate instead of
+    refusing them: every line is said, in order, none is answered '! you are sending too
+    fast', and another client is served meanwhile."""
+    rate, burst = 100.0, 10
+    server = await start_server(rate=rate, burst=burst)
     alice = await clients.connect(server, "alice")
-    mallory = await clients.connect(server, "mallory")
-    too_fast = "! you are sending too fast: wait a moment, then retry"
-    await mallory.send(*(f"flood {i:02d}" for i in range(50)))
-
-    outcomes: list[str] = []
-
-    def all_answered(line: str) -> bool:
-        if line == too_fast or line.startswith("[#general] mallory: flood "):
-            outcomes.append(line)
-        return len(outcomes) == 50
-
-    await mallory.expect(all_answered, max_lines=100)
-    said = [line.rsplit(" ", 1)[1] for line in outcomes if line != too_fast]
-    assert outcomes.count(too_fast) >= 25  # 4 tokens were left after the name, refilled at 5/s
-    assert len(said) >= 4
-    assert said == sorted(said)
-
+    paster = await clients.connect(server, "paster")
+    pasted = [f"pasted {i:02d}" for i in range(60)]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await paster.send(*pasted)
     await alice.send("still served")
-    await alice.expect("[#general] alice: still served", exact=True)
-    await mallory.expect("[#general] alice: still served", exact=True)
-    flood_seen_by_alice = [line for line in alice.lines if line.startswith("[#general] mallory:")]
-    assert flood_seen_by_alice == [line for line in outcomes if line != too_fast]
-    assert too_fast not in alice.lines
+    await paster.expect("[#general] paster: pasted 59", exact=True, max_lines=200)
+    took = loop.time() - start
+
+    prefix = "[#general] paster: "
+    for client in (paster, alice):
+        if client is alice:
+            await alice.expect(prefix + "pasted 59", exact=True, max_lines=200)
+        said = [line.removeprefix(prefix) for line in client.lines if line.startswith(prefix)]
+        assert said == pasted
+    assert not [line for line in paster.lines + alice.lines if line.startswith("! ")]
+    # held to the rate: the name took a token, the rest of the burst went at once
+    assert took >= 0.8 * (len(pasted) - (burst - 1)) / rate
+    # and alice was not held behind the paste
+    assert alice.lines.index("[#general] alice: still served") < alice.lines.index(
+        prefix + "pasted 59"
+    )
+
+
+async def test_a_client_held_back_longer_than_the_flood_hold_is_cut_with_a_reason(
+    start_server: StartServer, clients: Clients, log_watch: LogWatch
+) -> None:
+    """A client with more input waiting than the rate lets through in flood_hold seconds has
+    its lines said, in order, up to then, reads '! closing: sending too fast...' last, and its
+    room sees it quit with that reason."""
+    server = await start_server(rate=20.0, burst=5, flood_hold=0.5)
+    alice = await clients.connect(server, "alice")
+    bot = await clients.connect(server, "bot")
+    await bot.send(*(f"spam {i:03d}" for i in range(100)))  # 5 s of lines at 20 a second
+
+    lines = await bot.read_to_eof(max_lines=300)
+    reason = "sending too fast: held back for more than 0.5 s"
+    assert lines[-1] == f"! closing: {reason}"
+    prefix = "[#general] bot: "
+    said = [line.removeprefix(prefix) for line in lines if line.startswith(prefix)]
+    assert said == [f"spam {i:03d}" for i in range(len(said))]
+    assert 4 <= len(said) < 50, said  # the burst left, then 0.5 s at 20 a second
+    assert [line for line in lines if line.startswith("! ")] == [f"! closing: {reason}"]
+    await alice.expect(f"[#general] <-- bot quit ({reason})", exact=True)
+    assert any(m.startswith("flooding peer=") for m in log_watch.messages)
+    assert server.hub.online == 1
 
 
 # --- logging -------------------------------------------------------------------------------

@@ -13,6 +13,10 @@ the reader stops reading the socket. A connection that stays above the mark for
 ``stall_timeout`` seconds is closed with a reason. Buffered bytes per connection stay bounded
 by ``high_water`` plus one batch.
 
+Flood control delays, it does not refuse (``roomcast.net.pace``): a client ahead of its rate
+is read no further than ``max_pending`` lines ahead until the hub lets its next line through;
+one held back for more than ``flood_hold`` seconds without a break is closed with a reason.
+
 The end: every line that came before the end of the input (a close, a half-close, a reset) is
 handled, in order, and answered while the socket still takes it; then the session leaves the
 hub, what is left for it is written, and the connection closes. The reader is never
@@ -31,6 +35,7 @@ from typing import Any, cast
 from roomcast.hub import Hub
 from roomcast.model import Error, Event, Info, Say
 from roomcast.net.flush import Flusher
+from roomcast.net.pace import Pacer
 from roomcast.session import Session, State
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES
 from roomcast.wire.line import LineCodec, Renderer
@@ -52,6 +57,7 @@ class TcpLimits:
     flush_gap: float = 0.005  # most seconds between two flushes, as long as the last one took
     close_grace: float = 2.0  # seconds a closing client gets to take what is buffered
     cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of rendered lines (and runs) per renderer
+    flood_hold: float = 10.0  # seconds a client may be held back by the flood limit, unbroken
 
 
 class _Connection(asyncio.Protocol):
@@ -62,6 +68,7 @@ class _Connection(asyncio.Protocol):
         "_ended",
         "_limits",
         "_over",
+        "_pacer",
         "_peer",
         "_pending",
         "_reader",
@@ -90,6 +97,7 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._cut: asyncio.TimerHandle | None = None  # aborts a closing client that never reads
         self._stall: asyncio.TimerHandle | None = None  # cuts a client above high_water too long
+        self._pacer = Pacer(server.limits.flood_hold)  # holds back a client ahead of its rate
         self._over: str | None = None  # why the input ended (the quit reason); None: it goes on
         self._ended = False  # the session was told to end
 
@@ -190,6 +198,11 @@ class _Connection(asyncio.Protocol):
         """Handle the queued lines, then end: the next data_received starts a new run."""
         hub = self._server.hub
         while self._pending:
+            if not await self._pacer.wait(hub, session):
+                self._flooding(session)
+                return
+            if not self._pending:  # closed by the server meanwhile
+                return
             line = self._pending.pop(0)
             parsed = [line] if isinstance(line, Error) else self._codec.parse(line)
             for item in parsed:
@@ -219,7 +232,9 @@ class _Connection(asyncio.Protocol):
         stored in one write and broadcast in order."""
         says = [first]
         refused: list[Event] = []
-        while self._pending and len(says) < self._limits.max_pending:
+        # no more than the flood limit lets through now: the rest waits for the next turn
+        most = min(self._limits.max_pending, self._server.hub.allowance(session))
+        while self._pending and len(says) + len(refused) < most:
             line = self._pending[0]
             if isinstance(line, Error) or line.startswith("/"):
                 break
@@ -282,6 +297,11 @@ class _Connection(asyncio.Protocol):
         name = self._session.name if self._session is not None else None
         log.warning("too slow peer=%s name=%s", self._peer, name)
         self.close(f"too slow: not reading for {self._limits.stall_timeout:g} s")
+
+    def _flooding(self, session: Session) -> None:
+        hold = self._limits.flood_hold
+        log.warning("flooding peer=%s name=%s", self._peer, session.name)
+        self.close(f"sending too fast: held back for more than {hold:g} s")
 
     # -- helpers --
 

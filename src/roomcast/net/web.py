@@ -30,8 +30,11 @@ whole frames only, so replies and deliveries interleave frame by frame, never in
 Flow control is the line listener's: above ``high_water`` buffered bytes the connection stops
 pulling (its receivers fall behind in the rings and are refilled from the store later) and
 stops reading requests; ``stall_timeout`` seconds there and it is closed with 1008 and a
-reason. ``stop`` closes every connection at once and cuts, after ``close_grace``, those that
-do not take their close.
+reason. Flood control delays requests instead of refusing them (``roomcast.net.pace``); a
+client held back for more than ``flood_hold`` seconds without a break is closed with 1008
+and a reason.
+``stop`` closes every connection at once and cuts, after ``close_grace``, those that do not
+take their close.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from roomcast.model import (
     seq_text,
 )
 from roomcast.net.flush import Flusher
+from roomcast.net.pace import Pacer
 from roomcast.session import Session, State
 from roomcast.store.base import Account
 from roomcast.tokens import Tokens
@@ -107,6 +111,7 @@ class WebLimits:
     heartbeat: float = 30.0  # seconds between WebSocket pings (aiohttp's heartbeat)
     close_grace: float = 2.0  # seconds a closing WebSocket client gets to take what is buffered
     cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of encoded messages, runs, frames (each)
+    flood_hold: float = 10.0  # seconds a client may be held back by the flood limit, unbroken
 
 
 def _json(obj: object, status: int = 200) -> web.Response:
@@ -519,6 +524,11 @@ class WebServer:
         while i < len(parsed):
             if session.state is State.CLOSED or sock.closing:  # quit: the rest is not read
                 return
+            if not await sock.pacer.wait(hub, session):
+                sock.flooding()
+                return
+            if sock.closing:  # closed meanwhile
+                return
             item = parsed[i]
             i += 1
             if isinstance(item, Reply):
@@ -529,7 +539,12 @@ class WebServer:
             if request_id is None and isinstance(command, Say | Action):
                 if session.state is State.ACTIVE:
                     says = [command]
-                    while i < len(parsed) and (said := _said(parsed[i])) is not None:
+                    most = hub.allowance(session)  # the rest waits for the flood limit
+                    while (
+                        len(says) < most
+                        and i < len(parsed)
+                        and (said := _said(parsed[i])) is not None
+                    ):
                         says.append(said)
                         i += 1
                     errors = await hub.say(session, says)
@@ -613,6 +628,7 @@ class _Socket(asyncio.Protocol):
         "_server",
         "_stall",
         "_transport",
+        "pacer",
         "quit_reason",
         "ready",
         "resumed",
@@ -636,6 +652,7 @@ class _Socket(asyncio.Protocol):
         self._closing = False  # closed by us or gone: nothing more is written
         self._arrived = True  # bytes came that the reader has not looked at (the upgrade's)
         self._arrival: asyncio.Future[None] | None = None  # the parked reader's wake-up
+        self.pacer = Pacer(server.limits.flood_hold)  # holds back a client ahead of its rate
         transport.set_protocol(self)
         transport.set_write_buffer_limits(high=server.limits.high_water)
 
@@ -765,9 +782,21 @@ class _Socket(asyncio.Protocol):
         log.warning("too slow peer=%s name=%s", self.session.peer, self.session.name)
         self.close(1008, f"too slow: not reading for {stall:g} s")
 
+    def flooding(self) -> None:
+        """Close: the client was held back by the flood limit for longer than allowed."""
+        hold = self._server.limits.flood_hold
+        log.warning("flooding peer=%s name=%s", self.session.peer, self.session.name)
+        self.close(1008, f"sending too fast: held back for more than {hold:g} s")
+
     # -- closing --
 
-    def close(self, code: int, reason: str, *, quit_reason: str | None = None) -> None:
+    def close(
+        self,
+        code: int,
+        reason: str,
+        *,
+        quit_reason: str | None = None,
+    ) -> None:
         """Send a close frame with ``code`` and ``reason`` after what is buffered, and close.
 
         The session leaves the hub at once (its rooms see it quit with ``quit_reason``, by
