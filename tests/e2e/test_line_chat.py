@@ -15,6 +15,7 @@ import asyncio
 import re
 import signal
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -678,6 +679,29 @@ async def test_a_client_that_never_reads_costs_bounded_memory_and_is_cut_after_t
     got = [(m.group(1), m.group(2)) for line in lines if (m := CHAT.fullmatch(line))]
     assert got == said[: len(got)]  # what it got before the cut is the chat's start, in order
     await alice.expect("[#general] <-- slow quit (too slow: not reading for 3 s)", exact=True)
+
+
+async def test_a_client_cut_as_too_slow_sees_the_reason_when_it_reads_again(
+    start_server: StartServer, clients: Clients, log_watch: LogWatch
+) -> None:
+    """A client that stopped reading and was cut as too slow finds '! closing: too slow...'
+    at the end of what it reads when it comes back, even later than close_grace."""
+    server = await start_server(high_water=16384, stall_timeout=1.5, rate=100_000.0, burst=100_000)
+    # close_grace is what a closing client gets by default; short, so the test is quick
+    server.line.limits = replace(server.line.limits, close_grace=0.1)
+    alice = await clients.connect(server, "alice")
+    slow = await clients.connect(server, "slow")
+    slow.stop_reading()
+    throttle(server, "slow")
+    for chunk in range(20):  # 4,000 lines of ~100 bytes: far more than loopback absorbs
+        await alice.send(*(f"n {chunk:02d}{i:03d} {'x' * 80}" for i in range(200)))
+        await alice.expect(f"[#general] alice: n {chunk:02d}199", max_lines=300)
+    await log_watch.wait_for(lambda messages: any(m.startswith("too slow") for m in messages))
+
+    await asyncio.sleep(0.5)  # the scenario, not a wait: it stays away 5 times close_grace
+    slow.resume_reading()
+    lines = await slow.read_to_eof(max_lines=10_000)
+    assert lines[-1] == "! closing: too slow: not reading for 1.5 s"
 
 
 async def test_a_client_cut_as_too_slow_is_gone_even_if_it_never_reads_again(

@@ -1377,6 +1377,31 @@ async def test_a_websocket_client_that_stops_reading_is_cut_after_the_stall_and_
     assert quit_["reason"] == reason
 
 
+async def test_a_websocket_client_cut_as_too_slow_gets_1008_and_the_reason_when_it_reads_again(
+    start_server: StartServer, sockets: Sockets, log_watch: LogWatch
+) -> None:
+    """A WebSocket client that stopped reading and was cut as too slow gets the close frame,
+    1008 with the reason, when it comes back, even later than close_grace."""
+    server = await start_server(high_water=16384, stall_timeout=1.5, **FAST)
+    assert server.web is not None
+    # close_grace is what a closing client gets by default; short, so the test is quick
+    server.web.limits = replace(server.web.limits, close_grace=0.1)
+    speaker = await sockets.ws(server, "speaker")
+    slow = await sockets.ws(server, "slow")
+    stop_reading(slow)
+    throttle_ws(server, "slow")
+    pad = "x" * 80
+    for chunk in range(20):  # 2,000 messages of ~200 bytes of JSON
+        for i in range(100):
+            await speaker.send({"type": "send", "text": f"n {chunk:02d}{i:03d} {pad}"})
+        await speaker.said(f"n {chunk:02d}099 {pad}")
+    await log_watch.wait_for(lambda messages: any(m.startswith("too slow") for m in messages))
+
+    await asyncio.sleep(0.5)  # the scenario, not a wait: it stays away 5 times close_grace
+    slow.conn.transport.resume_reading()
+    assert await read_to_close(slow, max_events=5000) == (1008, "too slow: not reading for 1.5 s")
+
+
 async def test_stop_with_websocket_clients_that_never_read_closes_them_all_and_returns(
     start_server: StartServer, sockets: Sockets
 ) -> None:

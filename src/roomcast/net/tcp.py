@@ -10,8 +10,9 @@ room, rendered once per message for everyone, in one ``transport.write``.
 Flow control: when the transport's write buffer passes ``high_water`` the writer stops pulling,
 so the session's receivers fall behind in the room rings (which costs the server nothing) and
 the reader stops reading the socket. A connection that stays above the mark for
-``stall_timeout`` seconds is closed with a reason. Buffered bytes per connection stay bounded
-by ``high_water`` plus one batch.
+``stall_timeout`` seconds is closed with a reason, written after what is buffered; it then
+gets ``stall_timeout`` again to read up to it. Buffered bytes per connection stay bounded by
+``high_water`` plus one batch.
 
 Flood control delays, it does not refuse (``roomcast.net.pace``): a client ahead of its rate
 is read no further than ``max_pending`` lines ahead until the hub lets its next line through;
@@ -296,7 +297,10 @@ class _Connection(asyncio.Protocol):
         self._stall = None
         name = self._session.name if self._session is not None else None
         log.warning("too slow peer=%s name=%s", self._peer, name)
-        self.close(f"too slow: not reading for {self._limits.stall_timeout:g} s")
+        stall = self._limits.stall_timeout
+        # The reason goes after what is buffered, above the mark: the client sees it once it
+        # reads again, if it does within another stall_timeout (it holds no more than before).
+        self.close(f"too slow: not reading for {stall:g} s", grace=stall)
 
     def _flooding(self, session: Session) -> None:
         hold = self._limits.flood_hold
@@ -321,12 +325,12 @@ class _Connection(asyncio.Protocol):
             self._reading_paused = False
             self._transport.resume_reading()
 
-    def close(self, reason: str | None = None) -> None:
+    def close(self, reason: str | None = None, *, grace: float | None = None) -> None:
         """Tell the client why (if a reason is given), flush, and close.
 
         With a reason, the session leaves the hub at once and the lines not yet handled are
-        dropped. A client that does not take what is buffered within ``close_grace`` seconds
-        is cut.
+        dropped. A client that does not take what is buffered within ``grace`` seconds (by
+        default ``close_grace``) is cut.
         """
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -340,7 +344,8 @@ class _Connection(asyncio.Protocol):
         transport.close()
         if transport.get_write_buffer_size():
             loop = asyncio.get_running_loop()
-            self._cut = loop.call_later(self._limits.close_grace, transport.abort)
+            grace = self._limits.close_grace if grace is None else grace
+            self._cut = loop.call_later(grace, transport.abort)
 
     def abort(self) -> None:
         """Close at once, dropping what is buffered."""
