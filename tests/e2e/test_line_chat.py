@@ -721,6 +721,7 @@ async def test_a_client_cut_as_too_slow_is_gone_even_if_it_never_reads_again(
     if not any(line.startswith(quit_line) for line in alice.lines):  # may have come already
         await alice.expect(quit_line, within=2.0)
     assert server.hub.online == 1
+    assert set(server.hub._rooms["#general"].members) == {"alice"}  # and no ghost in the room
 
 
 # --- the roomcast serve command ------------------------------------------------------------
