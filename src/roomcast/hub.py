@@ -165,6 +165,7 @@ class Limits:
     inbox_capacity: int = 256  # private messages each user's channel holds
     rate: float = 10.0  # commands per second a session may send, sustained
     burst: int = 30  # commands a session may send at once before the rate applies
+    flood_hold: float = 10.0  # seconds a session may be held back by the rate, without a break
     max_rooms: int = 50  # rooms one user may be in
     refill_page: int = 500  # messages fetched from the store per read when refilling a gap
     replay_cap: int = 200  # missed messages per room replayed at login (older: history)
@@ -201,15 +202,18 @@ NOT_WRITABLE = Error(
 
 
 class _Bucket:
-    """Token bucket: ``burst`` tokens, refilled at ``rate`` per second."""
+    """Token bucket: ``burst`` tokens, refilled at ``rate`` per second; and how long its
+    client has been held back for want of one (``turn``)."""
 
-    __slots__ = ("burst", "last", "rate", "tokens")
+    __slots__ = ("burst", "held", "last", "rate", "told", "tokens")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self.rate = rate  # tokens per second
         self.burst = burst  # bucket size
         self.tokens = float(burst)  # tokens left
         self.last = now  # when tokens was last brought up to date
+        self.held: float | None = None  # when the client began to be held back; None: it is not
+        self.told = False  # the last turn said to wait: the command that comes next waited
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
@@ -232,6 +236,23 @@ class _Bucket:
         """Seconds until there is a whole token: 0.0 if there is one now."""
         self._refill(now)
         return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+
+    def turn(self, now: float, hold: float) -> float | None:
+        """Seconds the client must wait before its next command (0.0: none); ``None`` if that
+        would hold it back for more than ``hold`` seconds without a break. A hold begins at a
+        command that must wait and ends at one that need not (not the one that waited)."""
+        wait = self.wait(now)
+        if wait <= 0.0:
+            if not self.told:  # it came no faster than the rate: whatever hold there was is over
+                self.held = None
+            self.told = False
+            return 0.0
+        if self.held is None:
+            self.held = now
+        if now + wait - self.held > hold:
+            return None
+        self.told = True
+        return wait
 
 
 class Hub:
@@ -282,12 +303,22 @@ class Hub:
         """Seconds ``session`` must wait before its next command: 0.0 if it may send it now.
 
         Flood control that delays instead of refusing ("fakelag", as IRC servers apply it): a
-        transport that waits this long before it hands the next command over, reading no
-        further ahead meanwhile, gets a paste through whole at ``Limits.rate``, and TCP flow
-        control slows the client down. ``handle`` still refuses a command that comes early.
+        transport asks before each command (again after waiting, until it gets 0.0) and waits
+        as told, reading no further ahead meanwhile; a paste goes through whole at
+        ``Limits.rate`` and TCP flow control slows the client down. A session held back
+        without a break for more than ``Limits.flood_hold`` seconds is refused instead: this
+        raises ``ClientError`` "flood", whose message is the reason to close it with.
+        ``handle`` still refuses a command that comes early, for callers that do not ask.
         """
         bucket = self._buckets.get(session)
-        return 0.0 if bucket is None else bucket.wait(self._clock())
+        if bucket is None:
+            return 0.0
+        hold = self.limits.flood_hold
+        wait = bucket.turn(self._clock(), hold)
+        if wait is None:
+            log.warning("flooding peer=%s name=%s", session.peer, session.name)
+            raise ClientError("flood", f"sending too fast: held back for more than {hold:g} s")
+        return wait
 
     def allowance(self, session: Session) -> int:
         """How many commands ``session`` may send now, at once, without being refused for

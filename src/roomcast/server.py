@@ -46,6 +46,7 @@ class Server:
                 ring_capacity=cfg.ring_capacity,
                 rate=cfg.rate,
                 burst=cfg.burst,
+                flood_hold=cfg.flood_hold,
                 retain_age=cfg.retain_days * 86400 if cfg.retain_days > 0 else None,
                 retain_count=cfg.retain_count if cfg.retain_count > 0 else None,
                 quiet_above=cfg.quiet_above,
@@ -65,7 +66,6 @@ class Server:
                 high_water=cfg.high_water,
                 stall_timeout=cfg.stall_timeout,
                 cache_bytes=cfg.cache_bytes,
-                flood_hold=cfg.flood_hold,
             ),
         )
         await self.line.start(cfg.host, cfg.port)
@@ -82,7 +82,6 @@ class Server:
                     high_water=cfg.high_water,
                     stall_timeout=cfg.stall_timeout,
                     cache_bytes=cfg.cache_bytes,
-                    flood_hold=cfg.flood_hold,
                 ),
             )
             await self.web.start(cfg.host, cfg.http_port)

@@ -14,9 +14,9 @@ the reader stops reading the socket. A connection that stays above the mark for
 gets ``stall_timeout`` again to read up to it. Buffered bytes per connection stay bounded by
 ``high_water`` plus one batch.
 
-Flood control delays, it does not refuse (``roomcast.net.pace``): a client ahead of its rate
-is read no further than ``max_pending`` lines ahead until the hub lets its next line through;
-one held back for more than ``flood_hold`` seconds without a break is closed with a reason.
+Flood control delays, it does not refuse (``Hub.pace``): a client ahead of its rate is read no
+further than ``max_pending`` lines ahead until the hub lets its next line through; one the hub
+says was held back too long is closed with the hub's reason.
 
 The end: every line that came before the end of the input (a close, a half-close, a reset) is
 handled, in order, and answered while the socket still takes it; then the session leaves the
@@ -33,10 +33,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
+from roomcast.errors import ClientError
 from roomcast.hub import Hub
 from roomcast.model import Error, Event, Info, Say
 from roomcast.net.flush import Flusher
-from roomcast.net.pace import Pacer
 from roomcast.session import Session, State
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES
 from roomcast.wire.line import LineCodec, Renderer
@@ -58,7 +58,6 @@ class TcpLimits:
     flush_gap: float = 0.005  # most seconds between two flushes, as long as the last one took
     close_grace: float = 2.0  # seconds a closing client gets to take what is buffered
     cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of rendered lines (and runs) per renderer
-    flood_hold: float = 10.0  # seconds a client may be held back by the flood limit, unbroken
 
 
 class _Connection(asyncio.Protocol):
@@ -69,7 +68,6 @@ class _Connection(asyncio.Protocol):
         "_ended",
         "_limits",
         "_over",
-        "_pacer",
         "_peer",
         "_pending",
         "_reader",
@@ -98,7 +96,6 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._cut: asyncio.TimerHandle | None = None  # aborts a closing client that never reads
         self._stall: asyncio.TimerHandle | None = None  # cuts a client above high_water too long
-        self._pacer = Pacer(server.limits.flood_hold)  # holds back a client ahead of its rate
         self._over: str | None = None  # why the input ended (the quit reason); None: it goes on
         self._ended = False  # the session was told to end
 
@@ -199,8 +196,7 @@ class _Connection(asyncio.Protocol):
         """Handle the queued lines, then end: the next data_received starts a new run."""
         hub = self._server.hub
         while self._pending:
-            if not await self._pacer.wait(hub, session):
-                self._flooding(session)
+            if not await self._turn(session):
                 return
             if not self._pending:  # closed by the server meanwhile
                 return
@@ -302,10 +298,19 @@ class _Connection(asyncio.Protocol):
         # reads again, if it does within another stall_timeout (it holds no more than before).
         self.close(f"too slow: not reading for {stall:g} s", grace=stall)
 
-    def _flooding(self, session: Session) -> None:
-        hold = self._limits.flood_hold
-        log.warning("flooding peer=%s name=%s", self._peer, session.name)
-        self.close(f"sending too fast: held back for more than {hold:g} s")
+    async def _turn(self, session: Session) -> bool:
+        """Wait until the hub lets the session's next command through; ``False`` if it was
+        held back too long instead (it is closed, with the hub's reason)."""
+        hub = self._server.hub
+        try:
+            wait = hub.pace(session)
+            while wait > 0.0:  # bounded: the hub refuses a hold longer than flood_hold
+                await asyncio.sleep(wait)  # the time the hub said, at most 1/rate: no polling
+                wait = hub.pace(session)
+        except ClientError as e:
+            self.close(e.message)
+            return False
+        return True
 
     # -- helpers --
 

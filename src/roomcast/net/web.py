@@ -31,8 +31,8 @@ Flow control is the line listener's: above ``high_water`` buffered bytes the con
 pulling (its receivers fall behind in the rings and are refilled from the store later) and
 stops reading requests; ``stall_timeout`` seconds there and it is closed with 1008 and a
 reason, after what is buffered, and given ``stall_timeout`` again to read up to it. Flood
-control delays requests instead of refusing them (``roomcast.net.pace``); a client held back
-for more than ``flood_hold`` seconds without a break is closed with 1008 and a reason.
+control delays requests instead of refusing them (``Hub.pace``); a client the hub says was
+held back too long is closed with 1008 and the hub's reason.
 ``stop`` closes every connection at once and cuts, after ``close_grace``, those that do not
 take their close.
 """
@@ -66,7 +66,6 @@ from roomcast.model import (
     seq_text,
 )
 from roomcast.net.flush import Flusher
-from roomcast.net.pace import Pacer
 from roomcast.session import Session, State
 from roomcast.store.base import Account
 from roomcast.tokens import Tokens
@@ -111,7 +110,6 @@ class WebLimits:
     heartbeat: float = 30.0  # seconds between WebSocket pings (aiohttp's heartbeat)
     close_grace: float = 2.0  # seconds a closing WebSocket client gets to take what is buffered
     cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of encoded messages, runs, frames (each)
-    flood_hold: float = 10.0  # seconds a client may be held back by the flood limit, unbroken
 
 
 def _json(obj: object, status: int = 200) -> web.Response:
@@ -524,8 +522,13 @@ class WebServer:
         while i < len(parsed):
             if session.state is State.CLOSED or sock.closing:  # quit: the rest is not read
                 return
-            if not await sock.pacer.wait(hub, session):
-                sock.flooding()
+            try:
+                wait = hub.pace(session)
+                while wait > 0.0:  # bounded: the hub refuses a hold longer than flood_hold
+                    await asyncio.sleep(wait)  # the time the hub said, at most 1/rate
+                    wait = hub.pace(session)
+            except ClientError as e:
+                sock.close(1008, e.message)
                 return
             if sock.closing:  # closed meanwhile
                 return
@@ -628,7 +631,6 @@ class _Socket(asyncio.Protocol):
         "_server",
         "_stall",
         "_transport",
-        "pacer",
         "quit_reason",
         "ready",
         "resumed",
@@ -652,7 +654,6 @@ class _Socket(asyncio.Protocol):
         self._closing = False  # closed by us or gone: nothing more is written
         self._arrived = True  # bytes came that the reader has not looked at (the upgrade's)
         self._arrival: asyncio.Future[None] | None = None  # the parked reader's wake-up
-        self.pacer = Pacer(server.limits.flood_hold)  # holds back a client ahead of its rate
         transport.set_protocol(self)
         transport.set_write_buffer_limits(high=server.limits.high_water)
 
@@ -783,12 +784,6 @@ class _Socket(asyncio.Protocol):
         # The close frame goes after what is buffered, above the mark: the client gets it once
         # it reads again, if it does within another stall_timeout (it holds no more than before).
         self.close(1008, f"too slow: not reading for {stall:g} s", grace=stall)
-
-    def flooding(self) -> None:
-        """Close: the client was held back by the flood limit for longer than allowed."""
-        hold = self._server.limits.flood_hold
-        log.warning("flooding peer=%s name=%s", self.session.peer, self.session.name)
-        self.close(1008, f"sending too fast: held back for more than {hold:g} s")
 
     # -- closing --
 
