@@ -127,6 +127,8 @@ class HubSessions(RuleBasedStateMachine):
 
         self.runner.run(wait_all())
         self.tasks.clear()
+        # once nothing is in flight, every session that began to end has ended
+        assert not [s for s in self.sessions if s.state is State.CLOSING]
 
     # -- what must hold between any two steps --
 
@@ -147,7 +149,7 @@ class HubSessions(RuleBasedStateMachine):
                 assert id(user) in online, f"{user.name} is a ghost in {name}"
                 assert user.rooms.get(name) is room
         for session in self.sessions:
-            if session.state is State.CLOSED:
+            if session.state in (State.CLOSING, State.CLOSED):
                 assert session.user is None and not session.rooms
                 assert session not in hub._sessions, "a closed session is still held"
             else:

@@ -10,6 +10,7 @@ Join").
     NEW     SetName Login -> ACTIVE; Quit -> CLOSED
     ACTIVE  Join Leave Say Action PrivateMessage Nick Who Rooms Register FetchHistory Search;
             Logout -> NEW; Quit -> CLOSED
+    CLOSING nothing (its user has left the hub; its quits are being stored) -> CLOSED
     CLOSED  nothing
 
 Names are unique case-insensitively among online users, and a guest cannot take a registered
@@ -153,6 +154,7 @@ _ACCEPTS: dict[State, tuple[type, ...]] = {
         Search,
         Quit,
     ),
+    State.CLOSING: (),
     State.CLOSED: (),
 }
 
@@ -453,18 +455,23 @@ class Hub:
     ) -> None:
         """End ``session``; a user's last session leaving tells its rooms it quit.
 
-        The session still delivers what was ready for it, then ``farewell``. What the hub
-        holds changes before the first await: once this is called the session is closed, and
-        a user it was the last session of is offline and in no room, whatever becomes of the
-        caller or of the store while the quits are stored. Calling it again does nothing.
+        The session still delivers what was ready for it, then ``farewell`` once the quits
+        are stored and the user's read markers written (a client that logs in again as soon
+        as it has its farewell is not replayed what it read). What the hub holds changes
+        before the first await: once this is called the session accepts nothing (CLOSING),
+        and a user it was the last session of is offline and in no room, whatever becomes of
+        the caller or of the store meanwhile. Calling it again does nothing.
         """
-        if session.state is State.CLOSED:
+        if session.state is State.CLOSING or session.state is State.CLOSED:
             return
         user = session.user
-        session.close(reason, farewell)
+        session.closing(reason)
         self._sessions.discard(session)
         self._buckets.pop(session, None)
-        await self._quit_if_last(user, session.peer, reason)
+        try:
+            await self._quit_if_last(user, session.peer, reason)
+        finally:
+            session.close(reason, farewell)
 
     async def _detach(self, session: Session, reason: str) -> None:
         """Take the session away from its user; the user's last session going quits it."""
