@@ -77,3 +77,10 @@ def test_the_account_limits_have_defaults_flags_and_variables() -> None:
     config = parse(["--hash-workers", "1", "--login-failures", "7"], env)
     assert (config.registrations, config.hash_queue) == (3, 4)
     assert (config.hash_workers, config.login_failures) == (1, 7)
+
+
+def test_the_flood_hold_has_a_default_a_variable_and_a_flag() -> None:
+    """--flood-hold (ROOMCAST_FLOOD_HOLD) defaults to 10 s."""
+    assert parse([], {}).flood_hold == 10.0
+    assert parse([], {"ROOMCAST_FLOOD_HOLD": "2.5"}).flood_hold == 2.5
+    assert parse(["--flood-hold", "3"], {"ROOMCAST_FLOOD_HOLD": "2.5"}).flood_hold == 3.0

@@ -564,6 +564,51 @@ async def test_flood_is_refused_then_allowed_again() -> None:
     assert await hub.handle(alice, Say(text="ok again")) == []
 
 
+async def test_pace_says_how_long_until_the_next_command_may_go() -> None:
+    """pace is 0 while tokens last, then the time until the next one comes; allowance counts
+    the commands that may go at once, never more than the burst."""
+    hub, clock = make_hub(rate=2, burst=3)
+    alice = await named(hub, "alice")  # the name took one token
+    assert hub.pace(alice) == 0.0 and hub.allowance(alice) == 2
+    assert await hub.say(alice, [Say(text="a"), Say(text="b")]) == []
+    assert hub.allowance(alice) == 0
+    assert hub.pace(alice) == pytest.approx(0.5)
+    clock.advance(0.2)
+    assert hub.pace(alice) == pytest.approx(0.3)
+    clock.advance(0.3)
+    assert hub.pace(alice) == 0.0 and hub.allowance(alice) == 1
+    assert await hub.handle(alice, Say(text="c")) == []  # waiting as told is never refused
+    clock.advance(60.0)
+    assert hub.allowance(alice) == 3
+
+
+async def test_a_session_held_back_longer_than_the_flood_hold_is_refused() -> None:
+    """A session that keeps coming faster than the rate is told to wait until its hold would
+    pass flood_hold; then pace refuses it with the reason. A pause ends a hold."""
+    hub, clock = make_hub(rate=2, burst=1, flood_hold=1)
+    alice = await named(hub, "alice")  # took the only token
+    for _ in range(2):  # held back 0.5 s at a time: 1 s in all, not more
+        assert hub.pace(alice) == pytest.approx(0.5)
+        clock.advance(0.5)
+        assert hub.pace(alice) == 0.0
+        assert await hub.handle(alice, Say(text="x")) == []
+    with pytest.raises(ClientError) as refused:
+        hub.pace(alice)  # another 0.5 s would make 1.5
+    assert refused.value.code == "flood"
+    assert refused.value.message == "sending too fast: held back for more than 1 s"
+
+    bob = await named(hub, "bob")
+    for _ in range(2):
+        assert hub.pace(bob) == pytest.approx(0.5)
+        clock.advance(0.5)
+        assert hub.pace(bob) == 0.0
+        assert await hub.handle(bob, Say(text="x")) == []
+    clock.advance(0.5)  # bob pauses: its next line need not wait, and the hold is over
+    assert hub.pace(bob) == 0.0
+    assert await hub.handle(bob, Say(text="after a pause")) == []
+    assert hub.pace(bob) == pytest.approx(0.5)  # a new hold, from now
+
+
 # --- big rooms ------------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ class Config:
     ring_capacity: int = 1024  # messages each room's broadcast ring holds
     rate: float = 10.0  # commands per second per connection, sustained
     burst: int = 30  # commands per connection at once before the rate applies
+    flood_hold: float = 10.0  # seconds a client ahead of the rate may be held back, unbroken
     retain_days: float = 0.0  # days room messages are kept; 0 = forever
     retain_count: int = 0  # messages kept per room; 0 = all
     quiet_above: int = 1000  # rooms with more members do not announce joins, leaves, quits
@@ -91,6 +92,7 @@ FLAG_HELP: Mapping[str, str] = {
     "ring_capacity": "messages each room keeps in memory for members that fall behind",
     "rate": "commands per second one connection may send, sustained",
     "burst": "commands one connection may send at once before --rate applies",
+    "flood_hold": "seconds a client faster than --rate may be held back, unbroken, then cut",
     "retain_days": "days room messages are kept; 0: forever",
     "retain_count": "messages kept per room; 0: all",
     "quiet_above": "rooms with more members do not announce joins, leaves and quits",

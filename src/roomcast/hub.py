@@ -10,6 +10,7 @@ Join").
     NEW     SetName Login -> ACTIVE; Quit -> CLOSED
     ACTIVE  Join Leave Say Action PrivateMessage Nick Who Rooms Register FetchHistory Search;
             Logout -> NEW; Quit -> CLOSED
+    CLOSING nothing (its user has left the hub; its quits are being stored) -> CLOSED
     CLOSED  nothing
 
 Names are unique case-insensitively among online users, and a guest cannot take a registered
@@ -153,6 +154,7 @@ _ACCEPTS: dict[State, tuple[type, ...]] = {
         Search,
         Quit,
     ),
+    State.CLOSING: (),
     State.CLOSED: (),
 }
 
@@ -165,6 +167,7 @@ class Limits:
     inbox_capacity: int = 256  # private messages each user's channel holds
     rate: float = 10.0  # commands per second a session may send, sustained
     burst: int = 30  # commands a session may send at once before the rate applies
+    flood_hold: float = 10.0  # seconds a session may be held back by the rate, without a break
     max_rooms: int = 50  # rooms one user may be in
     refill_page: int = 500  # messages fetched from the store per read when refilling a gap
     replay_cap: int = 200  # missed messages per room replayed at login (older: history)
@@ -201,23 +204,57 @@ NOT_WRITABLE = Error(
 
 
 class _Bucket:
-    """Token bucket: ``burst`` tokens, refilled at ``rate`` per second."""
+    """Token bucket: ``burst`` tokens, refilled at ``rate`` per second; and how long its
+    client has been held back for want of one (``turn``)."""
 
-    __slots__ = ("burst", "last", "rate", "tokens")
+    __slots__ = ("burst", "held", "last", "rate", "told", "tokens")
 
     def __init__(self, rate: float, burst: int, now: float) -> None:
         self.rate = rate  # tokens per second
         self.burst = burst  # bucket size
         self.tokens = float(burst)  # tokens left
         self.last = now  # when tokens was last brought up to date
+        self.held: float | None = None  # when the client began to be held back; None: it is not
+        self.told = False  # the last turn said to wait: the command that comes next waited
 
-    def take(self, now: float) -> bool:
+    def _refill(self, now: float) -> None:
         self.tokens = min(self.burst, self.tokens + max(0.0, now - self.last) * self.rate)
         self.last = now
+
+    def take(self, now: float) -> bool:
+        """Spend a token if there is one."""
+        self._refill(now)
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True
         return False
+
+    def available(self, now: float) -> int:
+        """Whole tokens there are now."""
+        self._refill(now)
+        return int(self.tokens)
+
+    def wait(self, now: float) -> float:
+        """Seconds until there is a whole token: 0.0 if there is one now."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1.0 else (1.0 - self.tokens) / self.rate
+
+    def turn(self, now: float, hold: float) -> float | None:
+        """Seconds the client must wait before its next command (0.0: none); ``None`` if that
+        would hold it back for more than ``hold`` seconds without a break. A hold begins at a
+        command that must wait and ends at one that need not (not the one that waited)."""
+        wait = self.wait(now)
+        if wait <= 0.0:
+            if not self.told:  # it came no faster than the rate: whatever hold there was is over
+                self.held = None
+            self.told = False
+            return 0.0
+        if self.held is None:
+            self.held = now
+        if now + wait - self.held > hold:
+            return None
+        self.told = True
+        return wait
 
 
 class Hub:
@@ -263,6 +300,33 @@ class Hub:
         self._sessions.add(session)
         self._buckets[session] = _Bucket(self.limits.rate, self.limits.burst, self._clock())
         return session
+
+    def pace(self, session: Session) -> float:
+        """Seconds ``session`` must wait before its next command: 0.0 if it may send it now.
+
+        Flood control that delays instead of refusing ("fakelag", as IRC servers apply it): a
+        transport asks before each command (again after waiting, until it gets 0.0) and waits
+        as told, reading no further ahead meanwhile; a paste goes through whole at
+        ``Limits.rate`` and TCP flow control slows the client down. A session held back
+        without a break for more than ``Limits.flood_hold`` seconds is refused instead: this
+        raises ``ClientError`` "flood", whose message is the reason to close it with.
+        ``handle`` still refuses a command that comes early, for callers that do not ask.
+        """
+        bucket = self._buckets.get(session)
+        if bucket is None:
+            return 0.0
+        hold = self.limits.flood_hold
+        wait = bucket.turn(self._clock(), hold)
+        if wait is None:
+            log.warning("flooding peer=%s name=%s", session.peer, session.name)
+            raise ClientError("flood", f"sending too fast: held back for more than {hold:g} s")
+        return wait
+
+    def allowance(self, session: Session) -> int:
+        """How many commands ``session`` may send now, at once, without being refused for
+        flooding (a run of lines handed to ``say`` together takes at most this many)."""
+        bucket = self._buckets.get(session)
+        return self.limits.burst if bucket is None else bucket.available(self._clock())
 
     def spend(self, session: Session) -> Error | None:
         """Count a request the transport answers by itself (a malformed frame, a ping)
@@ -391,35 +455,57 @@ class Hub:
     ) -> None:
         """End ``session``; a user's last session leaving tells its rooms it quit.
 
-        The session still delivers what was ready for it, then ``farewell``.
+        The session still delivers what was ready for it, then ``farewell`` once the quits
+        are stored and the user's read markers written (a client that logs in again as soon
+        as it has its farewell is not replayed what it read). What the hub holds changes
+        before the first await: once this is called the session accepts nothing (CLOSING),
+        and a user it was the last session of is offline and in no room, whatever becomes of
+        the caller or of the store meanwhile. Calling it again does nothing.
         """
-        if session.state is State.CLOSED:
+        if session.state is State.CLOSING or session.state is State.CLOSED:
             return
-        await self._detach(session, reason)
-        session.close(reason, farewell)
+        user = session.user
+        session.closing(reason)
         self._sessions.discard(session)
         self._buckets.pop(session, None)
+        try:
+            await self._quit_if_last(user, session.peer, reason)
+        finally:
+            session.close(reason, farewell)
 
     async def _detach(self, session: Session, reason: str) -> None:
         """Take the session away from its user; the user's last session going quits it."""
         user = session.user
         session.detach()
+        await self._quit_if_last(user, session.peer, reason)
+
+    async def _quit_if_last(self, user: User | None, peer: str, reason: str) -> None:
+        """If ``user`` has no session left, take it offline and out of every room at once,
+        then store the quits (one write) that its rooms are told."""
         if user is None or user.sessions:
             return
-        del self._users[fold(user.name)]
+        self._users.pop(fold(user.name), None)
         self._looks.discard(user.name)
         if user.inbox is not None:
             user.inbox.close()
+        rooms = [r for r in user.rooms.values() if len(r.members) <= self.limits.quiet_above]
+        now = self._clock()
+        drafts = [self._draft(r, user.name, Kind.QUIT, reason, now, user.registered) for r in rooms]
+        stored = self._queue(rooms, drafts) if drafts else None  # keeps those rooms open
         for room in list(user.rooms.values()):
-            try:
-                quit_message = await self._announce(room, user, Kind.QUIT, reason)
-                if quit_message and user.marks.get(room.name) == quit_message.seq - 1:
-                    user.mark(room.name, quit_message.seq)  # all read: so is this
-            except Broken as e:
-                _log_failure(e, "could not store the quit of %s in %s", user.name, room.name)
             self._remove_member(user, room, forget_marks=False)
+        log.info("quit name=%s peer=%s reason=%s", user.name, peer, reason)
+        # The user is gone from the hub now: what follows only stores and tells.
+        if stored is not None:
+            try:
+                quits = await stored
+            except Broken as e:
+                _log_failure(e, "could not store the quits of %s", user.name)
+            else:
+                for quit_message in quits:
+                    if user.marks.get(quit_message.room) == quit_message.seq - 1:
+                        user.mark(quit_message.room, quit_message.seq)  # all read: so is this
         await self._flush(user)
-        log.info("quit name=%s peer=%s reason=%s", user.name, session.peer, reason)
 
     def _unname(self, session: Session, user: User) -> None:
         """Undo a name or a login that the store failed half-way: ``session`` is NEW again
@@ -503,6 +589,8 @@ class Hub:
 
     async def _set_name(self, session: Session, name: str) -> list[Event]:
         await self._check_free(name)
+        if session.state is not State.NEW:  # closed while the store answered
+            return []
         user = User(name, registered=False)
         self._users[fold(name)] = user
         self._looks.add(name)

@@ -46,6 +46,7 @@ class Server:
                 ring_capacity=cfg.ring_capacity,
                 rate=cfg.rate,
                 burst=cfg.burst,
+                flood_hold=cfg.flood_hold,
                 retain_age=cfg.retain_days * 86400 if cfg.retain_days > 0 else None,
                 retain_count=cfg.retain_count if cfg.retain_count > 0 else None,
                 quiet_above=cfg.quiet_above,

@@ -39,6 +39,7 @@ class State(Enum):
 
     NEW = "new"  # connected, no name yet
     ACTIVE = "active"  # named (guest) or logged in; may chat
+    CLOSING = "closing"  # ending: out of the hub already, its quits being stored; accepts nothing
     CLOSED = "closed"  # ended; accepts nothing
 
 
@@ -491,6 +492,13 @@ class Session:
         self.state = State.NEW
         self._wake()
 
+    def closing(self, reason: str) -> None:
+        """Begin the end: drop the user and every receiver and accept nothing more; what was
+        ready is still delivered, and ``close`` finishes."""
+        self.detach()
+        self.state = State.CLOSING
+        self.close_reason = reason
+
     def close(self, reason: str, farewell: Event | None = None) -> None:
         """End the session. ``receive`` returns what was ready, then ``farewell``, then
         raises ``Closed``."""
@@ -499,6 +507,7 @@ class Session:
             self._pend([farewell])
         self.state = State.CLOSED
         self.close_reason = reason
+        self._wake()  # whoever waits for more (a transport's pump) learns of the end
 
     def __repr__(self) -> str:
         return f"<Session {self.peer} {self.state.value} {self.name or '-'}>"

@@ -10,8 +10,19 @@ room, rendered once per message for everyone, in one ``transport.write``.
 Flow control: when the transport's write buffer passes ``high_water`` the writer stops pulling,
 so the session's receivers fall behind in the room rings (which costs the server nothing) and
 the reader stops reading the socket. A connection that stays above the mark for
-``stall_timeout`` seconds is closed with a reason. Buffered bytes per connection stay bounded
-by ``high_water`` plus one batch.
+``stall_timeout`` seconds is closed with a reason, written after what is buffered; it then
+gets ``stall_timeout`` again to read up to it. Buffered bytes per connection stay bounded by
+``high_water`` plus one batch.
+
+Flood control delays, it does not refuse (``Hub.pace``): a client ahead of its rate is read no
+further than ``max_pending`` lines ahead until the hub lets its next line through; one the hub
+says was held back too long is closed with the hub's reason.
+
+The end: every line that came before the end of the input (a close, a half-close, a reset) is
+handled, in order, and answered while the socket still takes it; then the session leaves the
+hub, what is left for it is written, and the connection closes. The reader is never
+cancelled, so that no command is cut off halfway through the hub. Only when the server
+closes a connection (a cut, a shutdown) are the lines not yet handled dropped.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
+from roomcast.errors import ClientError
 from roomcast.hub import Hub
 from roomcast.model import Error, Event, Info, Say
 from roomcast.net.flush import Flusher
@@ -53,7 +65,9 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_codec",
         "_cut",
+        "_ended",
         "_limits",
+        "_over",
         "_peer",
         "_pending",
         "_reader",
@@ -82,6 +96,8 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._cut: asyncio.TimerHandle | None = None  # aborts a closing client that never reads
         self._stall: asyncio.TimerHandle | None = None  # cuts a client above high_water too long
+        self._over: str | None = None  # why the input ended (the quit reason); None: it goes on
+        self._ended = False  # the session was told to end
 
     # -- asyncio.Protocol callbacks --
 
@@ -100,13 +116,14 @@ class _Connection(asyncio.Protocol):
         self._pending += self._codec.receive_data(data)
         if self._pending:
             if self._reader is None and self._session is not None:
-                self._reader = asyncio.create_task(self._read_loop(self._session))
+                self._reader = self._server.spawn(self._read_loop(self._session))
             if len(self._pending) >= self._limits.max_pending:
                 self._pause_reading()
 
     def eof_received(self) -> bool | None:
-        self._codec.eof()
-        return None  # close our side too
+        self._codec.eof()  # a half-sent last line is dropped
+        self._input_over("connection closed")
+        return True  # keep our side open: what came before the end is answered first
 
     def pause_writing(self) -> None:
         self._resumed = asyncio.get_running_loop().create_future()
@@ -129,17 +146,38 @@ class _Connection(asyncio.Protocol):
         if self._stall is not None:
             self._stall.cancel()
         self._server.forget(self)
-        self._set_resumed()
-        for task in (self._reader, self._refiller):
-            if task is not None:
-                task.cancel()
+        self._set_resumed()  # a reader waiting for the client to read goes on
+        if self._refiller is not None:  # a store read: nothing is left halfway
+            self._refiller.cancel()
         session = self._session
         if session is not None:
             session.on_wake = None
             reason = session.close_reason or ("connection lost" if exc else "connection closed")
-            self._server.spawn(self._server.hub.disconnect(session, reason))
             name = session.name or session.last_name or None
             log.info("disconnect peer=%s name=%s reason=%s", self._peer, name, reason)
+        self._input_over("connection lost" if exc else "connection closed")
+
+    # -- the end of the input --
+
+    def _input_over(self, reason: str) -> None:
+        """No more lines will come: once those that came are handled, the session ends with
+        ``reason`` (the first one given)."""
+        if self._over is None:
+            self._over = reason
+        if self._reader is None:  # nothing in hand: end now; else the reader ends it
+            self._end()
+
+    def _end(self) -> None:
+        """End the session: it leaves the hub, and the pump writes what is left and closes."""
+        session = self._session
+        if self._ended or session is None:
+            return
+        self._ended = True
+        self._server.spawn(self._finish(session, self._over or "connection closed"))
+
+    async def _finish(self, session: Session, reason: str) -> None:
+        await self._server.hub.disconnect(session, reason)  # does nothing if it quit already
+        self._ready()  # a session that never had a name is pumped by nobody else
 
     # -- the read side: one command at a time, runs of messages pipelined --
 
@@ -151,11 +189,17 @@ class _Connection(asyncio.Protocol):
             self.close("internal error")
         finally:
             self._reader = None
+            if self._over is not None:  # the input had ended: all of it was handled
+                self._end()
 
     async def _read_lines(self, session: Session) -> None:
         """Handle the queued lines, then end: the next data_received starts a new run."""
         hub = self._server.hub
         while self._pending:
+            if not await self._turn(session):
+                return
+            if not self._pending:  # closed by the server meanwhile
+                return
             line = self._pending.pop(0)
             parsed = [line] if isinstance(line, Error) else self._codec.parse(line)
             for item in parsed:
@@ -185,7 +229,9 @@ class _Connection(asyncio.Protocol):
         stored in one write and broadcast in order."""
         says = [first]
         refused: list[Event] = []
-        while self._pending and len(says) < self._limits.max_pending:
+        # no more than the flood limit lets through now: the rest waits for the next turn
+        most = min(self._limits.max_pending, self._server.hub.allowance(session))
+        while self._pending and len(says) + len(refused) < most:
             line = self._pending[0]
             if isinstance(line, Error) or line.startswith("/"):
                 break
@@ -247,7 +293,24 @@ class _Connection(asyncio.Protocol):
         self._stall = None
         name = self._session.name if self._session is not None else None
         log.warning("too slow peer=%s name=%s", self._peer, name)
-        self.close(f"too slow: not reading for {self._limits.stall_timeout:g} s")
+        stall = self._limits.stall_timeout
+        # The reason goes after what is buffered, above the mark: the client sees it once it
+        # reads again, if it does within another stall_timeout (it holds no more than before).
+        self.close(f"too slow: not reading for {stall:g} s", grace=stall)
+
+    async def _turn(self, session: Session) -> bool:
+        """Wait until the hub lets the session's next command through; ``False`` if it was
+        held back too long instead (it is closed, with the hub's reason)."""
+        hub = self._server.hub
+        try:
+            wait = hub.pace(session)
+            while wait > 0.0:  # bounded: the hub refuses a hold longer than flood_hold
+                await asyncio.sleep(wait)  # the time the hub said, at most 1/rate: no polling
+                wait = hub.pace(session)
+        except ClientError as e:
+            self.close(e.message)
+            return False
+        return True
 
     # -- helpers --
 
@@ -256,24 +319,28 @@ class _Connection(asyncio.Protocol):
             self._transport.write(self._codec.encode(events))
 
     def _pause_reading(self) -> None:
-        if not self._reading_paused and self._transport is not None:
+        if not self._reading_paused and self._transport is not None and self._over is None:
             self._reading_paused = True
             self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self._reading_paused and self._transport is not None:
+        # after the end of the input there is nothing to read (and resuming would read the
+        # end again)
+        if self._reading_paused and self._transport is not None and self._over is None:
             self._reading_paused = False
             self._transport.resume_reading()
 
-    def close(self, reason: str | None = None) -> None:
+    def close(self, reason: str | None = None, *, grace: float | None = None) -> None:
         """Tell the client why (if a reason is given), flush, and close.
 
-        With a reason, the session leaves the hub at once. A client that does not take what is
-        buffered within ``close_grace`` seconds is cut.
+        With a reason, the session leaves the hub at once and the lines not yet handled are
+        dropped. A client that does not take what is buffered within ``grace`` seconds (by
+        default ``close_grace``) is cut.
         """
         transport = self._transport
         if transport is None or transport.is_closing():
             return
+        self._pending.clear()
         session = self._session
         if reason is not None:
             self._write([Error(code="closed", message=f"closing: {reason}")])
@@ -282,7 +349,8 @@ class _Connection(asyncio.Protocol):
         transport.close()
         if transport.get_write_buffer_size():
             loop = asyncio.get_running_loop()
-            self._cut = loop.call_later(self._limits.close_grace, transport.abort)
+            grace = self._limits.close_grace if grace is None else grace
+            self._cut = loop.call_later(grace, transport.abort)
 
     def abort(self) -> None:
         """Close at once, dropping what is buffered."""
@@ -301,7 +369,7 @@ class LineServer:
         self.stamped = Renderer(timestamps=True, cache_bytes=cache)  # the same, with times
         self.connections: set[_Connection] = set()  # open connections
         self._server: asyncio.Server | None = None
-        self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
+        self._background: set[asyncio.Task[None]] = set()  # readers, disconnects in progress
         self._flusher = Flusher[_Connection](self.limits.flush_gap, self._failed)
         self._all_closed = asyncio.Event()  # set when no connection is open
 
@@ -319,11 +387,13 @@ class LineServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the background, keeping a reference until it finishes."""
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` in the background, keeping a reference until it finishes (``stop``
+        waits for it)."""
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def schedule(self, conn: _Connection) -> None:
         """Pump ``conn`` at the next flush (see ``roomcast.net.flush``)."""

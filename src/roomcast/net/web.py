@@ -30,8 +30,11 @@ whole frames only, so replies and deliveries interleave frame by frame, never in
 Flow control is the line listener's: above ``high_water`` buffered bytes the connection stops
 pulling (its receivers fall behind in the rings and are refilled from the store later) and
 stops reading requests; ``stall_timeout`` seconds there and it is closed with 1008 and a
-reason. ``stop`` closes every connection at once and cuts, after ``close_grace``, those that
-do not take their close.
+reason, after what is buffered, and given ``stall_timeout`` again to read up to it. Flood
+control delays requests instead of refusing them (``Hub.pace``); a client the hub says was
+held back too long is closed with 1008 and the hub's reason.
+``stop`` closes every connection at once and cuts, after ``close_grace``, those that do not
+take their close.
 """
 
 from __future__ import annotations
@@ -519,6 +522,16 @@ class WebServer:
         while i < len(parsed):
             if session.state is State.CLOSED or sock.closing:  # quit: the rest is not read
                 return
+            try:
+                wait = hub.pace(session)
+                while wait > 0.0:  # bounded: the hub refuses a hold longer than flood_hold
+                    await asyncio.sleep(wait)  # the time the hub said, at most 1/rate
+                    wait = hub.pace(session)
+            except ClientError as e:
+                sock.close(1008, e.message)
+                return
+            if sock.closing:  # closed meanwhile
+                return
             item = parsed[i]
             i += 1
             if isinstance(item, Reply):
@@ -529,7 +542,12 @@ class WebServer:
             if request_id is None and isinstance(command, Say | Action):
                 if session.state is State.ACTIVE:
                     says = [command]
-                    while i < len(parsed) and (said := _said(parsed[i])) is not None:
+                    most = hub.allowance(session)  # the rest waits for the flood limit
+                    while (
+                        len(says) < most
+                        and i < len(parsed)
+                        and (said := _said(parsed[i])) is not None
+                    ):
                         says.append(said)
                         i += 1
                     errors = await hub.say(session, says)
@@ -763,16 +781,25 @@ class _Socket(asyncio.Protocol):
         self._stall = None
         stall = self._server.limits.stall_timeout
         log.warning("too slow peer=%s name=%s", self.session.peer, self.session.name)
-        self.close(1008, f"too slow: not reading for {stall:g} s")
+        # The close frame goes after what is buffered, above the mark: the client gets it once
+        # it reads again, if it does within another stall_timeout (it holds no more than before).
+        self.close(1008, f"too slow: not reading for {stall:g} s", grace=stall)
 
     # -- closing --
 
-    def close(self, code: int, reason: str, *, quit_reason: str | None = None) -> None:
+    def close(
+        self,
+        code: int,
+        reason: str,
+        *,
+        quit_reason: str | None = None,
+        grace: float | None = None,
+    ) -> None:
         """Send a close frame with ``code`` and ``reason`` after what is buffered, and close.
 
         The session leaves the hub at once (its rooms see it quit with ``quit_reason``, by
         default ``reason``), whatever the socket does; a client that does not take what is
-        buffered within ``close_grace`` seconds is cut.
+        buffered within ``grace`` seconds (by default ``close_grace``) is cut.
         """
         if self._closing:
             return
@@ -785,7 +812,7 @@ class _Socket(asyncio.Protocol):
         if not transport.is_closing():
             transport.write(close_frame(code, reason))
             transport.close()
-        self._cut_later()
+        self._cut_later(grace)
 
     def check(self) -> None:
         """If aiohttp closed the transport (its heartbeat got no pong), end this connection:
@@ -812,8 +839,9 @@ class _Socket(asyncio.Protocol):
             self._refiller.cancel()
         self._cut_later()
 
-    def _cut_later(self) -> None:
+    def _cut_later(self, grace: float | None = None) -> None:
         transport = self._transport
         if self._cut is None and transport.get_write_buffer_size():
             loop = asyncio.get_running_loop()
-            self._cut = loop.call_later(self._server.limits.close_grace, transport.abort)
+            grace = self._server.limits.close_grace if grace is None else grace
+            self._cut = loop.call_later(grace, transport.abort)
