@@ -54,7 +54,7 @@ from aiohttp import WSMessage, WSMsgType, web
 
 from roomcast import __version__
 from roomcast.errors import Broken, ClientError, Closed, Unwritable
-from roomcast.hub import Hub
+from roomcast.hub import NOT_WRITABLE, Hub
 from roomcast.model import (
     Action,
     Command,
@@ -236,6 +236,10 @@ class WebServer:
                 limit = self.limits.max_frame
                 message = f"the body is over {limit} bytes"
                 return _json({"error": {"code": "too_large", "message": message}}, 413)
+            except Unwritable as e:  # the store logged why, once: one line per request here
+                log.warning("store not writable for %s %s: %s", request.method, request.path, e)
+                error = {"code": NOT_WRITABLE.code, "message": NOT_WRITABLE.message}
+                return _json({"error": error}, 503)
             except Broken:
                 log.exception("store failure on %s %s", request.method, request.path)
                 return _json({"error": {"code": "unavailable", "message": "try again later"}}, 503)
