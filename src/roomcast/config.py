@@ -18,7 +18,7 @@ class Config:
     host: str = "127.0.0.1"  # address the listeners bind
     port: int = 7777  # line-protocol (nc, telnet) port
     http_port: int = 8080  # web page, HTTP API and WebSocket port; -1 = no HTTP listener
-    web_origins: str = ""  # comma-separated WebSocket origins allowed; "" = same origin only
+    public_origin: str = ""  # comma-separated origins the web client is served at; "" = own
     token_days: float = 7.0  # days a login token is valid
     data_dir: str = ""  # where the default SQLite file lives; "" = the user's data directory
     store: str = ""  # "" = sqlite in data_dir; or memory:, sqlite:PATH
@@ -80,7 +80,8 @@ FLAG_HELP: Mapping[str, str] = {
     "host": "address the listeners bind to",
     "port": "port of the line protocol (nc, telnet); 0 picks a free one",
     "http_port": "port of the web page, HTTP API and WebSocket; -1: no HTTP listener",
-    "web_origins": "comma-separated origins allowed to open a WebSocket; '': same origin only",
+    "public_origin": "origins the web page is served at, comma-separated, e.g."
+    " https://chat.example.org; '': its own",
     "token_days": "days a login token stays valid",
     "data_dir": "directory of the SQLite file and the token key; '': the user's data directory",
     "store": "where history and accounts live: sqlite:PATH or memory:; '': SQLite in data-dir",

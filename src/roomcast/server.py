@@ -9,6 +9,7 @@ import logging
 from roomcast.auth import Passwords
 from roomcast.config import Config
 from roomcast.hub import Hub, Limits
+from roomcast.net.origin import parse_origins
 from roomcast.net.tcp import LineServer, TcpLimits
 from roomcast.net.web import WebLimits, WebServer
 from roomcast.store import Storage, open_store
@@ -37,6 +38,7 @@ class Server:
     async def start(self) -> None:
         """Open the store and start listening."""
         cfg = self.config
+        parse_origins(cfg.public_origin)  # a bad one stops the start before anything opens
         url = cfg.store_url()
         self.store = await open_store(url)
         self.hub = Hub(
@@ -73,12 +75,11 @@ class Server:
         if cfg.http_port >= 0:
             data_dir = None if url.startswith("memory:") else cfg.data_path()
             tokens = Tokens(load_key(data_dir), ttl=cfg.token_days * 86400)
-            origins = tuple(o.strip() for o in cfg.web_origins.split(",") if o.strip())
             self.web = WebServer(
                 self.hub,
                 tokens,
                 limits=WebLimits(
-                    origins=origins,
+                    origins=cfg.public_origin,
                     high_water=cfg.high_water,
                     stall_timeout=cfg.stall_timeout,
                     cache_bytes=cfg.cache_bytes,

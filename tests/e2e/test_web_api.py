@@ -1210,8 +1210,8 @@ async def test_a_foreign_origin_is_refused_with_403_and_the_own_origin_is_accept
 async def test_configured_origins_replace_the_same_origin_rule(
     start_server: StartServer, sockets: Sockets
 ) -> None:
-    """With web_origins set, only those origins (and none) may connect."""
-    server = await start_server(web_origins="https://chat.example, https://other.example")
+    """With public_origin set, only those origins (and none) may connect."""
+    server = await start_server(public_origin="https://chat.example, https://other.example")
     assert server.web is not None
     await sockets.ws(server, "a", origin="https://chat.example")
     await sockets.ws(server, "b", origin="https://other.example")

@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import WSMessage, WSMsgType, web
@@ -65,6 +64,7 @@ from roomcast.model import (
     room_name,
     seq_text,
 )
+from roomcast.net import origin
 from roomcast.net.flush import Flusher
 from roomcast.session import Session, State
 from roomcast.store.base import Account
@@ -100,7 +100,7 @@ class WebLimits:
     """Limits of the HTTP listener."""
 
     max_frame: int = 65536  # bytes in one WebSocket frame or API request body
-    origins: tuple[str, ...] = ()  # allowed WebSocket origins; () = the page's own origin
+    origins: str = ""  # comma-separated public origins (net/origin.py); "" = the listener's own
     high_water: int = 256 * 1024  # WebSocket write-buffer bytes above which we stop pulling
     stall_timeout: float = 30.0  # seconds a WebSocket client may stay above high_water
     batch: int = 512  # events per frame
@@ -134,6 +134,8 @@ class WebServer:
         self.hub = hub  # the chat core
         self.tokens = tokens  # signs and checks login tokens
         self.limits = limits or WebLimits()
+        self._public = origin.parse_origins(self.limits.origins)  # ValueError for a bad one
+        self._host = ""  # the host the listener binds, once started: one of its names
         cache = self.limits.cache_bytes
         self.messages = encoded_messages(max_bytes=cache)  # each message encoded once for all
         # one codec for every WebSocket connection: it holds no per-connection state
@@ -175,6 +177,7 @@ class WebServer:
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (0 picks a free port: see ``port``)."""
+        self._host = host
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
@@ -434,12 +437,17 @@ class WebServer:
     # -- WebSocket --
 
     def _origin_allowed(self, request: web.Request) -> bool:
-        origin = request.headers.get("Origin")
-        if origin is None:  # not a browser: scripts and bots may connect
-            return True
-        if self.limits.origins:
-            return origin in self.limits.origins
-        return urlsplit(origin).netloc == request.host
+        """Whether the page behind this handshake is one of ours (``roomcast.net.origin``)."""
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        local = sockname[0] if isinstance(sockname, tuple) and sockname else None
+        return origin.allowed(
+            request.headers.get("Origin"),
+            request.headers.get("Host", ""),
+            public=self._public,
+            names=origin.local_names(self._host, local),
+            port=self.port,
+        )
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         """Upgrade, then read the client's frames until the connection ends.
@@ -447,7 +455,12 @@ class WebServer:
         This handler's task (aiohttp's) is the connection's reader; deliveries need no task.
         """
         if not self._origin_allowed(request):
-            log.warning("websocket origin refused origin=%s", request.headers.get("Origin"))
+            log.warning(
+                "websocket origin refused origin=%s host=%s peer=%s",
+                request.headers.get("Origin"),
+                request.headers.get("Host"),
+                request.remote,
+            )
             return _json({"error": {"code": "bad_origin", "message": "origin not allowed"}}, 403)
         limits = self.limits
         ws = web.WebSocketResponse(
