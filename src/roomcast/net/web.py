@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from importlib import resources
@@ -65,6 +66,7 @@ from roomcast.model import (
     seq_text,
 )
 from roomcast.net import origin
+from roomcast.net.admission import Admission, Ticket
 from roomcast.net.flush import Flusher
 from roomcast.session import Session, State
 from roomcast.store.base import Account
@@ -92,6 +94,9 @@ _STATUS = {  # HTTP status of a client error, by code; 400 otherwise
     "not_found": 404,
     "no_such_room": 404,
     "bad_method": 405,
+    "timeout": 408,
+    "too_many_connections": 429,
+    "server_full": 503,
 }
 
 
@@ -110,6 +115,8 @@ class WebLimits:
     heartbeat: float = 30.0  # seconds between WebSocket pings (aiohttp's heartbeat)
     close_grace: float = 2.0  # seconds a closing WebSocket client gets to take what is buffered
     cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of encoded messages, runs, frames (each)
+    header_timeout: float = 10.0  # seconds to send a request's headers (and idle keep-alive)
+    body_timeout: float = 30.0  # seconds to send a request's body
 
 
 def _json(obj: object, status: int = 200) -> web.Response:
@@ -120,7 +127,22 @@ def _error(e: ClientError) -> web.Response:
     response = _json({"error": {"code": e.code, "message": e.message}}, _STATUS.get(e.code, 400))
     if e.retry_after is not None:
         response.headers["Retry-After"] = str(e.retry_after)
+    if e.code == "timeout":  # the rest of a body that did not come is not waited for either
+        response.force_close()
     return response
+
+
+def _late(timeout: float) -> bytes:
+    """The whole 408 response to a client whose request's headers did not come in time.
+
+    Written by hand: aiohttp has no request to answer (its head never ended)."""
+    message = f"the request headers did not come within {timeout:g} s"
+    body = orjson.dumps({"error": {"code": "timeout", "message": message}})
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 def _static_dir() -> Path:
@@ -130,10 +152,19 @@ def _static_dir() -> Path:
 class WebServer:
     """Serves the web client, the JSON API, event streams and WebSocket sessions."""
 
-    def __init__(self, hub: Hub, tokens: Tokens, *, limits: WebLimits | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        tokens: Tokens,
+        *,
+        limits: WebLimits | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self.hub = hub  # the chat core
         self.tokens = tokens  # signs and checks login tokens
         self.limits = limits or WebLimits()
+        self.admission = admission or Admission()  # open connections (shared with the line's)
+        self.late = _late(self.limits.header_timeout)  # the 408 of a request head too slow
         self._public = origin.parse_origins(self.limits.origins)  # ValueError for a bad one
         self._host = ""  # the host the listener binds, once started: one of its names
         cache = self.limits.cache_bytes
@@ -144,7 +175,8 @@ class WebServer:
         self.sockets: set[_Socket] = set()  # open WebSocket connections
         self.streams: set[Session] = set()  # open event streams
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._listener: asyncio.Server | None = None  # accepts through _Gate
+        self._refusers: dict[str, web.Server] = {}  # per refusal: answers it to every request
         self._flusher = Flusher[_Socket](self.limits.flush_gap, self._failed)
         self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
         self._all_closed = asyncio.Event()  # set when no WebSocket connection is open
@@ -178,17 +210,31 @@ class WebServer:
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (0 picks a free port: see ``port``)."""
         self._host = host
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        # aiohttp's keep-alive timer runs from the connection's start (or its last response)
+        # and is not restarted by the bytes of a request head: it is a deadline for the
+        # headers of every request after the first (whose deadline is _Gate's), and closes
+        # connections idle for as long. After a response to a request whose body was not
+        # read whole (too large, too slow), aiohttp reads on for lingering_time before it
+        # closes (so that the client reads the answer, not a reset): close_grace, not 10 s.
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.limits.header_timeout,
+            lingering_time=self.limits.close_grace,
+        )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await self._site.start()
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: _Gate(self), host, port, reuse_address=True
+        )
         self._sweeper = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._sweep)
 
     @property
     def port(self) -> int:
         """The port listened on."""
-        assert self._runner is not None, "not started"
-        port: int = self._runner.addresses[0][1]
+        assert self._listener is not None, "not started"
+        port: int = self._listener.sockets[0].getsockname()[1]
         return port
 
     async def stop(self, reason: str = "server shutting down") -> None:
@@ -197,6 +243,8 @@ class WebServer:
         A WebSocket client gets ``limits.close_grace`` seconds to take what is buffered for
         it; then it is cut. Its session leaves the hub at once either way.
         """
+        if self._listener is not None:
+            self._listener.close()  # no new connections
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -211,8 +259,13 @@ class WebServer:
             await self._closed(within=1.0)
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        for refuser in self._refusers.values():
+            refuser.pre_shutdown()
+            await refuser.shutdown(self.limits.close_grace)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.wait_closed()
 
     async def _closed(self, *, within: float) -> None:
         """Wait until every WebSocket handler has ended, or ``within`` seconds."""
@@ -224,6 +277,26 @@ class WebServer:
                 await self._all_closed.wait()
 
     # -- plumbing --
+
+    def protocol(self, refusal: ClientError | None) -> asyncio.Protocol:
+        """aiohttp's protocol for a new connection: the application's, or, for a refused
+        one, one that answers every request with ``refusal`` and closes."""
+        if refusal is None:
+            assert self._runner is not None and self._runner.server is not None
+            return self._runner.server()
+        refuser = self._refusers.get(refusal.code)
+        if refuser is None:
+
+            async def refuse(request: web.BaseRequest) -> web.StreamResponse:
+                response = _error(refusal)
+                response.force_close()
+                return response
+
+            refuser = web.Server(
+                refuse, access_log=None, keepalive_timeout=self.limits.header_timeout
+            )
+            self._refusers[refusal.code] = refuser
+        return refuser()
 
     def _guard(self, handler: Handler) -> Handler:
         """``handler`` with client errors and store failures answered as JSON errors."""
@@ -256,8 +329,23 @@ class WebServer:
         task.add_done_callback(self._background.discard)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
+        limit = self.limits.body_timeout
         try:
-            body = orjson.loads(await request.read())
+            async with asyncio.timeout(limit):  # a body sent a byte at a time holds nothing
+                raw = await request.read()
+        except TimeoutError:
+            log.info(
+                "http request body not received within %g s peer=%s path=%s",
+                limit,
+                request.remote,
+                request.path,
+            )
+            self.admission.note("body_timeout")
+            raise ClientError(
+                "timeout", f"the request body did not come within {limit:g} s"
+            ) from None
+        try:
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise ClientError("bad_json", "the body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -309,6 +397,8 @@ class WebServer:
             "rooms": len(self.hub.room_list().rooms),
             "websockets": len(self.sockets),
             "streams": len(self.streams),
+            "connections": self.admission.open,  # both listeners, refused ones being told too
+            "refused": dict(self.admission.refused),  # per limit, since the start
         }
         try:
             await self.hub.store.check()
@@ -407,15 +497,21 @@ class WebServer:
                 "X-Accel-Buffering": "no",
             }
         )
+        # the write deadline (stall_timeout) cuts a client that does not read; the kernel, one
+        # that vanished: later, so that a client merely slow is cut by the deadline, with a
+        # reason in the log
+        _give_up_unacknowledged(request.transport, 2 * self.limits.stall_timeout)
         try:
             await response.prepare(request)
-            await response.write(b"retry: 2000\n\n")
+            if not await self._stream_write(request, response, b"retry: 2000\n\n"):
+                return response
             while True:
                 try:
                     async with asyncio.timeout(self.limits.keepalive):
                         events = await session.receive(self.limits.batch)
                 except TimeoutError:
-                    await response.write(b": keepalive\n\n")
+                    if not await self._stream_write(request, response, b": keepalive\n\n"):
+                        break
                     continue
                 chunks = []
                 for e in events:
@@ -426,13 +522,33 @@ class WebServer:
                         last = e.first_seq + e.count - 1
                         gap = {"room": e.room, "from_seq": e.first_seq, "to_seq": last}
                         chunks.append(b"event: gap\ndata: %s\n\n" % orjson.dumps(gap))
-                await response.write(b"".join(chunks))
+                if not await self._stream_write(request, response, b"".join(chunks)):
+                    break
         except (Closed, ConnectionError):
             pass
         finally:
             self.streams.discard(session)
             self.hub.unwatch(session)
         return response
+
+    async def _stream_write(
+        self, request: web.Request, response: web.StreamResponse, data: bytes
+    ) -> bool:
+        """Write to an event stream; ``False`` if the client took nothing for
+        ``stall_timeout`` seconds: then it is cut, its buffer dropped."""
+        stall = self.limits.stall_timeout
+        try:
+            async with asyncio.timeout(stall):  # aiohttp waits for the buffer to drain
+                await response.write(data)
+        except TimeoutError:
+            transport = request.transport
+            peer = "?" if transport is None else _peer(transport)
+            log.warning("too slow peer=%s transport=sse: not reading for %g s", peer, stall)
+            self.admission.note("stall_timeout")
+            if transport is not None:
+                transport.abort()
+            return False
+        return True
 
     # -- WebSocket --
 
@@ -518,6 +634,10 @@ class WebServer:
                 if sock.resumed is not None:  # the client is not reading what we write
                     await sock.resumed
             if end is not None:
+                if isinstance(ws.exception(), TimeoutError):  # aiohttp's heartbeat: no pong
+                    log.info("no answer to ping peer=%s", sock.session.peer)
+                    self.admission.note("ws_heartbeat")
+                    return "no answer to ping"
                 if end.type is WSMsgType.BINARY:
                     sock.close(1003, "send JSON text frames", quit_reason="binary frame")
                     return "binary frame"
@@ -617,6 +737,17 @@ def _said(item: Reply | tuple[RequestId, Command]) -> Say | Action | None:
         return None
     command = item[1]
     return command if isinstance(command, Say | Action) else None
+
+
+def _give_up_unacknowledged(transport: asyncio.Transport | None, seconds: float) -> None:
+    """Have the kernel drop the connection when what it sent stays unacknowledged for
+    ``seconds`` (``TCP_USER_TIMEOUT``, Linux): a client that vanished without a word is
+    otherwise retried for about 15 minutes, and an event stream never hears from it."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if option is not None and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, round(seconds * 1000))
 
 
 def _peer(transport: asyncio.Transport) -> str:
@@ -798,6 +929,7 @@ class _Socket(asyncio.Protocol):
         self._stall = None
         stall = self._server.limits.stall_timeout
         log.warning("too slow peer=%s name=%s", self.session.peer, self.session.name)
+        self._server.admission.note("stall_timeout")
         # The close frame goes after what is buffered, above the mark: the client gets it once
         # it reads again, if it does within another stall_timeout (it holds no more than before).
         self.close(1008, f"too slow: not reading for {stall:g} s", grace=stall)
@@ -862,3 +994,95 @@ class _Socket(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             grace = self._server.limits.close_grace if grace is None else grace
             self._cut = loop.call_later(grace, transport.abort)
+
+
+class _Gate(asyncio.Protocol):
+    """One HTTP connection from accept to close, in front of aiohttp's protocol.
+
+    At accept it takes the connection's place in the counts (``net/admission.py``) and hands
+    the connection to aiohttp: to the application, or, refused, to a server that answers
+    every request with the refusal (429 or 503) and closes; far over a cap, it closes the
+    connection at once. Until the end of the first request's head has come it keeps a
+    deadline (``header_timeout``) that the bytes of the head do not restart: a client that
+    sends nothing is closed, one that dribbles its headers gets 408 and is closed. Later
+    requests of a kept-alive connection are bounded by aiohttp's keep-alive timer, set to
+    the same. Every callback goes on to aiohttp's protocol; a WebSocket's ``_Socket`` stands
+    in front of this one once upgraded.
+    """
+
+    __slots__ = ("_deadline", "_inner", "_peer", "_server", "_tail", "_ticket", "_transport")
+
+    def __init__(self, server: WebServer) -> None:
+        self._server = server  # admission, limits and aiohttp's protocols
+        self._inner: asyncio.Protocol | None = None  # aiohttp's; None: closed at once
+        self._transport: asyncio.Transport | None = None
+        self._ticket: Ticket | None = None  # its place among the open connections
+        self._deadline: asyncio.TimerHandle | None = None  # for the first request's head
+        self._tail = b""  # the first request's last bytes so far, to find where its head ends
+        self._peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
+        server = self._server
+        self._transport = transport
+        self._peer = _peer(transport)
+        peername = transport.get_extra_info("peername")
+        host = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
+        self._ticket = ticket = server.admission.admit(host, self._peer, "http")
+        if ticket.refusal is not None and not ticket.told:
+            transport.abort()
+            return
+        self._inner = inner = server.protocol(ticket.refusal)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(server.limits.header_timeout, self._head_late)
+        inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is not None:
+            # a head ends with an empty line: CRLF CRLF (LF LF from lax clients)
+            seen = self._tail + data[:3]
+            if b"\n\r\n" in seen or b"\n\n" in seen or b"\n\r\n" in data or b"\n\n" in data:
+                self._deadline.cancel()
+                self._deadline = None
+            else:
+                self._tail = (self._tail + data)[-2:] if len(data) < 2 else data[-2:]
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None if self._inner is None else self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._ticket is not None:
+            self._ticket.release()
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def _head_late(self) -> None:
+        self._deadline = None
+        server, transport = self._server, self._transport
+        timeout = server.limits.header_timeout
+        sent = bool(self._tail)
+        log.info(
+            "http request headers not received within %g s peer=%s%s",
+            timeout,
+            self._peer,
+            "" if sent else " (nothing sent)",
+        )
+        server.admission.note("header_timeout")
+        if transport is None or transport.is_closing():
+            return
+        if sent:  # a client that sent nothing may be a browser's spare connection: no 408
+            transport.write(server.late)
+        transport.close()
