@@ -35,6 +35,10 @@ control delays requests instead of refusing them (``Hub.pace``); a client the hu
 held back too long is closed with 1008 and the hub's reason.
 ``stop`` closes every connection at once and cuts, after ``close_grace``, those that do not
 take their close.
+
+Connections come in through ``net/gate.py``: each is counted (``net/admission.py``) and handed
+to aiohttp's protocol for the application, or, refused, to a small aiohttp server that answers
+the refusal (``protocol``); the gate also keeps the deadline for the first request's head.
 """
 
 from __future__ import annotations
@@ -66,8 +70,9 @@ from roomcast.model import (
     seq_text,
 )
 from roomcast.net import origin
-from roomcast.net.admission import Admission, Ticket
+from roomcast.net.admission import Admission
 from roomcast.net.flush import Flusher
+from roomcast.net.gate import Gatekeeper
 from roomcast.session import Session, State
 from roomcast.store.base import Account
 from roomcast.tokens import Tokens
@@ -132,19 +137,6 @@ def _error(e: ClientError) -> web.Response:
     return response
 
 
-def _late(timeout: float) -> bytes:
-    """The whole 408 response to a client whose request's headers did not come in time.
-
-    Written by hand: aiohttp has no request to answer (its head never ended)."""
-    message = f"the request headers did not come within {timeout:g} s"
-    body = orjson.dumps({"error": {"code": "timeout", "message": message}})
-    head = (
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
 def _static_dir() -> Path:
     return Path(str(resources.files("roomcast") / "web"))
 
@@ -164,7 +156,6 @@ class WebServer:
         self.tokens = tokens  # signs and checks login tokens
         self.limits = limits or WebLimits()
         self.admission = admission or Admission()  # open connections (shared with the line's)
-        self.late = _late(self.limits.header_timeout)  # the 408 of a request head too slow
         self._public = origin.parse_origins(self.limits.origins)  # ValueError for a bad one
         self._host = ""  # the host the listener binds, once started: one of its names
         cache = self.limits.cache_bytes
@@ -175,7 +166,7 @@ class WebServer:
         self.sockets: set[_Socket] = set()  # open WebSocket connections
         self.streams: set[Session] = set()  # open event streams
         self._runner: web.AppRunner | None = None
-        self._listener: asyncio.Server | None = None  # accepts through _Gate
+        self._listener: asyncio.Server | None = None  # accepts through net/gate.py
         self._refusers: dict[str, web.Server] = {}  # per refusal: answers it to every request
         self._flusher = Flusher[_Socket](self.limits.flush_gap, self._failed)
         self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
@@ -212,7 +203,7 @@ class WebServer:
         self._host = host
         # aiohttp's keep-alive timer runs from the connection's start (or its last response)
         # and is not restarted by the bytes of a request head: it is a deadline for the
-        # headers of every request after the first (whose deadline is _Gate's), and closes
+        # headers of every request after the first (whose deadline is the gate's), and closes
         # connections idle for as long. After a response to a request whose body was not
         # read whole (too large, too slow), aiohttp reads on for lingering_time before it
         # closes (so that the client reads the answer, not a reset): close_grace, not 10 s.
@@ -225,9 +216,8 @@ class WebServer:
         )
         await self._runner.setup()
         loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            lambda: _Gate(self), host, port, reuse_address=True
-        )
+        gatekeeper = Gatekeeper(self.admission, self.protocol, self.limits.header_timeout)
+        self._listener = await loop.create_server(gatekeeper, host, port, reuse_address=True)
         self._sweeper = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._sweep)
 
     @property
@@ -994,95 +984,3 @@ class _Socket(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             grace = self._server.limits.close_grace if grace is None else grace
             self._cut = loop.call_later(grace, transport.abort)
-
-
-class _Gate(asyncio.Protocol):
-    """One HTTP connection from accept to close, in front of aiohttp's protocol.
-
-    At accept it takes the connection's place in the counts (``net/admission.py``) and hands
-    the connection to aiohttp: to the application, or, refused, to a server that answers
-    every request with the refusal (429 or 503) and closes; far over a cap, it closes the
-    connection at once. Until the end of the first request's head has come it keeps a
-    deadline (``header_timeout``) that the bytes of the head do not restart: a client that
-    sends nothing is closed, one that dribbles its headers gets 408 and is closed. Later
-    requests of a kept-alive connection are bounded by aiohttp's keep-alive timer, set to
-    the same. Every callback goes on to aiohttp's protocol; a WebSocket's ``_Socket`` stands
-    in front of this one once upgraded.
-    """
-
-    __slots__ = ("_deadline", "_inner", "_peer", "_server", "_tail", "_ticket", "_transport")
-
-    def __init__(self, server: WebServer) -> None:
-        self._server = server  # admission, limits and aiohttp's protocols
-        self._inner: asyncio.Protocol | None = None  # aiohttp's; None: closed at once
-        self._transport: asyncio.Transport | None = None
-        self._ticket: Ticket | None = None  # its place among the open connections
-        self._deadline: asyncio.TimerHandle | None = None  # for the first request's head
-        self._tail = b""  # the first request's last bytes so far, to find where its head ends
-        self._peer = "?"
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
-        server = self._server
-        self._transport = transport
-        self._peer = _peer(transport)
-        peername = transport.get_extra_info("peername")
-        host = str(peername[0]) if isinstance(peername, tuple) and peername else "?"
-        self._ticket = ticket = server.admission.admit(host, self._peer, "http")
-        if ticket.refusal is not None and not ticket.told:
-            transport.abort()
-            return
-        self._inner = inner = server.protocol(ticket.refusal)
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(server.limits.header_timeout, self._head_late)
-        inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._deadline is not None:
-            # a head ends with an empty line: CRLF CRLF (LF LF from lax clients)
-            seen = self._tail + data[:3]
-            if b"\n\r\n" in seen or b"\n\n" in seen or b"\n\r\n" in data or b"\n\n" in data:
-                self._deadline.cancel()
-                self._deadline = None
-            else:
-                self._tail = (self._tail + data)[-2:] if len(data) < 2 else data[-2:]
-        if self._inner is not None:
-            self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return None if self._inner is None else self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-        if self._ticket is not None:
-            self._ticket.release()
-        if self._inner is not None:
-            self._inner.connection_lost(exc)
-
-    def _head_late(self) -> None:
-        self._deadline = None
-        server, transport = self._server, self._transport
-        timeout = server.limits.header_timeout
-        sent = bool(self._tail)
-        log.info(
-            "http request headers not received within %g s peer=%s%s",
-            timeout,
-            self._peer,
-            "" if sent else " (nothing sent)",
-        )
-        server.admission.note("header_timeout")
-        if transport is None or transport.is_closing():
-            return
-        if sent:  # a client that sent nothing may be a browser's spare connection: no 408
-            transport.write(server.late)
-        transport.close()
