@@ -413,7 +413,9 @@ async def test_an_event_stream_whose_client_stops_reading_is_cut_after_the_stall
 ) -> None:
     """An SSE client that stops reading while its room is busy is cut once writing to it
     has been blocked for stall_timeout; the stream no longer counts; the room goes on."""
-    server = await start_server(stall_timeout=0.5, **FAST)
+    # 2 s: the kernel gives up on the stream at twice that (TCP_USER_TIMEOUT, zero window
+    # included), without a word; a smaller margin may lose the race on a loaded machine
+    server = await start_server(stall_timeout=2.0, **FAST)
     reader, writer = await raw(streams, server, rcvbuf=4096)
     writer.write(b"GET /api/rooms/general/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     async with asyncio.timeout(TIMEOUT):
