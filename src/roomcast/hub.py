@@ -442,7 +442,9 @@ class Hub:
                 return await self._search(session, room, words, limit)
             case Logout(everywhere=False):
                 await self._detach(session, "logged out")
-                return [Info(text="logged out: choose a name, or /login name password")]
+                # after what was ready for the account: nothing of it comes after this line
+                session.tell(Info(text="logged out: choose a name, or /login name password"))
+                return []
             case Logout(everywhere=True):
                 return await self._log_out_everywhere(session)
             case Quit(reason=reason):
