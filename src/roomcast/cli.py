@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         run(serve(config), config.loop)
-    except OSError as e:
+    except (OSError, Broken, ValueError) as e:  # a port taken, a store unreachable or misnamed
         log.error("cannot start: %s", e)
         return 1
     return 0
