@@ -48,10 +48,8 @@ setting (``?search_path=chat`` keeps the tables in schema ``chat``).
 from __future__ import annotations
 
 import asyncio
-import logging
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 import asyncpg
@@ -61,20 +59,9 @@ from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
 from roomcast.store import public_url
 from roomcast.store.base import Account, Page, RoomInfo, search_tokens
 from roomcast.store.postgres_schema import migrate
+from roomcast.store.postgres_writer import DRIVER_ERRORS, Statistics, Writer, broken
 
 __all__ = ["DRIVER_ERRORS", "PostgresStore", "Statistics"]
-
-log = logging.getLogger("roomcast.store")
-
-# Everything asyncpg raises when the server, the connection or a statement fails.
-DRIVER_ERRORS: Final = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,  # refused, reset, timed out (TimeoutError is an OSError)
-)
-# What the database refuses because of one write's data: that write fails alone.
-_REFUSALS: Final = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
 # The limits the URL's query may set, with their defaults.
 _LIMITS: Final[dict[str, tuple[type[int] | type[float], int | float]]] = {
@@ -86,41 +73,6 @@ _LIMITS: Final[dict[str, tuple[type[int] | type[float], int | float]]] = {
 
 _COLUMNS = "id, seq, sender, kind, text, ts"
 
-# One statement for a batch's room messages: reserve each room's numbers (rooms in name
-# order, created on first use), then insert every message under its number.
-_APPEND = """
-WITH batch AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::float8[], $7::text[])
-        WITH ORDINALITY AS b (id, room, sender, kind, text, ts, words, ord)
-), per_room AS (
-    SELECT room, count(*) AS n, min(ts) AS created FROM batch GROUP BY room
-), reserved AS (
-    INSERT INTO rooms AS r (name, created, last_seq)
-    SELECT room, created, n FROM per_room ORDER BY room COLLATE "C"
-    ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq + excluded.last_seq
-    RETURNING r.name, r.last_seq
-)
-INSERT INTO messages (room, seq, id, sender, kind, text, ts, words)
-SELECT b.room, r.last_seq - p.n + row_number() OVER (PARTITION BY b.room ORDER BY b.ord),
-       b.id, b.sender, b.kind, b.text, b.ts, to_tsvector('simple', b.words)
-FROM batch AS b JOIN per_room AS p USING (room) JOIN reserved AS r ON r.name = b.room
-RETURNING id, seq
-"""
-# The same for private messages, numbered from the one 'private_seq' counter.
-_APPEND_PRIVATE = """
-WITH reserved AS (
-    UPDATE counters SET value = value + cardinality($1::text[])
-    WHERE name = 'private_seq' RETURNING value
-)
-INSERT INTO private_messages (seq, id, sender, recipient, recipient_key, kind, text, ts)
-SELECT r.value - cardinality($1::text[]) + p.ord, p.id, p.sender, p.recipient, p.key,
-       p.kind, p.text, p.ts
-FROM reserved AS r,
-     unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::float8[]) WITH ORDINALITY AS p (id, sender, recipient, key, kind, text, ts, ord)
-RETURNING id, seq
-"""
 # Where a room's history stands: (latest, oldest or NULL), one row even for no room.
 _INFO = """
 SELECT COALESCE((SELECT last_seq FROM rooms WHERE name = $1), 0) AS latest,
@@ -155,37 +107,6 @@ WITH cut AS (
 SELECT count(*) FROM gone
 """
 _NO_SEQ: Final = 2**62  # an upper bound above any sequence number
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Statistics:
-    """What the writer has done since the store was opened (feeds ``/metrics``)."""
-
-    commits: int  # statements (each its own transaction) the writer committed
-    writes: int  # jobs (appends) in those
-    largest_batch: int  # most jobs in one commit
-    pending: int  # jobs queued and not yet taken
-
-
-@dataclass(slots=True)
-class _Job:
-    """One append waiting for the writer: what to store, and whom to tell."""
-
-    drafts: Sequence[Draft]  # a run of room messages (empty for a private message)
-    private: PrivateDraft | None  # or one private message
-    future: asyncio.Future[Any]  # list[Message] or Private once committed
-    then: Callable[[Any], None] | None  # called with the result on the loop, after COMMIT
-
-
-_Outcome = tuple[_Job, bool, Any]  # a job, whether it succeeded, its result or its exception
-_STOP: Final = None  # the queue item that tells the writer to finish
-
-
-def broken(e: BaseException) -> Broken:
-    """``e`` (a driver error) as the ``Broken`` the store raises; a new one for each caller."""
-    error = Broken(f"the PostgreSQL store failed: {e}")
-    error.__cause__ = e
-    return error
 
 
 def _limits(url: str) -> tuple[str, dict[str, Any]]:
@@ -229,20 +150,18 @@ def _message(room: str, row: Any) -> Message:
 
 
 class PostgresStore:
-    """A ``Storage`` in a PostgreSQL database. Open with ``await PostgresStore.open(url)``."""
+    """A ``Storage`` in a PostgreSQL database. Open with ``await PostgresStore.open(url)``.
+
+    Appends go through the writer (``roomcast.store.postgres_writer``); everything else is
+    one statement on a pooled connection."""
 
     def __init__(self, pool: asyncpg.Pool, *, max_batch: int, where: str) -> None:
         """Private: use ``open``, which connects and migrates first."""
         self.where = where  # the URL without its password, for messages
         self._pool = pool  # every connection: the writer takes one per batch, reads one each
-        self._max_batch = max_batch  # most jobs in one commit
-        self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()  # appends, then _STOP
+        self._writer = Writer(pool, max_batch)  # the appends' group commits
         self._closing = False  # set by close(): no new work is accepted
         self._closed: asyncio.Future[None] | None = None  # the shutdown, once started
-        self._commits = 0  # statements the writer committed
-        self._writes = 0  # jobs in them
-        self._largest_batch = 0  # most jobs in one of them
-        self._writer = asyncio.create_task(self._write_batches(), name="roomcast-pg-writer")
 
     @classmethod
     async def open(
@@ -286,11 +205,9 @@ class PostgresStore:
 
     def statistics(self) -> Statistics:
         """A snapshot of the writer's counters."""
+        w = self._writer
         return Statistics(
-            commits=self._commits,
-            writes=self._writes,
-            largest_batch=self._largest_batch,
-            pending=self._jobs.qsize(),
+            commits=w.commits, writes=w.writes, largest_batch=w.largest_batch, pending=w.pending()
         )
 
     async def close(self) -> None:
@@ -304,14 +221,11 @@ class PostgresStore:
         await asyncio.shield(self._closed)
 
     async def _shut_down(self) -> None:
-        self._jobs.put_nowait(_STOP)
-        await self._writer
+        await self._writer.stop()
         try:
             await self._pool.close()
         except DRIVER_ERRORS:  # a connection died on the way out: drop them all
             self._pool.terminate()
-
-    # --- the writer ---------------------------------------------------------------------
 
     def _queue(
         self,
@@ -319,88 +233,12 @@ class PostgresStore:
         private: PrivateDraft | None = None,
         then: Callable[[Any], None] | None = None,
     ) -> asyncio.Future[Any]:
-        """Queue an append now; the future is done once it is committed, after ``then``
-        was called with the result (on the loop, even if the future was cancelled)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        """Hand an append to the writer (see ``Writer.queue``), unless the store is closed."""
         if self._closing:
-            future.set_exception(Broken("the PostgreSQL store is closed"))
-        else:
-            self._jobs.put_nowait(_Job(drafts=drafts, private=private, future=future, then=then))
-        return future
-
-    async def _write_batches(self) -> None:
-        """The writer: take a job and all queued behind it, commit them, settle them."""
-        while True:
-            batch = [await self._jobs.get()]
-            while len(batch) < self._max_batch and not self._jobs.empty():
-                batch.append(self._jobs.get_nowait())
-            jobs = [job for job in batch if job is not _STOP]
-            rooms = [job for job in jobs if job.private is None]
-            privates = [job for job in jobs if job.private is not None]
-            if rooms:
-                _settle(await self._commit(self._append_rooms, rooms))
-            if privates:
-                _settle(await self._commit(self._append_privates, privates))
-            if len(jobs) < len(batch):  # _STOP: nothing is queued after it
-                return
-
-    async def _commit(
-        self, write: Callable[[Any, list[_Job]], Any], jobs: list[_Job]
-    ) -> list[_Outcome]:
-        """Run ``write`` for ``jobs`` as one statement; each job's outcome, in order."""
-        try:
-            async with self._pool.acquire() as conn:
-                results = await write(conn, jobs)
-        except _REFUSALS as e:
-            if len(jobs) == 1:
-                return [(jobs[0], False, broken(e))]
-            # The statement stored nothing; one job's data was refused: retry them one by
-            # one, so that only the guilty one fails.
-            outcomes = []
-            for job in jobs:
-                outcomes.extend(await self._commit(write, [job]))
-            return outcomes
-        except DRIVER_ERRORS as e:
-            return [(job, False, broken(e)) for job in jobs]
-        except Exception as e:  # a bug of ours: fail the jobs, keep the writer running
-            log.exception("the PostgreSQL writer failed")
-            return [(job, False, e) for job in jobs]
-        self._commits += 1
-        self._writes += len(jobs)
-        self._largest_batch = max(self._largest_batch, len(jobs))
-        return [(job, True, result) for job, result in zip(jobs, results, strict=True)]
-
-    async def _append_rooms(self, conn: Any, jobs: list[_Job]) -> list[list[Message]]:
-        drafts = [d for job in jobs for d in job.drafts]
-        if not drafts:
-            return [[] for _ in jobs]
-        rows = await conn.fetch(
-            _APPEND,
-            [d.id for d in drafts],
-            [d.room for d in drafts],
-            [d.sender for d in drafts],
-            [d.kind.value for d in drafts],
-            [d.text for d in drafts],
-            [d.ts for d in drafts],
-            [" ".join(search_tokens(d.text)) for d in drafts],
-        )
-        seqs: dict[str, int] = {row["id"]: row["seq"] for row in rows}
-        return [[d.with_seq(seqs[d.id]) for d in job.drafts] for job in jobs]
-
-    async def _append_privates(self, conn: Any, jobs: list[_Job]) -> list[Private]:
-        drafts = [job.private for job in jobs if job.private is not None]
-        rows = await conn.fetch(
-            _APPEND_PRIVATE,
-            [d.id for d in drafts],
-            [d.sender for d in drafts],
-            [d.recipient for d in drafts],
-            [fold(d.recipient) for d in drafts],
-            [d.kind.value for d in drafts],
-            [d.text for d in drafts],
-            [d.ts for d in drafts],
-        )
-        seqs: dict[str, int] = {row["id"]: row["seq"] for row in rows}
-        return [d.with_seq(seqs[d.id]) for d in drafts]
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(Broken("the PostgreSQL store is closed"))
+            return refused
+        return self._writer.queue(drafts, private, then)
 
     # --- one statement on a pooled connection -------------------------------------------
 
@@ -609,21 +447,3 @@ class PostgresStore:
             fold(name),
             seq,
         )
-
-
-def _settle(outcomes: list[_Outcome]) -> None:
-    """Tell each job's caller, in order: ``then`` first (even if the caller was cancelled:
-    the write stands), then the future."""
-    for job, ok, value in outcomes:
-        if ok and job.then is not None:
-            try:
-                job.then(value)
-            except Exception as e:  # the caller hears of it; if it is gone, the log does
-                log.exception("after a write")
-                ok, value = False, e
-        if job.future.done():  # the caller was cancelled; the write stands all the same
-            continue
-        if ok:
-            job.future.set_result(value)
-        else:
-            job.future.set_exception(value)
