@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import re
+import subprocess
+import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -156,6 +161,25 @@ def test_user_del_deletes_the_account_its_memberships_and_its_private_messages(
     assert capsys.readouterr().err == "roomcast: there is no account 'alice'\n"
 
 
+def test_user_logout_and_passwd_bump_the_generation_that_tokens_carry(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], store_url: str
+) -> None:
+    """'user logout alice' prints that every token is revoked and moves the account's token
+    generation on, as 'user passwd' does; the id stays; a missing account exits 1."""
+    assert user(monkeypatch, store_url, "add", "alice", stdin=PASSWORD + "\n") == 0
+    added = account_of(store_url, "alice")
+    assert added is not None and added.generation == 0
+    assert user(monkeypatch, store_url, "logout", "ALICE") == 0
+    assert capsys.readouterr().out == (
+        "added alice\nlogged alice out everywhere: every token of it is revoked\n"
+    )
+    assert user(monkeypatch, store_url, "passwd", "alice", stdin="new-password-1\n") == 0
+    changed = account_of(store_url, "alice")
+    assert changed is not None and (changed.id, changed.generation) == (added.id, 2)
+    assert user(monkeypatch, store_url, "logout", "bob") == 1
+    assert capsys.readouterr().err == "roomcast: there is no account 'bob'\n"
+
+
 @pytest.mark.parametrize("name", ["a'b", "x; DROP TABLE accounts", "%", "ünïcode", ""])
 def test_an_invalid_name_is_refused_before_the_store_is_opened(
     monkeypatch: pytest.MonkeyPatch,
@@ -190,6 +214,29 @@ def test_a_password_of_the_wrong_length_is_refused_and_nothing_is_added(
     assert account_of(store_url, "alice") is None
 
 
+class Terminal(io.StringIO):
+    """Standard input that says it is a terminal (the prompts are answered by a fake
+    getpass)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_end_of_input_at_a_prompt_is_no_password_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], store_url: str
+) -> None:
+    """^D at the password prompt exits 1 with 'no password given' and adds nothing."""
+
+    def getpass(prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr("getpass.getpass", getpass)
+    monkeypatch.setattr("sys.stdin", Terminal())
+    assert user(monkeypatch, store_url, "add", "alice") == 1
+    assert capsys.readouterr().err == "roomcast: no password given\n"
+    assert account_of(store_url, "alice") is None
+
+
 def test_without_password_stdin_the_password_is_asked_twice(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], store_url: str
 ) -> None:
@@ -203,6 +250,7 @@ def test_without_password_stdin_the_password_is_asked_twice(
         return next(answers)
 
     monkeypatch.setattr("getpass.getpass", getpass)
+    monkeypatch.setattr("sys.stdin", Terminal())
     assert user(monkeypatch, store_url, "add", "alice") == 1
     assert capsys.readouterr().err == "roomcast: the two passwords differ\n"
     assert user(monkeypatch, store_url, "add", "alice") == 0
@@ -238,3 +286,65 @@ async def test_an_account_added_with_the_cli_logs_in_to_a_server_on_that_store(
         await writer.wait_closed()
     finally:
         await server.stop()
+
+
+# --- what the commands tell a user who gets them wrong ----------------------------------------
+
+
+def roomcast(*args: str, stdin: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m roomcast.cli ARGS`` in a child process with ``stdin`` piped in and no
+    controlling terminal (a new session), as in a script or a container."""
+    return subprocess.run(
+        [sys.executable, "-m", "roomcast.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        start_new_session=True,
+        env={**os.environ, **env},
+    )
+
+
+def test_a_piped_password_without_password_stdin_is_refused_without_a_traceback(
+    store_url: str, tmp_path: Path
+) -> None:
+    """'echo PASSWORD | roomcast user add alice' exits 1 with one line naming
+    --password-stdin, not a traceback, and adds nothing; with the flag it adds the account."""
+    env = {"XDG_DATA_HOME": str(tmp_path / "data")}
+    done = roomcast("user", "add", "alice", "--store", store_url, stdin=PASSWORD + "\n", env=env)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 1
+    assert done.stderr == (
+        "roomcast: standard input is not a terminal: to read the password from it,"
+        " add --password-stdin\n"
+    )
+    assert account_of(store_url, "alice") is None
+
+
+def test_user_help_lists_only_the_flags_that_find_the_store(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """'roomcast user --help' shows --store, --data-dir, --log-level and --password-stdin,
+    none of the server's listener and limit flags."""
+    with pytest.raises(SystemExit) as exited:
+        main(["user", "--help"])
+    assert exited.value.code == 0
+    shown = set(re.findall(r"(--[a-z-]+)", capsys.readouterr().out))
+    assert shown == {"--help", "--store", "--data-dir", "--log-level", "--password-stdin"}
+
+
+def test_serve_help_describes_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """'roomcast serve --help' gives every flag a description besides its default and its
+    variable."""
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    options = out[out.index("options:") :]
+    blocks = re.split(r"\n  (?=--)", options)[1:]  # one per flag, from its name on
+    flags = {f"--{f.name.replace('_', '-')}" for f in fields(Config)}
+    assert {block.split()[0] for block in blocks} == flags
+    for block in blocks:
+        words = " ".join(block.split()[2:])  # after the flag and its metavar
+        described = re.sub(r"\(default .*; env ROOMCAST_\w+\)", "", words).strip()
+        assert len(described.split()) >= 3, block

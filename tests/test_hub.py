@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from roomcast.auth import Cost, Passwords
-from roomcast.errors import Broken, Closed
+from roomcast.errors import Broken, ClientError, Closed
 from roomcast.hub import GENERAL, Hub, Limits
 from roomcast.model import (
     Action,
+    Authenticated,
     Draft,
     Error,
     Event,
@@ -30,6 +31,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -48,6 +50,7 @@ from roomcast.model import (
 )
 from roomcast.session import Session, State
 from roomcast.store import MemoryStore, Storage
+from roomcast.store.base import Account
 from roomcast.store.sqlite import SqliteStore
 
 CHEAP = Cost(time_cost=1, memory_cost=1024, parallelism=1)  # real argon2id, test-sized
@@ -295,7 +298,9 @@ async def test_leave_announces_and_keeps_what_was_said_before() -> None:
     await hub.handle(alice, Join(room="#rust"))
     await hub.handle(bob, Join(room="#rust"))
     await hub.handle(bob, Say(text="before"))
-    assert await hub.handle(alice, Leave()) == [Info(text="you left #rust")]
+    assert await hub.handle(alice, Leave()) == [
+        Info(text="you left #rust; text now goes to #general")
+    ]
     await hub.handle(bob, Say(text="after"))
     got = [e for e in await ready(alice) if isinstance(e, Message) and e.room == "#rust"]
     assert [(m.kind, m.text) for m in got][-2:] == [(Kind.MESSAGE, "before"), (Kind.LEAVE, "left")]
@@ -311,35 +316,113 @@ async def test_leave_without_a_current_room_is_refused() -> None:
     assert isinstance(error, Error) and error.code == "no_room"
 
 
-async def test_empty_rooms_are_dropped_and_keep_their_sequence() -> None:
-    """A room nobody is in disappears from the list; rejoined, its numbering continues."""
+async def test_leaving_another_room_keeps_the_current_one_and_says_nothing_of_it() -> None:
+    """Leaving a room that is not the current one answers 'you left #x' alone."""
+    hub, _ = make_hub()
+    alice = await named(hub, "alice")
+    await hub.handle(alice, Join(room="#rust"))
+    assert await hub.handle(alice, Leave(room=GENERAL)) == [Info(text="you left #general")]
+    assert alice.current == "#rust"
+    assert await hub.handle(alice, Leave()) == [
+        Info(text="you left #rust; you are in no room now: /join #room to talk")
+    ]
+
+
+async def test_leaving_the_current_room_of_another_session_tells_that_session() -> None:
+    """When one session of an account leaves a room, each other session whose current room
+    it was is told where its text goes now."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    first = await registered(hub, "alice")
+    await hub.handle(first, Join(room="#rust"))
+    second, _ = await login(hub, "alice")
+    await hub.handle(second, Join(room="#rust"))
+    await ready(first), await ready(second)
+    await hub.handle(first, Join(room=GENERAL))  # first's current room: #general
+    await hub.handle(second, Leave(room="#rust"))
+    assert first.current == GENERAL and second.current == GENERAL
+    assert [e for e in await ready(second) if isinstance(e, Info)] == []
+    assert [e for e in await ready(first) if isinstance(e, Info)] == []
+    await hub.handle(first, Join(room="#go"))
+    await hub.handle(second, Join(room="#go"))  # current in both sessions
+    await ready(first)
+    await hub.handle(second, Leave())
+    assert [e for e in await ready(first) if isinstance(e, Info)] == [
+        Info(text="you left #go from another connection; text now goes to #general")
+    ]
+
+
+async def test_rooms_nobody_is_in_are_listed_and_keep_their_sequence() -> None:
+    """A room nobody is in stays in the list (its history is kept) with 0 members and no
+    unread count; rejoined, its numbering continues."""
     hub, _ = make_hub()
     alice = await named(hub, "alice")
     await hub.handle(alice, Join(room="#tmp"))
     await hub.handle(alice, Leave(room="#tmp"))
+    await ready(alice)
     assert await hub.handle(alice, Rooms()) == [
-        RoomList(rooms=(RoomEntry(name=GENERAL, members=1),))
+        RoomList(
+            rooms=(
+                RoomEntry(name=GENERAL, members=1, unread=0),
+                RoomEntry(name="#tmp", members=0),
+            ),
+            current=GENERAL,
+        )
     ]
     await hub.handle(alice, Join(room="#tmp"))
     joins = [e for e in await ready(alice) if isinstance(e, Message) and e.room == "#tmp"]
-    assert [m.seq for m in joins] == [1, 2, 3]
+    assert [m.seq for m in joins] == [3]
 
 
-async def test_rooms_lists_member_counts() -> None:
-    """Rooms lists every room, sorted, with how many are in it."""
+async def test_rooms_lists_member_counts_unread_counts_and_the_current_room() -> None:
+    """Rooms lists every room, sorted, with how many are in it, and for the asker's own rooms
+    how many messages it has not been sent yet (a guest's too), and its current room."""
     hub, _ = make_hub()
     alice, bob = await named(hub, "alice"), await named(hub, "bob")
     await hub.handle(bob, Join(room="#b"))
     await hub.handle(alice, Join(room="#a"))
+    await ready(alice)
+    await hub.handle(bob, Say(text="one", room=GENERAL))
+    await hub.handle(bob, Say(text="two", room=GENERAL))
     assert await hub.handle(alice, Rooms()) == [
         RoomList(
             rooms=(
-                RoomEntry(name="#a", members=1),
+                RoomEntry(name="#a", members=1, unread=0),
                 RoomEntry(name="#b", members=1),
-                RoomEntry(name=GENERAL, members=2),
-            )
+                RoomEntry(name=GENERAL, members=2, unread=2),
+            ),
+            current="#a",
         )
     ]
+    await ready(alice)
+    [rooms] = await hub.handle(alice, Rooms())
+    assert isinstance(rooms, RoomList) and [r.unread for r in rooms.rooms] == [0, None, 0]
+
+
+async def test_rooms_with_history_in_the_store_are_listed_without_being_opened(
+    tmp_path: Path,
+) -> None:
+    """Rooms only the store knows (after a restart) are listed with 0 members; listing them
+    opens none, and /who of one answers an empty list."""
+    store = await SqliteStore.open(tmp_path / "rc.db")
+    try:
+        hub, _ = make_hub(store)
+        alice = await named(hub, "alice")
+        await hub.handle(alice, Join(room="#old"))
+        await hub.close()
+        hub = Hub(store, limits=Limits(), clock=FakeClock())  # a restart: ids of its own
+        bob = await named(hub, "bob")
+        await ready(bob)
+        [rooms] = await hub.handle(bob, Rooms())
+        assert isinstance(rooms, RoomList)
+        assert [(r.name, r.members, r.unread) for r in rooms.rooms] == [
+            (GENERAL, 1, 0),
+            ("#old", 0, None),
+        ]
+        assert "#old" not in hub._rooms
+        assert await hub.handle(bob, Who(room="#old")) == [WhoList(room="#old", names=(), total=0)]
+        assert "#old" not in hub._rooms
+    finally:
+        await store.close()
 
 
 async def test_who_lists_a_room_and_refuses_an_unknown_one() -> None:
@@ -350,6 +433,26 @@ async def test_who_lists_a_room_and_refuses_an_unknown_one() -> None:
     assert await hub.handle(alice, Who()) == [WhoList(room=GENERAL, names=("Alice", "bob"))]
     [error] = await hub.handle(alice, Who(room="#nowhere"))
     assert isinstance(error, Error) and error.code == "no_such_room"
+
+
+async def test_history_and_search_of_an_unknown_room_are_no_such_room() -> None:
+    """History and search of a room that has no history and is not open are refused as who
+    refuses it; an open room with no message yet answers an empty page."""
+    hub, _ = make_hub()
+    alice = await named(hub, "alice")
+    for command in (FetchHistory(room="#nowhere"), Search(room="#nowhere", words="x")):
+        [error] = await hub.handle(alice, command)
+        assert error == Error(
+            code="no_such_room", message="there is no room #nowhere: /rooms lists them"
+        )
+    watcher = await hub.watch("peer", "#watched", None)
+    try:
+        [page] = await hub.handle(alice, FetchHistory(room="#watched"))
+        assert isinstance(page, History) and page.messages == () and page.latest_seq == 0
+        [found] = await hub.handle(alice, Search(room="#watched", words="x"))
+        assert isinstance(found, SearchResults) and found.messages == ()
+    finally:
+        hub.unwatch(watcher)
 
 
 async def test_room_limit() -> None:
@@ -892,6 +995,239 @@ async def test_logout_keeps_the_connection_without_a_name() -> None:
     assert replies[0] == Welcome(name="guest1")
 
 
+# --- tokens and logging out everywhere -----------------------------------------------------
+
+
+async def account_of(hub: Hub, name: str) -> Account:
+    account = await hub.store.account(name)
+    assert account is not None
+    return account
+
+
+async def test_authenticate_takes_a_current_token_and_refuses_a_revoked_or_deleted_one() -> None:
+    """A token's claims pass while the account has that id and generation; after a password
+    change, or once the account is deleted (even if the name is registered again), they are
+    bad_token with 'log in again'."""
+    hub, _ = make_hub()
+    await registered(hub, "alice")
+    account = await account_of(hub, "alice")
+    assert await hub.authenticate(account.id, account.generation) == account
+    await hub.store.set_password("alice", "another hash")
+    for claims in ((account.id, account.generation), ("nobody's id", 0)):
+        with pytest.raises(ClientError) as caught:
+            await hub.authenticate(*claims)
+        assert caught.value.code == "bad_token" and "log in again" in caught.value.message
+    assert (await hub.authenticate(account.id, account.generation + 1)).name == "alice"
+    await hub.store.delete_account("alice")
+    await hub.store.create_account("alice", "h", now=1.0)
+    with pytest.raises(ClientError) as caught:
+        await hub.authenticate(account.id, account.generation + 1)
+    assert caught.value.code == "bad_token"
+
+
+async def test_hello_with_the_claims_of_a_deleted_account_is_refused() -> None:
+    """Authenticated with the id of a deleted account is bad_token; the session stays NEW."""
+    hub, _ = make_hub()
+    alice = await registered(hub, "alice")
+    account = await account_of(hub, "alice")
+    await hub.handle(alice, Quit())
+    await hub.store.delete_account("alice")
+    session = hub.connect("10.0.0.2:1")
+    [error] = await hub.handle(session, Authenticated(account=account.id, generation=0))
+    assert isinstance(error, Error) and error.code == "bad_token"
+    assert session.state is State.NEW
+
+
+async def test_logout_everywhere_ends_every_session_and_revokes_the_tokens() -> None:
+    """Logout(everywhere) bumps the account's generation, closes its other sessions with
+    'closing: logged out everywhere', and leaves this one NEW; a guest is told there is
+    nothing to log out of everywhere."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    before = await account_of(hub, "alice")
+    laptop, _ = await login(hub, "alice")
+    phone, _ = await login(hub, "alice")
+    await ready(phone)
+    [info] = await hub.handle(laptop, Logout(everywhere=True))
+    assert isinstance(info, Info) and info.text.startswith(
+        "logged out everywhere: every session and token of alice ended"
+    )
+    assert laptop.state is State.NEW
+    assert phone.state is State.CLOSED and phone.close_reason == "logged out everywhere"
+    assert (await ready(phone))[-1] == Error(
+        code="closed", message="closing: logged out everywhere"
+    )
+    assert (await account_of(hub, "alice")).generation == before.generation + 1
+    assert hub.online == 0  # the session that registered alice was closed as well
+    guest = await named(hub, "guest")
+    [error] = await hub.handle(guest, Logout(everywhere=True))
+    assert isinstance(error, Error) and error.code == "guest"
+
+
+async def test_check_accounts_ends_the_sessions_of_accounts_changed_beside_the_hub() -> None:
+    """A password changed or an account deleted straight in the store (by ``roomcast user``)
+    ends the account's sessions at the next check_accounts, and no one else's."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    await registered(hub, "bob")
+    alice, _ = await login(hub, "alice")
+    bob, _ = await login(hub, "bob")
+    guest = await named(hub, "guest")
+    assert await hub.check_accounts() == 0
+    await hub.store.set_password("alice", "changed")
+    await hub.store.delete_account("bob")
+    assert await hub.check_accounts() == 2
+    assert alice.close_reason == "logged out everywhere"
+    assert bob.close_reason == "logged out: the account was deleted"
+    assert guest.state is State.ACTIVE
+    assert hub.online == 1
+
+
+async def test_a_login_after_a_password_change_ends_the_sessions_of_the_old_one() -> None:
+    """The first login with a new password closes the sessions still open from before the
+    change, without waiting for the account check: the new session is the account's."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    stolen = await registered(hub, "alice")
+    await hub.store.set_password("alice", await hub.passwords.hash("new password"))
+    session, replies = await login(hub, "alice", "new password")
+    assert replies[0] == Welcome(name="alice")
+    assert stolen.state is State.CLOSED and stolen.close_reason == "logged out everywhere"
+    assert session.state is State.ACTIVE and hub.online == 1
+
+
+# --- throttles ----------------------------------------------------------------------------
+
+
+async def test_logins_sent_together_are_checked_five_at_most() -> None:
+    """Twenty logins for alice from one address at once: five are checked (bad_login), the
+    other fifteen are throttled before any password check."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    sessions = [hub.connect(f"10.0.0.1:{i}") for i in range(20)]
+    answers = await asyncio.gather(
+        *(hub.handle(s, Login(name="alice", password=f"guess {i}")) for i, s in enumerate(sessions))
+    )
+    codes = [a[0].code for a in answers if isinstance(a[0], Error)]
+    assert codes.count("bad_login") == 5 and codes.count("throttled") == 15, codes
+
+
+async def test_wrong_passwords_from_one_address_do_not_lock_out_another() -> None:
+    """Five failures for alice from one address throttle that address; alice logs in from
+    another address at once."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    attacker = [hub.connect(f"10.6.6.6:{i}") for i in range(6)]
+    for s in attacker[:5]:
+        [error] = await hub.handle(s, Login(name="alice", password="wrong password"))
+        assert isinstance(error, Error) and error.code == "bad_login"
+    [error] = await hub.handle(attacker[5], Login(name="alice", password="correct horse"))
+    assert isinstance(error, Error) and error.code == "throttled"
+    owner = hub.connect("10.1.1.1:1")
+    replies = await hub.handle(owner, Login(name="alice", password="correct horse"))
+    assert replies[0] == Welcome(name="alice")
+
+
+async def test_the_name_limit_spares_addresses_the_name_logged_in_from() -> None:
+    """Failures for alice from many addresses reach the name's own limit: a new address is
+    then throttled, but an address alice logged in from before still gets in."""
+    hub, clock = make_hub(rate=1000, burst=1000, name_failures=10)
+    await registered(hub, "alice")
+    home = hub.connect("10.1.1.1:1")
+    assert (await hub.handle(home, Login(name="alice", password="correct horse")))[0] == Welcome(
+        name="alice"
+    )
+    for i in range(10):  # two failures from each of five addresses
+        s = hub.connect(f"10.6.6.{i // 2}:{i}")
+        [error] = await hub.handle(s, Login(name="alice", password="wrong password"))
+        assert isinstance(error, Error) and error.code == "bad_login"
+    cafe = hub.connect("10.2.2.2:1")
+    [error] = await hub.handle(cafe, Login(name="alice", password="correct horse"))
+    assert isinstance(error, Error) and error.code == "throttled"
+    again = hub.connect("10.1.1.1:2")
+    assert (await hub.handle(again, Login(name="alice", password="correct horse")))[0] == Welcome(
+        name="alice"
+    )
+    clock.advance(301)
+    later = hub.connect("10.2.2.2:2")
+    assert (await hub.handle(later, Login(name="alice", password="correct horse")))[0] == Welcome(
+        name="alice"
+    )
+
+
+async def test_a_busy_refusal_is_not_counted_as_a_failed_login() -> None:
+    """Logins refused busy (no worker free) do not count against the name: after many,
+    the right password still logs in."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    await registered(hub, "alice")
+    hub.passwords = Passwords(CHEAP, workers=1, queue=0)
+    sessions = [hub.connect(f"10.0.0.{i}:1") for i in range(12)]
+    answers = await asyncio.gather(
+        *(hub.handle(s, Login(name="alice", password="wrong password")) for s in sessions)
+    )
+    codes = sorted(a[0].code for a in answers if isinstance(a[0], Error))
+    assert codes == ["bad_login"] + ["busy"] * 11
+    _, replies = await login(hub, "alice")
+    assert replies[0] == Welcome(name="alice")
+
+
+async def test_registrations_are_throttled_per_address() -> None:
+    """An address registers at most ``registrations`` names in the window, counting those
+    still hashing; another address may; the window passing lifts it."""
+    hub, clock = make_hub(rate=1000, burst=1000, registrations=3)
+    made = await asyncio.gather(
+        *(hub.create_account(f"bot{i}", "correct horse", "10.6.6.6") for i in range(5)),
+        return_exceptions=True,
+    )
+    refused = [e for e in made if isinstance(e, ClientError)]
+    assert len(refused) == 2 and all(e.code == "throttled" for e in refused)
+    assert refused[0].retry_after == 1  # three were hashing: they would end soon
+    with pytest.raises(ClientError) as caught:
+        await hub.create_account("bot5", "correct horse", "10.6.6.6")
+    assert caught.value.retry_after == 3600  # three are recorded: the window must pass
+    assert (await hub.create_account("human", "correct horse", "10.1.1.1")).name == "human"
+    clock.advance(3601)
+    assert (await hub.create_account("bot9", "correct horse", "10.6.6.6")).name == "bot9"
+
+
+async def test_a_name_cannot_be_taken_while_its_registration_hashes() -> None:
+    """While create_account hashes alice's password, a guest naming itself alice, another
+    registration of alice and a guest's /nick alice are refused name_taken; alice then logs
+    in."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    bob = await named(hub, "bob")
+    guest = hub.connect("10.0.0.9:1")
+    account, set_name, again, nick = await asyncio.gather(
+        hub.create_account("alice", "correct horse", "10.0.0.1"),
+        hub.handle(guest, SetName(name="ALICE")),
+        hub.create_account("alice", "correct horse", "10.0.0.2"),
+        hub.handle(bob, Nick(name="alice")),
+        return_exceptions=True,
+    )
+    assert isinstance(account, Account) and account.name == "alice"
+    assert isinstance(set_name, list) and isinstance(set_name[0], Error)
+    assert set_name[0].code == "name_taken" and "being registered" in set_name[0].message
+    assert isinstance(again, ClientError) and again.code == "name_taken"
+    assert isinstance(nick, list) and isinstance(nick[0], Error) and nick[0].code == "name_taken"
+    _, replies = await login(hub, "alice")
+    assert replies[0] == Welcome(name="alice")
+
+
+async def test_a_guest_that_leaves_while_registering_keeps_its_name_reserved() -> None:
+    """A guest's /register whose connection ends while the password hashes still reserves
+    the name: no other guest gets it before the account exists."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await named(hub, "alice")
+    registering = asyncio.create_task(hub.handle(alice, Register(password="correct horse")))
+    await asyncio.sleep(0)  # one loop turn: the hash has started
+    await hub.disconnect(alice, "connection lost")
+    other = hub.connect("10.0.0.9:1")
+    [error] = await hub.handle(other, SetName(name="alice"))
+    assert isinstance(error, Error) and error.code == "name_taken"
+    await registering
+    [error] = await hub.handle(other, SetName(name="alice"))
+    assert isinstance(error, Error) and error.code == "registered"
+
+
 # --- history and search -------------------------------------------------------------------
 
 
@@ -1034,3 +1370,187 @@ async def test_member_lists_of_big_rooms_are_cut_but_counted() -> None:
     assert list(who.names) == sorted(who.names) and who.names[0] == "user000"
     [full] = await hub.handle(late, Who())
     assert isinstance(full, WhoList) and len(full.names) == full.total == 121
+
+
+# --- who said it, and private history -----------------------------------------------------
+
+
+async def test_messages_record_whether_their_sender_was_signed_in() -> None:
+    """Room messages (said, actions, joins, nicks, quits) and private messages record
+    whether their sender was signed in, and private ones whether they went to an account."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    guest = await named(hub, "bob")
+    await hub.handle(alice, Say(text="from an account"))
+    await hub.handle(guest, Action(text="waves"))
+    await hub.handle(guest, Nick(name="bobby"))
+    await hub.handle(guest, PrivateMessage(to="alice", text="to an account"))
+    await hub.handle(alice, PrivateMessage(to="bobby", text="to a guest"))
+    await hub.handle(guest, Quit())
+    got = await ready(alice)
+    signed = [(e.sender, e.kind, e.signed) for e in got if isinstance(e, Message)]
+    assert signed == [
+        ("alice", Kind.JOIN, False),  # she joined as a guest, then registered
+        ("bob", Kind.JOIN, False),
+        ("alice", Kind.MESSAGE, True),
+        ("bob", Kind.ACTION, False),
+        ("bob", Kind.NICK, False),
+        ("bobby", Kind.QUIT, False),
+    ]
+    privates = [(e.text, e.signed, e.recipient_signed) for e in got if isinstance(e, Private)]
+    assert privates == [("to an account", False, True), ("to a guest", True, False)]
+    posted = await hub.post("alice", GENERAL, "by a script")
+    assert posted.signed is True
+
+
+async def private_page(
+    hub: Hub,
+    session: Session,
+    other: str,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    around: int | None = None,
+    limit: int = 50,
+) -> PrivateHistory:
+    """A page of ``session``'s private conversation with ``other``."""
+    query = FetchHistory(user=other, before=before, after=after, around=around, limit=limit)
+    [page] = await hub.handle(session, query)
+    assert isinstance(page, PrivateHistory), page
+    return page
+
+
+def said(page: PrivateHistory) -> list[str]:
+    return [p.text for p in page.messages]
+
+
+async def test_an_account_reads_its_private_conversation_after_logging_in_again() -> None:
+    """Two accounts find their private conversation, both ways, after logging in again:
+    the newest page, before, after, around, capped; nobody else's messages are in it."""
+    hub, _ = make_hub(rate=1000, burst=1000, history_cap=8)
+    alice, bob = await registered(hub, "alice"), await registered(hub, "bob")
+    carol = await named(hub, "carol")
+    for i in range(12):
+        speaker, to = (alice, "bob") if i % 2 else (bob, "ALICE")
+        await hub.handle(speaker, PrivateMessage(to=to, text=f"t{i}"))
+        await hub.handle(carol, PrivateMessage(to="alice", text=f"c{i}"))
+    await hub.handle(alice, Quit())
+    await hub.handle(bob, Quit())
+    alice, _ = await login(hub, "alice")
+
+    page = await private_page(hub, alice, "Bob", limit=4)
+    assert said(page) == ["t8", "t9", "t10", "t11"] and page.user == "Bob"
+    seqs = [p.seq for p in (await private_page(hub, alice, "bob", limit=8, after=0)).messages]
+    assert (page.oldest_seq, page.capped) == (seqs[0], None)
+    assert said(await private_page(hub, alice, "bob", before=page.messages[0].seq, limit=2)) == [
+        "t6",
+        "t7",
+    ]
+    assert said(await private_page(hub, alice, "bob", after=seqs[2], limit=2)) == ["t3", "t4"]
+    assert said(await private_page(hub, alice, "bob", around=seqs[5], limit=4)) == [
+        "t3",
+        "t4",
+        "t5",
+        "t6",
+    ]
+    capped = await private_page(hub, alice, "bob", limit=100)
+    assert capped.capped == 8 and said(capped) == [f"t{i}" for i in range(4, 12)]
+    bob, _ = await login(hub, "bob")
+    assert said(await private_page(hub, bob, "alice", limit=3)) == ["t9", "t10", "t11"]
+    assert said(await private_page(hub, carol, "bob")) == []
+    assert said(await private_page(hub, carol, "alice", limit=2)) == ["c10", "c11"]
+
+
+async def test_a_guest_reads_only_what_it_said_and_was_sent_under_its_name() -> None:
+    """A guest's private history starts at its first private message: an earlier guest of
+    its name, or an account that had it, is not in it; the account reads only what it said
+    and was sent signed in, while the other side, an account, reads everything it was in."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    first = await named(hub, "bob")
+    assert await private_page(hub, first, "alice") == PrivateHistory(
+        user="alice", messages=(), oldest_seq=1, latest_seq=0
+    )
+    await hub.handle(first, PrivateMessage(to="alice", text="first bob"))
+    await hub.handle(alice, PrivateMessage(to="bob", text="to the first bob"))
+    assert said(await private_page(hub, first, "alice")) == ["first bob", "to the first bob"]
+    await hub.handle(first, Quit())
+
+    second = await named(hub, "bob")
+    assert said(await private_page(hub, second, "alice")) == []
+    await hub.handle(alice, PrivateMessage(to="bob", text="to the second bob"))
+    assert said(await private_page(hub, second, "alice")) == ["to the second bob"]
+    await hub.handle(second, Register(password="correct horse"))
+    assert said(await private_page(hub, second, "alice")) == []  # not the account's
+    await hub.handle(second, PrivateMessage(to="alice", text="signed in"))
+    assert said(await private_page(hub, second, "alice")) == ["signed in"]
+    assert said(await private_page(hub, alice, "bob")) == [
+        "first bob",
+        "to the first bob",
+        "to the second bob",
+        "signed in",
+    ]
+
+
+async def test_a_guest_that_changes_its_name_starts_an_empty_private_history() -> None:
+    """After /nick a guest reads nothing of what it said under its old name, nor what an
+    earlier guest of the new name said, even when it takes its old name back."""
+    hub, _ = make_hub(rate=1000, burst=1000)
+    ann = await named(hub, "ann")
+    guest = await named(hub, "bob")
+    await hub.handle(guest, PrivateMessage(to="ann", text="as bob"))
+    await hub.handle(guest, Nick(name="carl"))
+    assert said(await private_page(hub, guest, "ann")) == []
+    other = await named(hub, "bob")
+    await hub.handle(other, PrivateMessage(to="ann", text="the other bob"))
+    await hub.handle(other, Quit())
+    await hub.handle(guest, Nick(name="bob"))
+    assert said(await private_page(hub, guest, "ann")) == []
+    await hub.handle(guest, Nick(name="Bob"))  # a change of case is the same name
+    await hub.handle(ann, PrivateMessage(to="bob", text="to bob again"))
+    assert said(await private_page(hub, guest, "ann")) == ["to bob again"]
+
+
+class SlowAccounts(MemoryStore):
+    """A memory store whose account lookups wait for ``go`` once ``hold`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False  # lookups wait for go
+        self.asked = asyncio.Event()  # a held lookup is waiting
+        self.go = asyncio.Event()  # let held lookups answer
+
+    async def account(self, name: str) -> Account | None:
+        if self.hold:
+            self.asked.set()
+            await self.go.wait()
+        return await super().account(name)
+
+
+async def test_a_private_message_from_a_guest_that_left_while_the_store_answered_is_not_sent() -> (
+    None
+):
+    """A guest that disconnects while the server looks up the recipient's account sends
+    nothing: the next guest of its name neither reads it in its history nor is taken for
+    its sender."""
+    store = SlowAccounts()
+    hub, _ = make_hub(store, rate=1000, burst=1000)
+    alice = await registered(hub, "alice")
+    await hub.handle(alice, Quit())
+    carol = await named(hub, "carol")
+    first = await named(hub, "bob")
+    store.hold = True
+    sending = asyncio.create_task(
+        hub.handle(first, PrivateMessage(to="alice", text="from the first bob"))
+    )
+    await store.asked.wait()
+    await hub.disconnect(first, "gone")
+    store.hold = False
+    second = await named(hub, "bob")
+    await hub.handle(carol, PrivateMessage(to="bob", text="to the second bob"))
+    store.go.set()
+    [error] = await sending
+    assert isinstance(error, Error) and error.code == "no_name"
+    assert said(await private_page(hub, second, "alice")) == []
+    alice, _ = await login(hub, "alice")
+    assert [e for e in await ready(alice) if isinstance(e, Private)] == []

@@ -15,7 +15,7 @@ from typing import Any
 
 from roomcast import __version__
 from roomcast.auth import Passwords
-from roomcast.config import Config, add_arguments, from_arguments
+from roomcast.config import STORE_FIELDS, Config, add_arguments, from_arguments
 from roomcast.errors import Broken, ClientError
 from roomcast.model import user_name
 from roomcast.server import Server
@@ -56,7 +56,9 @@ def run(coro: Coroutine[Any, Any, None], loop: str) -> None:
 
 
 async def manage_user(config: Config, action: str, name: str, password: str | None) -> str:
-    """Add, change the password of, or delete the account ``name``; return what was done."""
+    """Add, change the password of, log out everywhere, or delete the account ``name``;
+    return what was done. A password change, a logout and a deletion revoke every token of
+    the account at once; a running server ends its open sessions within 30 s."""
     user_name(name)
     store = await open_store(config.store_url())
     try:
@@ -64,8 +66,17 @@ async def manage_user(config: Config, action: str, name: str, password: str | No
             if not await store.delete_account(name):
                 raise ClientError("no_account", f"there is no account {name!r}")
             return f"deleted {name}"
+        if action == "logout":
+            account = await store.account(name)
+            if account is None or await store.revoke(account.id) is None:
+                raise ClientError("no_account", f"there is no account {name!r}")
+            return f"logged {account.name} out everywhere: every token of it is revoked"
         assert password is not None
-        password_hash = await Passwords().hash(password)
+        passwords = Passwords()
+        try:
+            password_hash = await passwords.hash(password)
+        finally:
+            passwords.close()
         if action == "add":
             account = await store.create_account(name, password_hash, now=time.time())
             return f"added {account.name}"
@@ -76,11 +87,23 @@ async def manage_user(config: Config, action: str, name: str, password: str | No
 
 
 def read_password(from_stdin: bool) -> str:
-    """The new password: one line of standard input, or asked twice on the terminal."""
+    """The new password: one line of standard input, or asked twice on the terminal.
+
+    Without ``from_stdin``, standard input must be a terminal: a password piped in would
+    otherwise be ignored (getpass reads the terminal) or read by the first prompt only."""
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
+    if not sys.stdin.isatty():
+        raise ClientError(
+            "usage",
+            "standard input is not a terminal: to read the password from it, add --password-stdin",
+        )
+    try:
+        first = getpass.getpass("password: ")
+        again = getpass.getpass("again: ")
+    except EOFError:  # end of input (^D) at a prompt
+        raise ClientError("bad_password", "no password given") from None
+    if again != first:
         raise ClientError("bad_password", "the two passwords differ")
     return first
 
@@ -90,17 +113,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roomcast", description="a broadcast-channel chat server")
     parser.add_argument("--version", action="version", version=f"roomcast {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="run the server")
-    user_parser = commands.add_parser("user", help="add, change or delete an account")
+    serve_parser = commands.add_parser(
+        "serve",
+        help="run the server",
+        description="Run a roomcast server until SIGINT or SIGTERM. Every flag can also be"
+        " set by its ROOMCAST_* environment variable; a flag wins over its variable.",
+    )
+    user_parser = commands.add_parser(
+        "user",
+        help="add, change, log out everywhere or delete an account",
+        description="Add an account, change its password, log it out everywhere or delete"
+        " it, in the store a server uses: give the same --store or --data-dir as the server."
+        " passwd, logout and del revoke every token of the account.",
+    )
     try:
         add_arguments(serve_parser)
-        add_arguments(user_parser)
+        add_arguments(user_parser, only=STORE_FIELDS)
     except ValueError as e:  # a ROOMCAST_* variable that does not parse
         parser.error(str(e))
-    user_parser.add_argument("action", choices=["add", "passwd", "del"])
-    user_parser.add_argument("name")
     user_parser.add_argument(
-        "--password-stdin", action="store_true", help="read the password from standard input"
+        "action",
+        choices=["add", "passwd", "logout", "del"],
+        help="add the account, change its password, log it out everywhere, or delete it",
+    )
+    user_parser.add_argument("name", help="the account's name")
+    user_parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input instead of asking"
+        " for it on the terminal",
     )
     args = parser.parse_args(argv)
     config = from_arguments(args)
@@ -111,15 +152,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "user":
         try:
-            password = None if args.action == "del" else read_password(args.password_stdin)
+            asks = args.action in ("add", "passwd")
+            password = read_password(args.password_stdin) if asks else None
             print(asyncio.run(manage_user(config, args.action, args.name, password)))
         except (ClientError, Broken, ValueError) as e:
             print(f"roomcast: {e}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # ^C at a prompt: no traceback
+            print(file=sys.stderr)
+            return 130
         return 0
     try:
         run(serve(config), config.loop)
-    except (OSError, Broken, ValueError) as e:  # a port taken, a store unreachable or misnamed
+    except (OSError, Broken, ValueError) as e:  # port in use; store misnamed, down, read-only
         log.error("cannot start: %s", e)
         return 1
     return 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
-__all__ = ["Config", "add_arguments", "from_arguments"]
+__all__ = ["FLAG_HELP", "STORE_FIELDS", "Config", "add_arguments", "from_arguments"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +33,15 @@ class Config:
     retain_days: float = 0.0  # days room messages are kept; 0 = forever
     retain_count: int = 0  # messages kept per room; 0 = all
     quiet_above: int = 1000  # rooms with more members do not announce joins, leaves, quits
+    login_failures: int = 5  # failed logins per name from one address in login_window
+    name_failures: int = 50  # failed logins per name from all addresses in login_window
+    address_failures: int = 20  # failed logins per address, any names, in login_window
+    login_window: float = 300.0  # seconds a failed login counts
+    registrations: int = 10  # registrations per address in register_window
+    register_window: float = 3600.0  # seconds a registration counts
+    hash_workers: int = 2  # argon2 hashes computed at once (each takes 64 MiB)
+    hash_queue: int = 16  # hashes that may wait for a worker; beyond, clients are told busy
+    cache_bytes: int = 4194304  # bytes each cache of encoded messages keeps (wire/cache.py)
 
     def store_url(self, environ: Mapping[str, str] = os.environ) -> str:
         """The store to open: ``store`` if set, else ``roomcast.db`` in the data directory."""
@@ -64,18 +73,72 @@ class Config:
         return cls(**values)  # type: ignore[arg-type]
 
 
-def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] = os.environ) -> None:
-    """Add one flag per ``Config`` field, defaulting to the environment or the built-in value."""
-    base = Config.from_env(environ)
+# What ``--help`` says of each flag: one line per ``Config`` field (tests/test_config.py
+# checks that none is missing). argparse adds the default and the variable.
+FLAG_HELP: Mapping[str, str] = {
+    "host": "address the listeners bind to",
+    "port": "port of the line protocol (nc, telnet); 0 picks a free one",
+    "http_port": "port of the web page, HTTP API and WebSocket; -1: no HTTP listener",
+    "web_origins": "comma-separated origins allowed to open a WebSocket; '': same origin only",
+    "token_days": "days a login token stays valid",
+    "data_dir": "directory of the SQLite file and the token key; '': the user's data directory",
+    "store": "where history and accounts live: sqlite:PATH or memory:; '': SQLite in data-dir",
+    "loop": "event loop: auto (uvloop when installed), uvloop or asyncio",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "max_line": "longest line of the line protocol, in bytes",
+    "high_water": "buffered bytes above which a client that does not read stops being sent to",
+    "stall_timeout": "seconds a client may stay above --high-water before it is disconnected",
+    "ring_capacity": "messages each room keeps in memory for members that fall behind",
+    "rate": "commands per second one connection may send, sustained",
+    "burst": "commands one connection may send at once before --rate applies",
+    "retain_days": "days room messages are kept; 0: forever",
+    "retain_count": "messages kept per room; 0: all",
+    "quiet_above": "rooms with more members do not announce joins, leaves and quits",
+    "login_failures": "failed logins for one name from one address in --login-window",
+    "name_failures": "failed logins for one name from new addresses in --login-window",
+    "address_failures": "failed logins from one address, any names, in --login-window",
+    "login_window": "seconds a failed login counts against its limits",
+    "registrations": "registrations from one address in --register-window",
+    "register_window": "seconds a registration counts against --registrations",
+    "hash_workers": "password hashes computed at once (argon2id: 64 MiB each)",
+    "hash_queue": "password hashes that may wait for a worker; beyond: 'busy, try again'",
+    "cache_bytes": "bytes each cache of encoded messages keeps (memory under floods)",
+}
+
+# The settings ``roomcast user`` needs: where the store is (and how much to log).
+STORE_FIELDS = ("data_dir", "store", "log_level")
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    only: Sequence[str] | None = None,
+) -> None:
+    """Add one flag per ``Config`` field (or per field named in ``only``), defaulting to the
+    environment or the built-in value. Fields left out keep their built-in value, whatever
+    the environment says, so that ``from_arguments`` still finds them all."""
+    base = Config.from_env(environ if only is None else _only(environ, only))
     for f in fields(Config):
         default = getattr(base, f.name)
+        if only is not None and f.name not in only:
+            parser.set_defaults(**{f.name: default})
+            continue
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             type=type(default),
             default=default,
-            help=f"(default {default!r}; env ROOMCAST_{f.name.upper()})",
+            # argparse %-formats help texts: a '%' of ours must not be taken for a format
+            help=f"{FLAG_HELP.get(f.name, '')} (default {default!r};"
+            f" env ROOMCAST_{f.name.upper()})".replace("%", "%%"),
         )
+
+
+def _only(environ: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
+    """The ``ROOMCAST_*`` variables of the fields ``names``."""
+    keys = {f"ROOMCAST_{name.upper()}" for name in names}
+    return {k: v for k, v in environ.items() if k in keys}
 
 
 def from_arguments(args: argparse.Namespace) -> Config:

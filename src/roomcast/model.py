@@ -38,6 +38,7 @@ __all__ = [
     "Nick",
     "Private",
     "PrivateDraft",
+    "PrivateHistory",
     "PrivateMessage",
     "Quit",
     "Register",
@@ -57,18 +58,35 @@ __all__ = [
     "fold",
     "room_name",
     "seq_number",
+    "seq_text",
     "user_name",
 ]
 
 MAX_NAME = 32  # characters in a user or room name (without the '#')
 MAX_TEXT = 4000  # characters in one message's text
 MAX_SEQ = 2**63 - 1  # the largest sequence number (a signed 64-bit integer in every store)
+MAX_SEQ_DIGITS = len(str(MAX_SEQ))  # 19: a longer number is refused before it is converted
 
 _NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME}}}")
-# C0 and C1 control characters and DEL: stripped so nobody can drive another's terminal.
-# Message text keeps line feeds (multi-line messages); one-line values lose them too.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_CONTROL_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# Characters that change what a text looks like without being seen (docs/security.md):
+# - Bidi_Control (U+061C, U+200E-F, U+202A-E, U+2066-9): an override (U+202E) shows
+#   what follows backwards, so "gnp.exe" reads "exe.png";
+# - the invisible ones among the format characters: soft hyphen, Mongolian vowel
+#   separator, zero-width space, word joiner, invisible operators, deprecated format
+#   characters (U+206A-F), zero-width no-break space (BOM), interlinear annotations and
+#   the language tag. Zero-width joiner and non-joiner (emoji sequences, Persian and Indic
+#   scripts) and the emoji tag characters (subdivision flags) stay: they are needed.
+_INVISIBLE = (
+    "\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+    "\ufeff\ufff9-\ufffb\U000e0001"
+)
+# Those, C0 and C1 control characters and DEL: stripped so nobody can drive another's
+# terminal or disguise a text. Message text keeps line feeds (multi-line messages; the line
+# and paragraph separators U+2028 and U+2029 become line feeds); one-line values lose them.
+_CONTROL = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_INVISIBLE}]")
+_CONTROL_LINE = re.compile(f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f\\u2028\\u2029{_INVISIBLE}]")
+_CONTROL_ASCII = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # _CONTROL for ASCII text
+_HIDDEN = re.compile(f"[{_INVISIBLE}]")
 
 
 def seq_number(n: int) -> int:
@@ -76,6 +94,21 @@ def seq_number(n: int) -> int:
     if not 0 <= n <= MAX_SEQ:
         raise ClientError("bad_seq", f"a sequence number is between 0 and {MAX_SEQ}")
     return n
+
+
+def seq_text(text: str) -> int | None:
+    """The sequence number (or count) ``text`` spells in ASCII digits; ``None`` if it is not
+    digits; ``bad_seq`` above ``MAX_SEQ``.
+
+    The length is checked before the conversion: ``int()`` of thousands of digits costs time
+    quadratic in their number and, past 4,300 digits, raises ``ValueError``.
+    """
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0")
+    if len(digits) > MAX_SEQ_DIGITS:
+        raise ClientError("bad_seq", f"a sequence number is between 0 and {MAX_SEQ}")
+    return seq_number(int(digits or "0"))
 
 
 def fold(name: str) -> str:
@@ -115,9 +148,15 @@ def _strip_controls(text: str) -> str:
 
 
 def clean_text(text: str) -> str:
-    """Strip control characters but line feeds (CRLF becomes LF, tabs become spaces) and
-    check the length; ``bad_text`` if nothing is left or it is too long."""
-    cleaned = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\t", " ")).strip()
+    """Strip control characters but line feeds, bidi controls and invisible characters
+    (CRLF, U+2028 and U+2029 become LF, tabs become spaces) and check the length;
+    ``bad_text`` if nothing is left or it is too long."""
+    text = text.replace("\r\n", "\n").replace("\t", " ")
+    if text.isascii():  # the usual case: a shorter character class is faster
+        cleaned = _CONTROL_ASCII.sub("", text).strip()
+    else:
+        text = text.replace("\u2028", "\n").replace("\u2029", "\n")
+        cleaned = _CONTROL.sub("", text).strip()
     if not cleaned:
         raise ClientError("bad_text", "the message is empty: type some text")
     if len(cleaned) > MAX_TEXT:
@@ -229,7 +268,8 @@ class Who:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rooms:
-    """List the rooms with their member counts."""
+    """List the rooms with their member counts, the unread counts of one's own rooms and
+    the current room."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -252,23 +292,26 @@ class Login:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Authenticated:
-    """Become the registered user ``name``, whose identity a transport has already proven
-    (a signed token). Never parsed from client text."""
+    """Become the account with id ``account``, as a signed token says (the transport checked
+    the signature); the hub checks that the account still exists and that its token
+    ``generation`` has not moved on. Never parsed from client text."""
 
-    name: str
-
-    def __post_init__(self) -> None:
-        user_name(self.name)
+    account: str
+    generation: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Logout:
-    """End this session's login; the connection stays, without a name."""
+    """End this session's login; the connection stays, without a name. ``everywhere``: end
+    every session of the account and revoke every token issued to it."""
+
+    everywhere: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FetchHistory:
-    """A page of a room's history (any room; ``None`` means the current one).
+    """A page of a room's history (any room; ``None`` means the current one), or, with
+    ``user``, of the private conversation between the session's user and ``user``.
 
     At most one of ``before``, ``after``, ``around`` (sequence numbers); none means the newest.
     """
@@ -278,10 +321,15 @@ class FetchHistory:
     after: int | None = None
     around: int | None = None
     limit: int = 50
+    user: str | None = None  # the other person of a private conversation
 
     def __post_init__(self) -> None:
         if self.room is not None:
             object.__setattr__(self, "room", room_name(self.room))
+        if self.user is not None:
+            user_name(self.user)
+            if self.room is not None:
+                raise ClientError("bad_history", "give a room or a user, not both")
         bounds = [b for b in (self.before, self.after, self.around) if b is not None]
         if len(bounds) > 1:
             raise ClientError("bad_history", "give at most one of before, after or around")
@@ -302,8 +350,12 @@ class Search:
     def __post_init__(self) -> None:
         if self.room is not None:
             object.__setattr__(self, "room", room_name(self.room))
-        if not self.words.strip():
+        # Control characters (NUL among them) separate words, as punctuation does; invisible
+        # ones go, as they do from message text.
+        words = " ".join(_CONTROL.sub(" ", _HIDDEN.sub("", self.words)).split())
+        if not words:
             raise ClientError("bad_search", "give some words to search for")
+        object.__setattr__(self, "words", words)
         if self.limit < 1:
             raise ClientError("bad_search", f"the limit must be 1 or more, got {self.limit}")
 
@@ -363,6 +415,7 @@ class Draft:
     kind: Kind
     text: str  # the text (MESSAGE, ACTION), reason (LEAVE, QUIT) or new name (NICK)
     ts: float  # UTC server time, seconds since the epoch
+    signed: bool = False  # the sender was signed in to an account (else a guest, or unknown)
 
     def with_seq(self, seq: int) -> Message:
         """The stored message: this draft under the room's sequence number ``seq``."""
@@ -374,6 +427,7 @@ class Draft:
             kind=self.kind,
             text=self.text,
             ts=self.ts,
+            signed=self.signed,
         )
 
 
@@ -388,6 +442,9 @@ class Message:
     kind: Kind
     text: str  # the text (MESSAGE, ACTION), reason (LEAVE, QUIT) or new name (NICK)
     ts: float  # UTC server time, seconds since the epoch
+    # The sender was signed in to an account: a guest's words (or a message stored before
+    # this was recorded) are never the later account's of the same name.
+    signed: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -400,6 +457,8 @@ class PrivateDraft:
     kind: Kind  # MESSAGE or ACTION
     text: str
     ts: float  # UTC server time, seconds since the epoch
+    signed: bool = False  # the sender was signed in to an account
+    recipient_signed: bool = False  # it was sent to an account (not to a guest of that name)
 
     def with_seq(self, seq: int) -> Private:
         """The stored private message under the store-wide sequence number ``seq``."""
@@ -411,6 +470,8 @@ class PrivateDraft:
             kind=self.kind,
             text=self.text,
             ts=self.ts,
+            signed=self.signed,
+            recipient_signed=self.recipient_signed,
         )
 
 
@@ -425,6 +486,8 @@ class Private:
     kind: Kind  # MESSAGE or ACTION
     text: str
     ts: float  # UTC server time, seconds since the epoch
+    signed: bool = False  # the sender was signed in to an account
+    recipient_signed: bool = False  # it was sent to an account (not to a guest of that name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -461,14 +524,18 @@ class RoomEntry:
 
     name: str
     members: int  # online members
-    unread: int | None = None  # for a registered member: messages after its read marker
+    # for the asker's own rooms: messages it has not been sent yet (after its read marker);
+    # None for the other rooms
+    unread: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RoomList:
-    """The rooms, sorted by name."""
+    """Every room (with members online or history kept), sorted by name, and the asker's
+    current room: where its plain text goes (``None``: it is in no room)."""
 
     rooms: tuple[RoomEntry, ...]
+    current: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -500,6 +567,18 @@ class History:
     messages: tuple[Message, ...]
     oldest_seq: int  # oldest message still kept: older ones were cut by retention
     latest_seq: int  # newest message of the room
+    capped: int | None = None  # the limit asked for was over the cap and cut to this
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivateHistory:
+    """A page of the private conversation between the asking user and ``user``, oldest
+    first: only what the asker said and received as the identity it has now."""
+
+    user: str  # the other person, as asked
+    messages: tuple[Private, ...]
+    oldest_seq: int  # the oldest message of the conversation it may read (latest_seq + 1: none)
+    latest_seq: int  # the newest one (0: none)
     capped: int | None = None  # the limit asked for was over the cap and cut to this
 
 
@@ -543,6 +622,7 @@ Event = (
     | Unread
     | Summary
     | History
+    | PrivateHistory
     | SearchResults
     | Missed
     | Error

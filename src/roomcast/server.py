@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+from roomcast.auth import Passwords
 from roomcast.config import Config
 from roomcast.hub import Hub, Limits
 from roomcast.net.tcp import LineServer, TcpLimits
@@ -40,6 +41,7 @@ class Server:
         self.store = await open_store(url)
         self.hub = Hub(
             self.store,
+            passwords=Passwords(workers=cfg.hash_workers, queue=cfg.hash_queue),
             limits=Limits(
                 ring_capacity=cfg.ring_capacity,
                 rate=cfg.rate,
@@ -47,13 +49,22 @@ class Server:
                 retain_age=cfg.retain_days * 86400 if cfg.retain_days > 0 else None,
                 retain_count=cfg.retain_count if cfg.retain_count > 0 else None,
                 quiet_above=cfg.quiet_above,
+                login_failures=cfg.login_failures,
+                name_failures=cfg.name_failures,
+                address_failures=cfg.address_failures,
+                login_window=cfg.login_window,
+                registrations=cfg.registrations,
+                register_window=cfg.register_window,
             ),
         )
         self._upkeep = asyncio.create_task(self.hub.maintain())
         self.line = LineServer(
             self.hub,
             limits=TcpLimits(
-                max_line=cfg.max_line, high_water=cfg.high_water, stall_timeout=cfg.stall_timeout
+                max_line=cfg.max_line,
+                high_water=cfg.high_water,
+                stall_timeout=cfg.stall_timeout,
+                cache_bytes=cfg.cache_bytes,
             ),
         )
         await self.line.start(cfg.host, cfg.port)
@@ -66,7 +77,10 @@ class Server:
                 self.hub,
                 tokens,
                 limits=WebLimits(
-                    origins=origins, high_water=cfg.high_water, stall_timeout=cfg.stall_timeout
+                    origins=origins,
+                    high_water=cfg.high_water,
+                    stall_timeout=cfg.stall_timeout,
+                    cache_bytes=cfg.cache_bytes,
                 ),
             )
             await self.web.start(cfg.host, cfg.http_port)

@@ -68,10 +68,14 @@ class User:
     """An online user: one name, one or more sessions, the rooms it is in."""
 
     __slots__ = (
+        "account_id",
         "dirty",
+        "generation",
         "inbox",
         "marks",
         "name",
+        "private_epoch",
+        "private_floor",
         "private_mark",
         "registered",
         "rooms",
@@ -84,11 +88,17 @@ class User:
         # never get one, and an idle channel would cost each connection a tenth of its memory)
         self.inbox: Sender[Private] | None = None
         self.registered = registered  # has an account: memberships and markers persist
+        self.account_id: str | None = None  # the account's id, once registered or logged in
+        self.generation = 0  # the account's token generation when it logged in
         self.rooms: dict[str, Room] = {}  # room name -> room, in join order
         self.sessions: list[Session] = []  # open sessions of this user
         self.marks: dict[str, int] = {}  # room -> newest seq handed to any of its sessions
         self.private_mark = 0  # newest private message seq handed to any of its sessions
         self.dirty = False  # marks moved since they were last written
+        # A guest's private history: what it sent and received under its present name, from
+        # its first such private message on (None: none yet). See Hub._private_history.
+        self.private_floor: int | None = None
+        self.private_epoch = 0  # how many times the guest changed its name
 
     def mark(self, room: str, seq: int) -> None:
         """Record that ``room`` was read up to ``seq``."""
@@ -101,6 +111,19 @@ class User:
         if seq > self.private_mark:
             self.private_mark = seq
             self.dirty = True
+
+    def took_part(self, seq: int, epoch: int) -> None:
+        """Private message ``seq``, which this guest sent or was sent under the name it had
+        at ``epoch`` (its ``private_epoch`` when the message was queued), is stored: its
+        private history starts at the first such message. One stored across a change of
+        name is not the new name's."""
+        if epoch == self.private_epoch and (self.private_floor is None or seq < self.private_floor):
+            self.private_floor = seq
+
+    def renamed(self) -> None:
+        """The guest has another name: its private history starts again, empty."""
+        self.private_epoch += 1
+        self.private_floor = None
 
 
 class _Refill:
@@ -272,6 +295,16 @@ class Session:
         """Whether something is waiting to be read from the store (a lag, a replay)."""
         return bool(self._refill) or self._private_gap is not None
 
+    def delivered(self, room: str) -> int | None:
+        """The seq of the newest message of ``room`` this session has handed out; ``None``
+        if it is not in ``room``. O(1): read from its receiver, or the range it still has to
+        read from the store."""
+        rx = self._rooms.get(room)
+        if rx is None:
+            return None
+        refill = self._refill.get(room)
+        return rx.next_seq - 1 if refill is None else refill.first - 1
+
     def _take_private(self, out: list[Event], max_count: int) -> None:
         assert self._inbox is not None
         try:
@@ -392,13 +425,20 @@ class Session:
         """Private messages up to ``seq`` are not this session's to deliver (a new account)."""
         self._private_seen = max(self._private_seen, seq)
 
-    def unsubscribe(self, room: str) -> None:
-        """Stop receiving ``room``, keeping what was said in it up to now."""
+    def tell(self, event: Event) -> None:
+        """Deliver ``event`` (news from the hub about this session) before what its rooms
+        have ready, after what is pending already."""
+        self._pend([event])
+        self._wake()
+
+    def unsubscribe(self, room: str, *, keep: bool = True) -> None:
+        """Stop receiving ``room``, keeping what was said in it up to now; with ``keep``
+        false, dropping what was not handed out yet (a join undone: it never happened)."""
         rx = self._rooms.pop(room, None)
         if rx is None:
             return
         self._refill.pop(room, None)
-        while True:
+        while keep:
             try:
                 self._pend(rx.try_recv_many(len(rx) or 1)[1])
             except Lagged as lag:
@@ -424,16 +464,18 @@ class Session:
             self._inbox = inbox.subscribe()
             self._wake()  # the writer re-arms on the new receiver
 
-    def detach(self) -> None:
+    def detach(self, *, keep: bool = True) -> None:
         """Drop the user and every receiver; the session is NEW again.
 
-        What was ready for it is kept and still delivered: nothing said before is lost.
+        What was ready for it is kept and still delivered: nothing said before is lost. With
+        ``keep`` false it is dropped: a name or login undone, as if it had never been.
         """
         for room in list(self._rooms):
-            self.unsubscribe(room)
+            self.unsubscribe(room, keep=keep)
         if self._inbox is not None:
             with contextlib.suppress(Lagged, Empty, ChannelClosed):
-                self._pend(self._inbox.try_recv_many(len(self._inbox) or 1)[1])
+                if keep:
+                    self._pend(self._inbox.try_recv_many(len(self._inbox) or 1)[1])
             self._inbox.close()
             self._inbox = None
         if self.user is not None:

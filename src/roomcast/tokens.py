@@ -1,9 +1,16 @@
 """Signed, expiring login tokens: ``base64url(payload) "." base64url(HMAC-SHA256(payload))``.
 
-The payload is the JSON ``{"n": name, "e": expiry}`` (UTC seconds). A token proves that the
-server logged ``name`` in before ``expiry``; it carries no password. The signing key is 32
-random bytes kept in the data directory (``secret.key``, mode 0600), so tokens outlive a
-restart; without a data directory a key is made per process.
+The payload is the JSON ``{"a": account id, "g": generation, "e": expiry}`` (UTC seconds). A
+token proves that the server logged the account in before ``expiry``, when the account's
+token generation was ``g``; it carries no password and no name. The signature is all this
+module checks: whether the account still exists and still has that generation (no password
+change, no "log out everywhere" since) is the hub's check, made on every use
+(``Hub.authenticate``). Naming the account by its id, which is never reused, keeps a token
+from passing to a later account of the same name.
+
+The signing key is 32 random bytes kept in the data directory (``secret.key``, mode 0600, in
+a directory made 0700: ``roomcast.files``), so tokens outlive a restart; without a data
+directory a key is made per process.
 """
 
 from __future__ import annotations
@@ -15,12 +22,16 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from roomcast.errors import ClientError
-from roomcast.model import user_name
+from roomcast.files import narrow, private_dir
 
-__all__ = ["Tokens", "load_key"]
+__all__ = ["Claims", "Tokens", "load_key"]
+
+_MAX_ID = 64  # characters in an account id claim
+_MAX_GENERATION = 2**53  # generations beyond are not a counter of ours
 
 _KEY_FILE = "secret.key"
 
@@ -32,8 +43,9 @@ def load_key(data_dir: str | None) -> bytes:
     path = Path(data_dir) / _KEY_FILE
     try:
         key = path.read_bytes()
+        narrow(path)  # an older version may have left it readable by others
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         key = os.urandom(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -51,6 +63,20 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claims:
+    """What a correctly signed, unexpired token says."""
+
+    account: str  # the account's id (``Account.id``)
+    generation: int  # the account's token generation when the token was issued
+
+
+def _valid_id(value: object) -> bool:
+    return (
+        isinstance(value, str) and 0 < len(value) <= _MAX_ID and value.isascii() and value.isalnum()
+    )
+
+
 class Tokens:
     """Issues and checks tokens signed with one key."""
 
@@ -64,14 +90,17 @@ class Tokens:
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode("ascii"), hashlib.sha256).digest())
 
-    def issue(self, name: str) -> str:
-        """A token for ``name``, valid for ``ttl`` seconds."""
-        body = json.dumps({"n": name, "e": int(self._clock() + self.ttl)}, separators=(",", ":"))
-        payload = _b64(body.encode())
+    def issue(self, account: str, generation: int) -> str:
+        """A token for the account with id ``account`` at token ``generation``, valid for
+        ``ttl`` seconds."""
+        claims = {"a": account, "g": generation, "e": int(self._clock() + self.ttl)}
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         return f"{payload}.{self._sign(payload)}"
 
-    def verify(self, token: str) -> str:
-        """The name ``token`` was issued for; ``ClientError`` ``bad_token`` or ``expired_token``."""
+    def verify(self, token: str) -> Claims:
+        """What ``token`` says, if this key signed it and it has not expired; else
+        ``ClientError`` ``bad_token`` or ``expired_token``. Tokens of the older
+        ``{"n": name}`` form are ``bad_token``: they named no account id."""
         bad = ClientError("bad_token", "the token is not valid: log in again")
         payload, dot, signature = token.partition(".")
         if not dot or not payload.isascii() or not signature.isascii():
@@ -80,15 +109,13 @@ class Tokens:
             raise bad
         try:
             claims = json.loads(_unb64(payload))
-            name, expiry = claims["n"], claims["e"]
+            account, generation, expiry = claims["a"], claims["g"], claims["e"]
         except (ValueError, KeyError, TypeError, RecursionError):
             raise bad from None
-        if not isinstance(name, str) or type(expiry) is not int:
+        if not _valid_id(account) or type(expiry) is not int or type(generation) is not int:
             raise bad
-        try:
-            user_name(name)
-        except ClientError:
-            raise bad from None
+        if not 0 <= generation < _MAX_GENERATION:
+            raise bad
         if expiry <= self._clock():
             raise ClientError("expired_token", "the token has expired: log in again")
-        return name
+        return Claims(account=account, generation=generation)

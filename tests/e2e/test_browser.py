@@ -449,6 +449,82 @@ async def test_rooms_unread_counts_and_private_messages(
     await bob.shot("left-general")
 
 
+async def test_a_private_conversation_is_back_after_signing_in_again_and_scrolls_back(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """An account that signs in again and opens @bob finds its earlier private conversation
+    with bob, the newest messages first, and scrolling up loads the older ones to its start."""
+    server = await cheap_server(start_server, rate=1000.0, burst=1000)
+    alice = await web(server)
+    await alice.sign_in("alice", PASSWORD, register=True)
+    bob = await clients.connect(server, "bob")
+    await bob.send("/register correct-horse-9")  # one word: the line protocol's argument
+    await bob.expect("-- registered bob: ", max_lines=5)
+    texts = [f"private {n:03}" for n in range(120)]
+    await bob.send(*(f"/msg alice {text}" for text in texts))
+    await bob.expect(f"[pm bob -> alice] {texts[-1]}", exact=True, max_lines=300)
+    await alice.page.locator("#dm-list button[data-key='@bob']").click()
+    await expect(alice.message(texts[-1])).to_have_count(1)
+    await alice.say("my answer")
+    await bob.expect("[pm alice -> bob] my answer", exact=True)
+    await alice.context.close()
+    await bob.expect("[#general] <-- alice quit", max_lines=10)
+
+    back = await web(server)
+    await back.sign_in("alice", PASSWORD)
+    await back.page.locator("#join-input").fill("@bob")
+    await back.page.get_by_role("button", name="Join", exact=True).click()
+    await expect(back.page.locator("#conv-title")).to_have_text("@bob")
+    await expect(back.message("my answer")).to_have_count(1)
+    await expect(back.messages.locator("li.msg.mine .text")).to_have_text(["my answer"])
+    shown = back.messages.locator("li.msg")
+    first_page = await shown.count()
+    assert 0 < first_page < len(texts)
+    await back.shot("newest")
+
+    scroller = back.page.locator("#scroller")
+    start = back.messages.locator("li.start")
+    for _ in range(len(texts) // 50 + 2):  # one page of 50 per scroll, at most
+        if await start.count():
+            break
+        count = await shown.count()
+        await scroller.evaluate("box => { box.scrollTop = 0; }")
+        await expect(shown.nth(count)).to_be_attached()
+    await expect(start).to_have_text("Private messages between you and bob: only you two see them.")
+    assert await back.chat_texts() == [*texts, "my answer"]
+    await back.shot("start")
+
+
+async def test_a_former_guests_messages_are_not_shown_as_the_accounts_own(
+    start_server: StartServer, clients: Clients, web: Web
+) -> None:
+    """When an account bob signs in after a guest bob talked, the guest's messages are marked
+    as a guest's and not as the account's own; only what the account says is."""
+    server = await cheap_server(start_server)
+    witness = await clients.connect(server, "carol")
+    guest = await web(server)
+    await guest.sign_in("bob")
+    await guest.say("said by a guest")
+    await expect(guest.messages.locator("li.msg.mine .text")).to_have_text(["said by a guest"])
+    await guest.context.close()
+    await witness.expect("[#general] <-- bob quit", max_lines=10)
+
+    account = await web(server)
+    await account.sign_in("bob", PASSWORD, register=True)
+    await expect(account.message("said by a guest")).to_have_count(1)
+    await account.say("said by the account")
+    await expect(account.message("said by the account")).to_have_count(1)
+    await expect(account.messages.locator("li.msg.mine .text")).to_have_text(
+        ["said by the account"]
+    )
+    by_guest = account.messages.locator("li.msg").filter(has_text="said by a guest")
+    await expect(by_guest.locator(".guest")).to_have_text("guest")
+    by_account = account.messages.locator("li.msg").filter(has_text="said by the account")
+    await expect(by_account).not_to_have_class(re.compile(r"\bcont\b"))  # a group of its own
+    await expect(by_account.locator(".guest")).to_have_count(0)
+    await account.shot("guest-and-account")
+
+
 # --- the protocol under the page ----------------------------------------------------------
 
 

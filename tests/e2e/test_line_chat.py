@@ -25,6 +25,7 @@ from roomcast.server import Server
 from roomcast.wire.line import GREETING, HELP
 from tests.e2e.conftest import (
     TIMEOUT,
+    Client,
     Clients,
     LogWatch,
     Serve,
@@ -330,19 +331,34 @@ async def test_who_lists_a_rooms_members_sorted_case_insensitively(
     assert await bob.expect("! ") == "! there is no room #nowhere: /rooms lists them"
 
 
-async def test_rooms_lists_every_room_with_its_member_count(
+async def rooms(client: Client) -> list[str]:
+    """Send /rooms and return its answer: the header ('-- rooms: N; ...'), then N lines."""
+    await client.send("/rooms")
+    header = await client.expect(lambda line: line.startswith("-- rooms: "))
+    count = re.match(r"-- rooms: (\d+)", header)
+    assert count is not None, header
+    return [header] + [await client.readline() for _ in range(int(count.group(1)))]
+
+
+async def test_rooms_lists_rooms_with_nobody_online_and_the_unread_counts_of_mine(
     server: Server, clients: Clients
 ) -> None:
-    """/rooms answers '-- rooms: #general (2), #rust (1)' and forgets a room when it empties."""
+    """/rooms lists every room, those nobody is in now included (as the HTTP API does), with
+    its member count, and for the rooms one is in, how many messages one has not been sent."""
     alice = await clients.connect(server, "alice")
     bob = await clients.connect(server, "bob")
     await bob.join("#rust")
-    await alice.send("/rooms")
-    assert await alice.expect("-- rooms:") == "-- rooms: #general (2), #rust (1)"
     await bob.send("/leave #rust")
-    await bob.expect("-- you left #rust", exact=True)
+    await bob.expect("-- you left #rust", max_lines=5)
+    assert await rooms(alice) == [
+        "-- rooms: 2; text goes to #general",
+        "--   #general  2 online, joined, 0 unread, current",
+        "--   #rust     0 online",
+    ]
     await alice.send("/list")  # the alias
-    assert await alice.expect("-- rooms:") == "-- rooms: #general (2)"
+    assert await alice.expect("-- rooms: ") == "-- rooms: 2; text goes to #general"
+    await alice.send("/who #rust")  # listed, so /who knows it too
+    assert await alice.expect("-- #rust") == "-- #rust: nobody is online (0)"
 
 
 async def test_nick_renames_tells_every_room_and_frees_the_old_name(
@@ -387,7 +403,7 @@ async def test_leave_stops_the_rooms_messages_and_returns_to_the_previous_room(
     await alice.join("#rust")
     await bob.join("#rust")
     await alice.send("/leave")
-    assert await alice.expect("-- you left") == "-- you left #rust"
+    await alice.expect("-- you left #rust", max_lines=5)
     await bob.expect("[#rust] <-- alice left", exact=True)
 
     await bob.send("after she left")
@@ -401,7 +417,34 @@ async def test_leave_stops_the_rooms_messages_and_returns_to_the_previous_room(
     assert await alice.expect("! ") == "! you are not in #rust: join it first"
     await alice.send("/leave #general", "nowhere to talk")
     assert await alice.expect("! ") == "! you are in no room: join one first"
-    assert "-- you left #general" in alice.lines
+    assert [line for line in alice.lines if line.startswith("-- you left #general")]
+
+
+async def test_leaving_the_current_room_says_where_text_goes_now(
+    server: Server, clients: Clients
+) -> None:
+    """/leave of the current room names the room plain text goes to from now on (or says
+    there is none), and /rooms marks it current; leaving another room changes nothing."""
+    alice = await clients.connect(server, "alice")
+    for room in ("#a", "#b", "#c"):
+        await alice.join(room)
+    await alice.send("/leave #a")  # not the current room: text still goes to #c
+    assert await alice.expect("-- you left") == "-- you left #a"
+    await alice.send("/leave")
+    assert await alice.expect("-- you left") == "-- you left #c; text now goes to #b"
+    assert (await rooms(alice))[:3] == [
+        "-- rooms: 4; text goes to #b",
+        "--   #a        0 online",
+        "--   #b        1 online, joined, 0 unread, current",
+    ]
+    await alice.send("where am i")
+    await alice.expect("[#b] alice: where am i", exact=True)
+    await alice.send("/leave #b", "/leave #general")
+    await alice.expect("-- you left #b; text now goes to #general", exact=True)
+    assert await alice.expect("-- you left #general") == (
+        "-- you left #general; you are in no room now: /join #room to talk"
+    )
+    assert (await rooms(alice))[0] == "-- rooms: 4; you are in no room: /join #room to talk"
 
 
 async def test_help_lists_the_commands(server: Server, clients: Clients) -> None:

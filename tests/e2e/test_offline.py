@@ -36,7 +36,8 @@ PASSWORD = "correct-horse-9"  # every account's password, unless a test says oth
 NUMBERED = re.compile(r"\[#general\] (\w+): n (\d+) x+")  # numbered lines, as received
 # One line of a history or search listing: "SEQ YYYY-MM-DD HH:MM [#room] name: text".
 LISTED = re.compile(r"(\d+) \d{4}-\d\d-\d\d \d\d:\d\d (\[#[^\]]+\] .*)")
-FOOTERS = ("-- limited to ", "-- older: ", "-- messages of ")  # what may end a listing
+# what may end a listing
+FOOTERS = ("-- limited to ", "-- older: ", "-- newer: ", "-- messages of ", "-- kept: ")
 MISSED = re.compile(  # what a client is told about messages it can no longer get
     r"! missed (\d+) messages of (#\S+) \(seq (\d+)-(\d+)\): they are no longer kept"
 )
@@ -242,16 +243,19 @@ async def test_a_returning_user_gets_a_summary_the_latest_200_per_room_and_its_p
     before = first_seq["#a"]
     block = await listing(alice, f"/history #a before {before} 50")
     assert block[0] == f"-- history of #a: seq {before - 50}-{before - 1}"
-    assert block[-1] == f"-- older: /history #a before {before - 50}"
+    assert block[-2:] == [
+        f"-- older: /history #a before {before - 50}",
+        f"-- newer: /history #a after {before - 1}",
+    ]
     assert entries(block) == [(before - 50 + i, f"[#a] bob: a {50 + i:03d}") for i in range(50)]
     paged: list[tuple[int, str]] = []
     for _ in range(10):
         block = await listing(alice, f"/history #a before {before} 50")
         paged = entries(block) + paged
-        hint = block[-1].removeprefix("-- older: /history #a before ")
-        if hint == block[-1]:
+        older = [line for line in block if line.startswith("-- older: /history #a before ")]
+        if not older:
             break
-        before = int(hint)
+        before = int(older[0].removeprefix("-- older: /history #a before "))
     assert [seq for seq, _ in paged] == list(range(1, first_seq["#a"]))
     assert [text for _, text in paged] == [
         "[#a] --> alice joined",
@@ -301,8 +305,9 @@ async def test_what_a_user_read_online_is_not_replayed_at_its_next_login(
 async def test_rooms_counts_what_a_stalled_user_has_not_been_sent_yet(
     start_server: StartServer, clients: Clients, tmp_path: Path
 ) -> None:
-    """'/rooms' shows '#a (2, N unread)' for a registered user that stopped reading, where N is
-    exactly the number of messages it had not been sent when it asked; once caught up, none."""
+    """'/rooms' shows '#a  2 online, joined, N unread' for a registered user that stopped
+    reading, where N is exactly the number of messages it had not been sent when it asked;
+    once caught up, 0."""
     server = await sqlite_server(
         start_server, tmp_path, ring_capacity=16, high_water=16384, stall_timeout=300.0
     )
@@ -323,15 +328,23 @@ async def test_rooms_counts_what_a_stalled_user_has_not_been_sent_yet(
     start = len(alice.lines)
     await alice.send("/rooms")  # the server reads it once alice takes some of her backlog
     alice.resume_reading()
-    rooms = await alice.expect(lambda line: line.startswith("-- rooms: "), max_lines=count + 50)
+    header = await alice.expect(lambda line: line.startswith("-- rooms: "), max_lines=count + 50)
     sent_before = len([x for x in alice.lines[start:] if x.startswith("[#a] bob: n ")])
-    unread = re.fullmatch(r"-- rooms: #a \(2, (\d+) unread\), #general \(2\)", rooms)
-    assert unread is not None, rooms
+    assert header == "-- rooms: 2; text goes to #a"
+    unread = re.fullmatch(
+        r"--   #a        2 online, joined, (\d+) unread, current", await alice.readline()
+    )
+    assert unread is not None, alice.lines[-1]
     assert int(unread.group(1)) == count - sent_before > 0
+    assert await alice.readline() == "--   #general  2 online, joined, 0 unread"
 
     await alice.expect(f"[#a] bob: n {count - 1:04d} ", max_lines=count + 50)
     await alice.send("/rooms")
-    assert await alice.expect("-- rooms: ") == "-- rooms: #a (2), #general (2)"
+    assert await alice.expect("-- rooms: ") == "-- rooms: 2; text goes to #a"
+    assert [await alice.readline() for _ in range(2)] == [
+        "--   #a        2 online, joined, 0 unread, current",
+        "--   #general  2 online, joined, 0 unread",
+    ]
 
 
 # --- 4. join since N --------------------------------------------------------------------------
@@ -369,7 +382,7 @@ async def test_join_since_n_gives_every_later_message_once_then_live_without_a_s
         assert [seq for seq, _ in stored] == list(range(since + 1, since + 1 + len(stored)))
 
         await joiner.send("/leave #r")
-        await joiner.expect_all("-- you left #r", "[#r] <-- joiner left")
+        await joiner.expect_all("-- you left #r; text now goes to #general", "[#r] <-- joiner left")
 
 
 # --- 5. a crash -------------------------------------------------------------------------------
@@ -573,6 +586,52 @@ async def test_a_huge_history_count_is_capped_at_500(
     assert block[-2:] == ["-- limited to 500 messages", "-- older: /history #general before 102"]
 
 
+async def test_a_history_page_after_n_offers_the_newer_page_not_the_older_one(
+    start_server: StartServer, clients: Clients, tmp_path: Path
+) -> None:
+    """'/history #general after 5 3' lists seq 6-8, offers '-- newer: ... after 8' to read on
+    (and '-- older: ... before 6' to go back); the newest page offers nothing newer."""
+    server = await sqlite_server(start_server, tmp_path)
+    alice = await clients.connect(server, "alice")
+    await alice.send(*(f"m {i:02d}" for i in range(20)))  # #general: 1 join, 2-21 these
+    await alice.expect("[#general] alice: m 19", exact=True)
+    block = await listing(alice, "/history #general after 5 3")
+    assert block[0] == "-- history of #general: seq 6-8"
+    assert [seq for seq, _ in entries(block)] == [6, 7, 8]
+    assert block[-2:] == [
+        "-- older: /history #general before 6",
+        "-- newer: /history #general after 8",
+    ]
+    block = await listing(alice, "/history #general after 18")
+    assert [seq for seq, _ in entries(block)] == [19, 20, 21]
+    assert block[-1] == "-- older: /history #general before 19"
+    block = await listing(alice, "/history #general after 21")
+    assert block == ["-- history of #general: no messages", "-- kept: #general seq 1-21"]
+
+
+async def test_history_and_search_of_a_room_that_does_not_exist_say_there_is_no_such_room(
+    start_server: StartServer, clients: Clients, tmp_path: Path
+) -> None:
+    """'/history #nosuch' and '/search #nosuch words' answer as '/who #nosuch' does: there
+    is no room #nosuch; a room nobody is in now but that has history still answers."""
+    server = await sqlite_server(start_server, tmp_path)
+    alice = await clients.connect(server, "alice")
+    no_room = "! there is no room #nosuch: /rooms lists them"
+    for command in ("/who #nosuch", "/history #nosuch", "/search #nosuch hello"):
+        await alice.send(command)
+        assert await alice.expect(lambda line: line.startswith(("! ", "-- "))) == no_room
+    await alice.join("#old")
+    await alice.send("hello old", "/leave #old")
+    await alice.expect("-- you left #old", max_lines=5)
+    block = await listing(alice, "/history #old")
+    assert [text for _, text in entries(block)][-2:] == [
+        "[#old] alice: hello old",
+        "[#old] <-- alice left",
+    ]
+    block = await listing(alice, "/search #old hello")
+    assert entries(block) == [(2, "[#old] alice: hello old")]
+
+
 @on_asyncio_only
 async def test_a_sequence_number_too_big_for_sqlite_is_answered_and_the_connection_lives(
     start_server: StartServer, clients: Clients, tmp_path: Path
@@ -608,7 +667,7 @@ async def test_search_finds_messages_with_every_word_newest_first(
     await alice.expect("[#other] alice: cafe lait elsewhere", exact=True)
     # #food: 1 is alice's join, then the texts from 2.
     block = await listing(alice, "/search #food cafe")
-    assert block[0] == "-- search of #food for 'cafe': 3 found: seq 6-2"
+    assert block[0] == "-- search of #food for 'cafe': 3 found, newest first"
     assert entries(block) == [
         (6, "[#food] alice: late cafe with lait"),
         (4, "[#food] alice: a CAFE crème, then more cafe"),
@@ -617,7 +676,7 @@ async def test_search_finds_messages_with_every_word_newest_first(
     block = await listing(alice, "/search #food LAIT café")
     assert [seq for seq, _ in entries(block)] == [6, 2]
     block = await listing(alice, "/search #food coffee")
-    assert block == ["-- search of #food for 'coffee': 0 found: no messages"]
+    assert block == ["-- search of #food for 'coffee': 0 found"]
     block = await listing(alice, "/search lait")  # the current room, #other
     assert entries(block) == [(2, "[#other] alice: cafe lait elsewhere")]
 
@@ -653,6 +712,7 @@ async def test_retention_keeps_the_newest_and_history_says_what_is_gone(
     assert await listing(alice, "/history #general before 17") == [
         "-- history of #general: no messages",
         gone,
+        "-- kept: #general seq 17-21",
     ]
 
     bob = await clients.connect(server, "bob")

@@ -406,14 +406,35 @@ async def test_health_reports_the_version_and_the_counts(
 async def test_the_root_serves_the_web_page_and_an_unknown_path_is_404(
     server: Server, http: aiohttp.ClientSession
 ) -> None:
-    """GET / is an HTML page; GET /nope is 404."""
+    """GET / is an HTML page; GET /nope, a page that does not exist, is a plain 404."""
     async with http.get(http_base(server) + "/") as resp:
         assert resp.status == 200 and resp.content_type == "text/html"
         assert "<title>roomcast" in await resp.text()
     async with http.get(http_base(server) + "/nope") as resp:
-        assert resp.status == 404
-    async with http.get(http_base(server) + "/api/nope") as resp:
-        assert resp.status == 404
+        assert resp.status == 404 and resp.content_type == "text/plain"
+
+
+@pytest.mark.parametrize(
+    "path", ["/api", "/api/", "/api/nope", "/api/rooms/general", "/api/rooms/general/nope"]
+)
+async def test_an_unknown_api_path_answers_a_json_404_like_the_rest_of_the_api(
+    server: Server, http: aiohttp.ClientSession, path: str
+) -> None:
+    """A path under /api that does not exist is 404 with the API's JSON error, not_found."""
+    for method in ("GET", "POST", "DELETE"):
+        assert await refused(http, server, method, path) == (404, "not_found")
+
+
+async def test_a_wrong_method_on_an_api_path_answers_a_json_405_naming_the_allowed_ones(
+    server: Server, http: aiohttp.ClientSession
+) -> None:
+    """DELETE /api/rooms is 405 bad_method with an Allow header and the API's JSON error."""
+    assert await refused(http, server, "DELETE", "/api/rooms") == (405, "bad_method")
+    async with http.put(http_base(server) + "/api/rooms/general/messages") as resp:
+        assert resp.status == 405
+        assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD", "POST"}
+        body = await resp.json()
+        assert body["error"]["code"] == "bad_method"
 
 
 # --- accounts -------------------------------------------------------------------------------
@@ -543,6 +564,7 @@ async def test_history_pages_follow_before_after_and_limit(
         "seq": 1,
         "id": body["messages"][0]["id"],
         "from": "poster",
+        "signed": True,
         "kind": "message",
         "text": "n1",
         "ts": body["messages"][0]["ts"],
@@ -560,9 +582,10 @@ async def test_history_pages_follow_before_after_and_limit(
 
     status, body = await fetch(http, server, "GET", "/api/rooms/General/messages?limit=1")
     assert status == 200 and body["room"] == "#general"  # rooms are case-insensitive
-    status, body = await fetch(http, server, "GET", "/api/rooms/quiet/messages")
-    assert status == 200
-    assert (body["messages"], body["oldest_seq"], body["latest_seq"]) == ([], 1, 0)
+    assert await refused(http, server, "GET", "/api/rooms/quiet/messages") == (
+        404,
+        "no_such_room",
+    )
 
 
 @pytest.mark.parametrize(
@@ -912,9 +935,41 @@ async def test_history_search_who_and_rooms_replies(server: Server, sockets: Soc
     rid = await bob.request({"type": "rooms"})
     assert await bob.reply(rid, "rooms") == {
         "type": "rooms",
-        "rooms": [{"name": "#general", "members": 2, "unread": None}],
+        "rooms": [{"name": "#general", "members": 2, "unread": 0}],
+        "current": "#general",
         "id": rid,
     }
+
+
+async def test_the_rooms_list_on_a_websocket_has_the_rooms_nobody_is_in_now(
+    start_server: StartServer, http: aiohttp.ClientSession, sockets: Sockets
+) -> None:
+    """The rooms frame lists every room the HTTP API lists, those nobody is in now included,
+    with the unread counts of one's own rooms and the room plain text goes to."""
+    server = await start_server(**FAST)
+    token = await register(http, server, "poster")
+    await post(http, server, token, "to an empty room", room="archive")
+    alice = await sockets.ws(server, "alice")
+    bob = await sockets.ws(server, "bob")
+    rid = await bob.request({"type": "join", "room": "#rust"})
+    await bob.reply(rid, "who")
+    rid = await bob.request({"type": "leave", "room": "#rust"})
+    await bob.reply(rid, "info")
+    rid = await alice.request({"type": "rooms"})
+    assert (await alice.reply(rid, "rooms"))["rooms"] == [
+        {"name": "#archive", "members": 0, "unread": None},
+        {"name": "#general", "members": 2, "unread": 0},
+        {"name": "#rust", "members": 0, "unread": None},
+    ]
+    status, body = await fetch(http, server, "GET", "/api/rooms")
+    assert status == 200
+    assert [r["name"] for r in body["rooms"]] == ["#archive", "#general", "#rust"]
+    rid = await bob.request({"type": "leave"})
+    assert (await bob.reply(rid, "info"))["text"] == (
+        "you left #general; you are in no room now: /join #room to talk"
+    )
+    rid = await bob.request({"type": "rooms"})
+    assert (await bob.reply(rid, "rooms"))["current"] is None
 
 
 async def test_join_since_replays_then_goes_live_with_no_duplicate_and_no_hole(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 from collections.abc import AsyncIterator
@@ -23,7 +24,14 @@ def draft(room: str, text: str = "hello", *, ts: float = 1000.0, sender: str = "
     return Draft(id=f"m{next(_ids)}", room=room, sender=sender, kind=Kind.MESSAGE, text=text, ts=ts)
 
 
-def private(recipient: str, text: str = "psst", *, sender: str = "ann") -> PrivateDraft:
+def private(
+    recipient: str,
+    text: str = "psst",
+    *,
+    sender: str = "ann",
+    signed: bool = False,
+    recipient_signed: bool = False,
+) -> PrivateDraft:
     return PrivateDraft(
         id=f"p{next(_ids)}",
         sender=sender,
@@ -31,6 +39,8 @@ def private(recipient: str, text: str = "psst", *, sender: str = "ann") -> Priva
         kind=Kind.MESSAGE,
         text=text,
         ts=1000.0,
+        signed=signed,
+        recipient_signed=recipient_signed,
     )
 
 
@@ -73,6 +83,28 @@ async def test_append_returns_the_draft_as_stored(store: Storage) -> None:
     assert (await store.history("#a", limit=10)).messages == (message,)
 
 
+async def test_whether_the_sender_was_signed_in_is_kept(store: Storage) -> None:
+    """A message says whether its sender was signed in, through append, a run, history and
+    search; a private one also whether it went to an account, through ``privates``."""
+    guest = Draft(id="g", room="#a", sender="bob", kind=Kind.MESSAGE, text="one", ts=1.0)
+    account = dataclasses.replace(guest, id="s", text="two", signed=True)
+    again = dataclasses.replace(guest, id="g2", text="three")
+    stored = [await store.append(guest), *await store.append_many([account, again])]
+    assert [m.signed for m in stored] == [False, True, False]
+    assert (await store.history("#a", limit=10)).messages == tuple(stored)
+    assert [m.signed for m in await store.search("#a", "two", limit=5)] == [True]
+    sent = [
+        await store.append_private(private("bob", signed=s, recipient_signed=r))
+        for s, r in [(True, False), (False, True), (True, True)]
+    ]
+    assert [(p.signed, p.recipient_signed) for p in sent] == [
+        (True, False),
+        (False, True),
+        (True, True),
+    ]
+    assert list(await store.privates("bob", after=0, limit=10)) == sent
+
+
 async def test_append_many_stores_a_run_in_order(store: Storage) -> None:
     """A run across rooms gets the same numbers as appends one by one would, in order."""
     await store.append(draft("#a"))
@@ -108,6 +140,16 @@ async def test_concurrent_appends_are_gap_free(store: Storage) -> None:
         page = await store.history(room, limit=1000)
         assert [m.seq for m in page.messages] == seqs
         assert {m.id for m in page.messages} == {d.id for d, _, _, _ in flat if d.room == room}
+
+
+# --- health -------------------------------------------------------------------------------
+
+
+async def test_a_store_that_can_take_writes_passes_its_check(store: Storage) -> None:
+    """``check`` returns (raises nothing) for a working store, before and after writes."""
+    await store.check()
+    await store.append(draft("#a"))
+    await store.check()
 
 
 # --- history ------------------------------------------------------------------------------
@@ -264,6 +306,82 @@ async def test_private_messages_share_one_sequence(store: Storage) -> None:
     assert list(await store.privates("cy", after=0, limit=10)) == [sent[1], sent[4]]
 
 
+async def test_a_conversation_is_both_directions_of_one_pair_paged_by_seq(
+    store: Storage,
+) -> None:
+    """A conversation holds the messages between two names either way and in any case,
+    and no one else's; it pages like history: newest by default, ``before``, ``after``,
+    both, and ``limit``, always in seq order, with the ends of what the reader may read."""
+    said = []
+    for i in range(10):
+        sender, to = ("ann", "Bob") if i % 2 else ("BOB", "Ann")
+        said.append(
+            await store.append_private(
+                private(to, f"t{i}", sender=sender, signed=True, recipient_signed=True)
+            )
+        )
+        await store.append_private(private("bob", sender="cy", signed=True, recipient_signed=True))
+        await store.append_private(private("cy", sender="ann", signed=True, recipient_signed=True))
+    seqs = [p.seq for p in said]
+
+    async def page(
+        name: str = "ann",
+        other: str = "bob",
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 4,
+    ) -> list[int]:
+        got = await store.conversation(
+            name, other, signed=True, before=before, after=after, limit=limit
+        )
+        assert (got.oldest_seq, got.latest_seq) == (seqs[0], seqs[-1])
+        return [p.seq for p in got.messages]
+
+    newest = await store.conversation("Ann", "BOB", signed=True, limit=4)
+    assert newest.messages == tuple(said[-4:])
+    assert await page("bob", "ann") == seqs[-4:]
+    assert await page(before=seqs[5]) == seqs[1:5]
+    assert await page(after=seqs[5]) == seqs[6:10]
+    assert await page(after=seqs[1], before=seqs[8], limit=100) == seqs[2:8]
+    assert await page(after=seqs[1], before=seqs[8]) == seqs[2:6]
+    assert await page(after=0, limit=100) == seqs
+    assert await page(before=seqs[0]) == []
+    assert await page(after=seqs[-1]) == []
+    assert await page(limit=0) == []
+    empty = await store.conversation("ann", "dora", signed=True, limit=10)
+    assert (empty.messages, empty.oldest_seq, empty.latest_seq) == ((), 1, 0)
+
+
+async def test_a_conversation_holds_only_what_its_reader_took_part_in_as_itself(
+    store: Storage,
+) -> None:
+    """The same pair of names read signed in gives what that name said and was sent signed
+    in; read as a guest, what it said and was sent as a guest, from seq ``first`` on."""
+    rows = [  # sender, recipient, sender signed, recipient signed
+        ("bob", "ann", False, True),  # 1: a guest bob to the account ann
+        ("ann", "bob", True, False),  # 2: the account ann to a guest bob
+        ("bob", "ann", True, True),  # 3: the account bob to the account ann
+        ("ann", "bob", True, True),  # 4: and back
+        ("ann", "bob", False, False),  # 5: a guest ann to a guest bob
+    ]
+    for sender, to, s, r in rows:
+        await store.append_private(private(to, sender=sender, signed=s, recipient_signed=r))
+
+    async def seqs(name: str, other: str, *, signed: bool, first: int = 1) -> list[int]:
+        page = await store.conversation(name, other, signed=signed, first=first, limit=10)
+        return [p.seq for p in page.messages]
+
+    assert await seqs("ann", "bob", signed=True) == [1, 2, 3, 4]
+    assert await seqs("bob", "ann", signed=True) == [3, 4]
+    assert await seqs("bob", "ann", signed=False) == [1, 2, 5]
+    assert await seqs("bob", "ann", signed=False, first=2) == [2, 5]
+    assert await seqs("ann", "bob", signed=False) == [5]
+    page = await store.conversation("bob", "ann", signed=False, first=2, limit=1)
+    assert (page.oldest_seq, page.latest_seq) == (2, 5)
+    await store.append_private(private("ann", sender="ann", signed=True, recipient_signed=True))
+    assert await seqs("ann", "ANN", signed=True) == [6]  # a note to oneself
+
+
 # --- accounts -----------------------------------------------------------------------------
 
 
@@ -290,6 +408,45 @@ async def test_account_names_are_taken_ignoring_case(store: Storage) -> None:
     assert account is not None and (account.name, account.password_hash) == ("Ann", "hash-1")
 
 
+async def test_an_account_is_found_by_a_name_that_looks_like_it(store: Storage) -> None:
+    """account_like finds the account of the name itself first, else one whose name looks
+    like it (``roomcast.names.skeleton``), else nothing; deleted accounts are not found."""
+    ann = await store.create_account("Ann_1", "hash", now=1.0)
+    assert await store.account_like("ANN_1") == ann
+    assert await store.account_like("AnnI") == ann
+    assert await store.account_like("a.n.n.l") == ann
+    assert await store.account_like("anna") is None
+    await store.delete_account("ann_1")
+    assert await store.account_like("annl") is None
+
+
+async def test_a_name_that_looks_like_a_registered_one_cannot_be_registered(
+    store: Storage,
+) -> None:
+    """create_account refuses a look-alike with ``lookalike``, naming the registered name;
+    once that account is deleted, the look-alike can be registered."""
+    await store.create_account("bob", "hash", now=1.0)
+    for name in ("b0b", "BOB_", "-b.o.b-"):
+        with pytest.raises(ClientError) as caught:
+            await store.create_account(name, "hash", now=2.0)
+        assert caught.value.code == "lookalike"
+        assert caught.value.message == (
+            f"{name!r} looks like the registered name 'bob': choose another name"
+        )
+    await store.delete_account("bob")
+    assert (await store.create_account("b0b", "hash", now=3.0)).name == "b0b"
+
+
+async def test_concurrent_look_alike_registrations_let_one_win(store: Storage) -> None:
+    """Registering alice and aIice at once stores exactly one of them."""
+    results = await asyncio.gather(
+        store.create_account("alice", "h", now=1.0),
+        store.create_account("aIice", "h", now=1.0),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["Account", "ClientError"]
+
+
 async def test_set_password(store: Storage) -> None:
     """The password hash can be replaced; for a missing account it fails with ``no_account``."""
     await store.create_account("ann", "old", now=1.0)
@@ -299,6 +456,39 @@ async def test_set_password(store: Storage) -> None:
     with pytest.raises(ClientError) as caught:
         await store.set_password("zed", "x")
     assert caught.value.code == "no_account"
+
+
+async def test_an_account_has_an_id_that_no_later_account_gets(store: Storage) -> None:
+    """A new account has generation 0 and an id it is found by; once deleted, its id finds
+    nothing, and an account registered again under the same name has another id."""
+    first = await store.create_account("Ann", "h", now=1.0)
+    assert first.generation == 0 and first.id
+    assert await store.account_by_id(first.id) == first
+    assert await store.account_by_id("no such id") is None
+    await store.delete_account("ann")
+    assert await store.account_by_id(first.id) is None
+    again = await store.create_account("ann", "h", now=2.0)
+    assert again.id != first.id
+    assert await store.account_by_id(first.id) is None
+    assert await store.account_by_id(again.id) == again
+    others = [await store.create_account(f"user{i}", "h", now=3.0) for i in range(20)]
+    assert len({a.id for a in others} | {first.id, again.id}) == 22
+
+
+async def test_a_password_change_and_a_revoke_bump_the_generation(store: Storage) -> None:
+    """set_password and revoke each move the generation up by one, and only that account's;
+    revoke answers the account as it is now, or None for an id that names no account."""
+    ann = await store.create_account("ann", "h", now=1.0)
+    bob = await store.create_account("bob", "h", now=1.0)
+    await store.set_password("ANN", "h2")
+    revoked = await store.revoke(ann.id)
+    assert revoked is not None and (revoked.generation, revoked.password_hash) == (2, "h2")
+    assert revoked == await store.account("ann") == await store.account_by_id(ann.id)
+    assert (revoked.id, revoked.name, revoked.created) == (ann.id, "ann", 1.0)
+    assert await store.account_by_id(bob.id) == bob
+    assert await store.revoke("no such id") is None
+    await store.delete_account("ann")
+    assert await store.revoke(ann.id) is None
 
 
 async def test_new_account_has_read_every_stored_private(store: Storage) -> None:
@@ -331,6 +521,19 @@ async def test_deleting_an_account_deletes_its_privates(store: Storage) -> None:
     assert await store.privates("ann", after=0, limit=10) == []
     assert [p.seq for p in await store.privates("bob", after=0, limit=10)] == [1]
     assert (await store.append_private(private("bob"))).seq == 3
+
+
+async def test_deleting_an_account_deletes_what_it_sent_signed_in(store: Storage) -> None:
+    """Deleting an account also deletes the private messages it sent signed in, so a later
+    account of the name reads none of its conversations; a guest's of that name stay."""
+    await store.create_account("ann", "h", now=1.0)
+    await store.append_private(private("bob", "as ann", sender="Ann", signed=True))
+    await store.append_private(private("bob", "as a guest ann", sender="ann"))
+    await store.delete_account("ann")
+    await store.create_account("ann", "h", now=2.0)
+    assert (await store.conversation("ann", "bob", signed=True, limit=10)).messages == ()
+    kept = await store.privates("bob", after=0, limit=10)
+    assert [p.text for p in kept] == ["as a guest ann"]
 
 
 async def test_memberships_and_read_markers(store: Storage) -> None:
@@ -418,6 +621,21 @@ async def test_metacharacters_are_stored_verbatim_and_break_nothing(store: Stora
     for nothing in ['"', "*", "-", "'", "--", "%", ")", "^", ":", "(", "\x00"]:
         assert await found(nothing) == [], nothing
     assert (await store.room("#a")).latest_seq == len(HOSTILE)
+
+
+async def test_a_nul_inside_a_search_word_separates_tokens(store: Storage) -> None:
+    """A NUL in a query word is a separator like any character that is not a letter or
+    digit: ``hel<NUL>lo`` looks for the phrase "hel lo", and it never fails the store."""
+    for text in ["hello world", "hel lo there"]:
+        await store.append(draft("#a", text))
+
+    async def found(words: str) -> list[int]:
+        return [m.seq for m in await store.search("#a", words, limit=10)]
+
+    assert await found("hel\x00lo") == [2]
+    assert await found("world\x00") == [1]
+    assert await found("\x00world\x00 hello") == [1]
+    assert await found("a\x00\x00") == []
 
 
 async def test_emoji_text_round_trips(store: Storage) -> None:

@@ -29,6 +29,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -45,15 +46,17 @@ from roomcast.model import (
     Who,
     WhoList,
 )
+from roomcast.tokens import Claims
 from roomcast.wire.json import PROTOCOL_VERSION, JsonCodec, Reply, encoded_messages
 
 TS = 1_700_000_000.5  # 2023-11-14 22:13:20.5 UTC
 
 
-def verify(token: str) -> str:
-    """A stand-in for ``Tokens.verify``: ``good:NAME`` is NAME; ``old`` has expired."""
+def verify(token: str) -> Claims:
+    """A stand-in for ``Tokens.verify``: ``good:ID`` claims account ID at generation 2;
+    ``old`` has expired."""
     if token.startswith("good:"):
-        return token.removeprefix("good:")
+        return Claims(account=token.removeprefix("good:"), generation=2)
     if token == "old":
         raise ClientError("expired_token", "the token has expired: log in again")
     raise ClientError("bad_token", "the token is not valid: log in again")
@@ -98,14 +101,20 @@ def decoded(data: bytes) -> dict[str, Any]:
     ("frame", "command"),
     [
         ({"type": "hello", "name": "alice"}, SetName(name="alice")),
-        ({"type": "hello", "token": "good:alice"}, Authenticated(name="alice")),
-        ({"type": "hello", "token": "good:bob", "name": "alice"}, Authenticated(name="bob")),
+        ({"type": "hello", "token": "good:a1"}, Authenticated(account="a1", generation=2)),
+        (
+            {"type": "hello", "token": "good:b2", "name": "alice"},
+            Authenticated(account="b2", generation=2),
+        ),
         (
             {"type": "login", "name": "alice", "password": "secret12"},
             Login(name="alice", password="secret12"),
         ),
         ({"type": "register", "password": "secret12"}, Register(password="secret12")),
         ({"type": "logout"}, Logout()),
+        ({"type": "logout", "all": False}, Logout()),
+        ({"type": "logout", "all": None}, Logout()),
+        ({"type": "logout", "all": True}, Logout(everywhere=True)),
         ({"type": "join", "room": "#rust"}, Join(room="#rust")),
         ({"type": "join", "room": "Rust", "since": 41}, Join(room="#rust", since=41)),
         ({"type": "join", "room": "#rust", "since": None}, Join(room="#rust")),
@@ -127,6 +136,11 @@ def decoded(data: bytes) -> dict[str, Any]:
         ),
         ({"type": "history", "after": 3}, FetchHistory(after=3)),
         ({"type": "history", "around": 7, "limit": 500}, FetchHistory(around=7, limit=500)),
+        ({"type": "history", "with": "Bob"}, FetchHistory(user="Bob")),
+        (
+            {"type": "history", "with": "bob", "before": 9, "limit": 20},
+            FetchHistory(user="bob", before=9, limit=20),
+        ),
         ({"type": "search", "words": "borrow checker"}, Search(room=None, words="borrow checker")),
         (
             {"type": "search", "room": "#rust", "words": "x", "limit": 3},
@@ -233,6 +247,7 @@ def test_a_frame_without_a_type_string_is_a_bad_frame(frame: dict[str, Any]) -> 
         ({"type": "history", "before": [1]}, "before"),
         ({"type": "history", "after": {"seq": 1}}, "after"),
         ({"type": "history", "around": 2.0}, "around"),
+        ({"type": "history", "with": 7}, "with"),
         ({"type": "search", "words": "x", "limit": False}, "limit"),
         ({"type": "search", "words": 5}, "words"),
         ({"type": "send", "text": 5}, "text"),
@@ -242,6 +257,8 @@ def test_a_frame_without_a_type_string_is_a_bad_frame(frame: dict[str, Any]) -> 
         ({"type": "hello", "name": 7}, "name"),
         ({"type": "hello", "token": 7}, "token"),
         ({"type": "quit", "reason": 1}, "reason"),
+        ({"type": "logout", "all": 1}, "all"),
+        ({"type": "logout", "all": "yes"}, "all"),
     ],
 )
 def test_a_field_of_the_wrong_type_is_a_bad_frame_naming_it(
@@ -252,6 +269,26 @@ def test_a_field_of_the_wrong_type_is_a_bad_frame_naming_it(
     assert error["code"] == "bad_frame"
     assert error["message"].startswith(f"{field!r} must be"), error
     assert error["id"] == "r"
+
+
+@pytest.mark.parametrize("key", ["since", "before", "after", "around", "limit"])
+def test_a_number_of_thousands_of_digits_is_refused_as_a_frame(key: str) -> None:
+    """orjson reads no integer past 64 bits: 5,000 digits are not JSON it takes (bad_json),
+    and 30 digits are a float, not a whole number (bad_frame); nothing raises."""
+    kind = "join" if key == "since" else "history"
+    for digits, code in (("9" * 5000, "bad_json"), ("9" * 30, "bad_frame")):
+        text = f'{{"type": "{kind}", "room": "#a", "{key}": {digits}, "id": 1}}'
+        parsed = JsonCodec(messages=encoded_messages()).parse(text)
+        assert isinstance(parsed, Reply)
+        assert orjson.loads(parsed.frame)["code"] == code
+
+
+def test_search_words_lose_their_control_characters() -> None:
+    """A NUL inside search words separates words; the words are sent back cleaned."""
+    parsed = JsonCodec(messages=encoded_messages()).parse(
+        orjson.dumps({"type": "search", "words": "a\u0000b", "id": 1})
+    )
+    assert parsed == (1, Search(room=None, words="a b"))
 
 
 @pytest.mark.parametrize(
@@ -311,6 +348,8 @@ def test_an_unknown_type_is_unknown_type_echoing_the_id() -> None:
         ({"type": "dm", "to": "b b", "text": "hi"}, "bad_name"),
         ({"type": "history", "before": 1, "after": 2}, "bad_history"),
         ({"type": "history", "limit": 0}, "bad_history"),
+        ({"type": "history", "with": "b b"}, "bad_name"),
+        ({"type": "history", "with": "bob", "room": "#a"}, "bad_history"),
         ({"type": "search", "words": " "}, "bad_search"),
     ],
 )
@@ -453,7 +492,7 @@ def message_frame(kind: Kind, text: str) -> dict[str, Any]:
     return decoded(codec().encode([message(5, kind, text)]))
 
 
-BASE = {"room": "#general", "seq": 5, "id": "m5", "from": "alice", "ts": TS}
+BASE = {"room": "#general", "seq": 5, "id": "m5", "from": "alice", "signed": False, "ts": TS}
 
 
 @pytest.mark.parametrize(
@@ -486,12 +525,15 @@ def test_room_events_encode_to_the_documented_fields(
                 kind=Kind.ACTION,
                 text="nods",
                 ts=TS,
+                signed=True,
+                recipient_signed=True,
             ),
             {
                 "type": "dm",
                 "id": "p9",
                 "seq": 9,
                 "from": "alice",
+                "signed": True,
                 "to": "bob",
                 "kind": "action",
                 "text": "nods",
@@ -511,7 +553,8 @@ def test_room_events_encode_to_the_documented_fields(
                 rooms=(
                     RoomEntry(name="#general", members=2, unread=3),
                     RoomEntry(name="#rust", members=1),
-                )
+                ),
+                current="#general",
             ),
             {
                 "type": "rooms",
@@ -519,7 +562,12 @@ def test_room_events_encode_to_the_documented_fields(
                     {"name": "#general", "members": 2, "unread": 3},
                     {"name": "#rust", "members": 1, "unread": None},
                 ],
+                "current": "#general",
             },
+        ),
+        (
+            RoomList(rooms=()),
+            {"type": "rooms", "rooms": [], "current": None},
         ),
         (
             Unread(rooms=(("#general", 4), ("#rust", 1))),
@@ -560,6 +608,44 @@ def test_room_events_encode_to_the_documented_fields(
                 "oldest_seq": 2,
                 "latest_seq": 9,
                 "capped": 500,
+            },
+        ),
+        (
+            PrivateHistory(
+                user="Bob",
+                messages=(
+                    Private(
+                        id="p3",
+                        seq=3,
+                        sender="bob",
+                        recipient="alice",
+                        kind=Kind.MESSAGE,
+                        text="hi",
+                        ts=TS,
+                    ),
+                ),
+                oldest_seq=3,
+                latest_seq=8,
+            ),
+            {
+                "type": "history",
+                "with": "Bob",
+                "messages": [
+                    {
+                        "type": "dm",
+                        "id": "p3",
+                        "seq": 3,
+                        "from": "bob",
+                        "signed": False,
+                        "to": "alice",
+                        "kind": "message",
+                        "text": "hi",
+                        "ts": TS,
+                    }
+                ],
+                "oldest_seq": 3,
+                "latest_seq": 8,
+                "capped": None,
             },
         ),
         (

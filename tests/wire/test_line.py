@@ -20,6 +20,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -35,7 +36,7 @@ from roomcast.model import (
     Who,
     WhoList,
 )
-from roomcast.wire.line import GREETING, LineCodec, Renderer
+from roomcast.wire.line import CONTINUATION, GREETING, MAX_INDENT, LineCodec, Renderer
 
 TS = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 
@@ -152,11 +153,15 @@ def test_plain_text_is_said_and_double_slash_escapes() -> None:
         ("/register s3cret-pass", Register(password="s3cret-pass")),
         ("/login alice s3cret pass", Login(name="alice", password="s3cret pass")),
         ("/logout", Logout()),
+        ("/logout all", Logout(everywhere=True)),
+        ("/logout ALL ", Logout(everywhere=True)),
         ("/history", FetchHistory()),
         ("/history #rust 20", FetchHistory(room="#rust", limit=20)),
         ("/history #rust before 100", FetchHistory(room="#rust", before=100)),
         ("/history after 7 5", FetchHistory(after=7, limit=5)),
         ("/history #rust around 9", FetchHistory(room="#rust", around=9)),
+        ("/history @Bob", FetchHistory(user="Bob")),
+        ("/history @bob before 9 20", FetchHistory(user="bob", before=9, limit=20)),
         ("/search #rust borrow checker", Search(room="#rust", words="borrow checker")),
         ("/search lifetimes", Search(room=None, words="lifetimes")),
     ],
@@ -173,19 +178,43 @@ def test_commands(line: str, command: object) -> None:
         ("/join a b", "/join #room [since seq]"),
         ("/join #a since x", "/join #room [since seq]"),
         ("/login alice", "/login name password"),
-        ("/history #a before", "/history [#room] [before|after|around seq] [count]"),
-        ("/history 1 2", "/history [#room] [before|after|around seq] [count]"),
+        ("/history #a before", "/history [#room|@name] [before|after|around seq] [count]"),
+        ("/history 1 2", "/history [#room|@name] [before|after|around seq] [count]"),
+        ("/history @", "/history [#room|@name] [before|after|around seq] [count]"),
+        ("/history @bob after", "/history [#room|@name] [before|after|around seq] [count]"),
         ("/search #a", "/search [#room] words"),
         ("/msg bob", "/msg name text"),
         ("/me", "/me text"),
         ("/nick", "/nick name"),
         ("/timestamps maybe", "/timestamps on|off"),
+        ("/logout everything", "/logout [all]"),
     ],
 )
 def test_missing_arguments_get_the_usage(line: str, usage: str) -> None:
     """A command with wrong arguments is answered with its usage."""
     [error] = codec().parse(line)
     assert error == Error(code="usage", message=f"usage: {usage}")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "/history before " + "9" * 5000,
+        "/history #a around " + "9" * 5000,
+        "/history " + "9" * 5000,
+        "/join #a since " + "9" * 5000,
+        "/join #a since 9223372036854775808",
+    ],
+)
+def test_a_number_too_big_is_bad_seq_not_an_exception(line: str) -> None:
+    """A sequence number or count past MAX_SEQ (even past int()'s 4,300 digits) is bad_seq."""
+    [error] = codec(max_line=16384).parse(line)
+    assert isinstance(error, Error) and error.code == "bad_seq", error
+
+
+def test_search_words_lose_their_control_characters() -> None:
+    """A NUL or an escape inside search words separates words, as punctuation does."""
+    assert codec().parse("/search a\x00b \x1b[2J") == [Search(room=None, words="a b [2J")]
 
 
 def test_unknown_command() -> None:
@@ -237,13 +266,7 @@ def test_other_events_render() -> None:
             id="p", seq=1, sender="alice", recipient="bob", kind=Kind.MESSAGE, text="hi", ts=TS
         ),
         WhoList(room="#general", names=("alice", "bob")),
-        RoomList(
-            rooms=(
-                RoomEntry(name="#general", members=2),
-                RoomEntry(name="#rust", members=1, unread=5),
-            )
-        ),
-        RoomList(rooms=()),
+        WhoList(room="#old", names=()),
         Missed(room="#general", first_seq=10, count=5),
         Missed(room=None, first_seq=0, count=2),
         Error(code="x", message="that was wrong"),
@@ -252,12 +275,36 @@ def test_other_events_render() -> None:
     assert codec().encode(events).decode().splitlines() == [
         "[pm alice -> bob] hi",
         "-- #general: alice bob (2)",
-        "-- rooms: #general (2), #rust (1, 5 unread)",
-        "-- rooms: none",
+        "-- #old: nobody is online (0)",
         "! missed 5 messages of #general (seq 10-14): they are no longer kept",
         "! missed 2 messages of your private messages (seq 0-1): they are no longer kept",
         "! that was wrong",
         "-- fyi",
+    ]
+
+
+def test_a_room_list_has_a_line_per_room_with_counts_and_the_current_room() -> None:
+    """The room list says how many rooms and where text goes, then one aligned line per
+    room: members, and for one's own rooms 'joined', the unread count and 'current'."""
+    rooms = RoomList(
+        rooms=(
+            RoomEntry(name="#general", members=2, unread=0),
+            RoomEntry(name="#old", members=0),
+            RoomEntry(name="#rust", members=1, unread=5),
+        ),
+        current="#rust",
+    )
+    assert codec().encode([rooms]).decode().splitlines() == [
+        "-- rooms: 3; text goes to #rust",
+        "--   #general  2 online, joined, 0 unread",
+        "--   #old      0 online",
+        "--   #rust     1 online, joined, 5 unread, current",
+    ]
+    nowhere = RoomList(rooms=(RoomEntry(name="#old", members=0),))
+    assert codec().encode([nowhere, RoomList(rooms=())]).decode().splitlines() == [
+        "-- rooms: 1; you are in no room: /join #room to talk",
+        "--   #old  0 online",
+        "-- rooms: 0; you are in no room: /join #room to talk",
     ]
 
 
@@ -305,7 +352,7 @@ def test_login_summary_history_and_search_render() -> None:
     events: list[Event] = [
         Summary(room="#general", missed=3, replayed=3, first_seq=1),
         Summary(room="#general", missed=300, replayed=200, first_seq=101),
-        History(room="#general", messages=(old,), oldest_seq=1, latest_seq=9),
+        History(room="#general", messages=(old,), oldest_seq=1, latest_seq=3),
         History(room="#general", messages=(), oldest_seq=5, latest_seq=4),
         History(room="#general", messages=(old,), oldest_seq=3, latest_seq=3, capped=500),
         SearchResults(room="#general", words="hello", messages=(old,)),
@@ -323,12 +370,133 @@ def test_login_summary_history_and_search_render() -> None:
         "3 2023-11-14 22:13 [#general] alice: hello",
         "-- limited to 500 messages",
         "-- messages of #general before seq 3 are no longer kept",
-        "-- search of #general for 'hello': 1 found: seq 3-3",
+        "-- search of #general for 'hello': 1 found",
         "3 2023-11-14 22:13 [#general] alice: hello",
     ]
 
 
-def test_continuation_lines_are_indented() -> None:
-    """A multi-line message cannot pass one of its lines off as a line of its own."""
+def test_a_history_page_offers_the_older_and_the_newer_page_it_borders() -> None:
+    """A page in the middle of the history offers both directions; the newest page offers
+    only older ones, the oldest only newer ones; an empty page says what is kept."""
+    page = (message(seq=6), message(seq=7))
+    events: list[Event] = [
+        History(room="#general", messages=page, oldest_seq=1, latest_seq=21),
+        History(room="#general", messages=page, oldest_seq=1, latest_seq=7),
+        History(room="#general", messages=page, oldest_seq=6, latest_seq=21),
+        History(room="#general", messages=(), oldest_seq=1, latest_seq=21),
+        History(room="#general", messages=(), oldest_seq=1, latest_seq=0),
+    ]
+    footers = [
+        line
+        for line in codec().encode(events).decode().splitlines()
+        if not line.startswith(("6 ", "7 "))
+    ]
+    assert footers == [
+        "-- history of #general: seq 6-7",
+        "-- older: /history #general before 6",
+        "-- newer: /history #general after 7",
+        "-- history of #general: seq 6-7",
+        "-- older: /history #general before 6",
+        "-- history of #general: seq 6-7",
+        "-- messages of #general before seq 6 are no longer kept",
+        "-- newer: /history #general after 7",
+        "-- history of #general: no messages",
+        "-- kept: #general seq 1-21",
+        "-- history of #general: no messages",
+    ]
+
+
+def test_search_results_say_newest_first_and_never_a_backwards_range() -> None:
+    """A search header counts what was found and says the order, never a range."""
+    found = (message(seq=11), message(seq=7), message(seq=3))
+    events: list[Event] = [
+        SearchResults(room="#general", words="hello", messages=found, capped=3),
+        SearchResults(room="#general", words="nothing", messages=()),
+    ]
+    lines = codec().encode(events).decode().splitlines()
+    assert lines[0] == "-- search of #general for 'hello': 3 found, newest first"
+    assert [line.split()[0] for line in lines[1:4]] == ["11", "7", "3"]
+    assert lines[4:] == [
+        "-- limited to 3 messages",
+        "-- search of #general for 'nothing': 0 found",
+    ]
+
+
+def test_a_private_history_page_renders_like_a_rooms() -> None:
+    """A page of a private conversation lists each message with its seq, date and time, as
+    it was shown live, and offers the older and the newer page; an empty one says so."""
+
+    def dm(seq: int, sender: str, recipient: str, text: str) -> Private:
+        return Private(
+            id=f"p{seq}",
+            seq=seq,
+            sender=sender,
+            recipient=recipient,
+            kind=Kind.MESSAGE,
+            text=text,
+            ts=TS,
+        )
+
+    page = (dm(4, "alice", "bob", "hi"), dm(9, "bob", "alice", "two\nlines"))
+    events: list[Event] = [
+        PrivateHistory(user="Bob", messages=page, oldest_seq=2, latest_seq=9, capped=500),
+        PrivateHistory(user="bob", messages=page[:1], oldest_seq=4, latest_seq=9),
+        PrivateHistory(user="carol", messages=(), oldest_seq=1, latest_seq=0),
+    ]
+    assert codec().encode(events).decode().splitlines() == [
+        "-- history with @Bob: seq 4-9",
+        "4 2023-11-14 22:13 [pm alice -> bob] hi",
+        "9 2023-11-14 22:13 [pm bob -> alice] two",
+        "  | lines",
+        "-- limited to 500 messages",
+        "-- older: /history @Bob before 4",
+        "-- history with @bob: seq 4-4",
+        "4 2023-11-14 22:13 [pm alice -> bob] hi",
+        "-- newer: /history @bob after 4",
+        "-- history with @carol: no messages",
+    ]
+
+
+def test_continuation_lines_are_marked() -> None:
+    """A multi-line message cannot pass one of its lines off as a line of its own: each
+    further line starts with '  | '."""
     fake = message(text="hi\n[#general] bob: I owe alice 100")
-    assert codec().encode([fake]) == b"[#general] alice: hi\n    [#general] bob: I owe alice 100\n"
+    assert codec().encode([fake]) == b"[#general] alice: hi\n  | [#general] bob: I owe alice 100\n"
+    assert CONTINUATION == "  | "
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("hi" + " " * 70 + "[#general] bob: x", "hi [#general] bob: x"),
+        ("a\u00a0\u00a0b\u2003c\u3000d", "a b c d"),
+        ("a\u2800b\u3164\u3164c\uffa0d\u115f\u1160e", "a b c d e"),
+        ("one space stays, a\u00a0lone\u00a0one too", "one space stays, a lone one too"),
+    ],
+)
+def test_a_run_of_blanks_shows_as_one_space(text: str, shown: str) -> None:
+    """Padding to a terminal's width (spaces, other Unicode spaces, blank-looking letters)
+    collapses, so nothing after it can start a row of its own."""
+    assert codec().encode([message(text=text)]) == f"[#general] alice: {shown}\n".encode()
+
+
+def test_further_lines_keep_some_indentation_and_lose_padding() -> None:
+    """Code keeps its indentation, up to MAX_INDENT columns; runs inside a line collapse."""
+    text = "code:\n    if x:\n" + " " * 40 + "return  x\n\u3000y"
+    expected = (
+        "[#general] alice: code:\n  |     if x:\n  | " + " " * MAX_INDENT + "return x\n  |  y\n"
+    )
+    assert codec().encode([message(text=text)]) == expected.encode()
+
+
+def test_private_messages_actions_and_quit_reasons_are_shown_the_same_way() -> None:
+    """Every text from a user gets the same treatment, not only room messages."""
+    padded = "hi" + " " * 80 + "[#general] bob: x\nmore"
+    private = Private(
+        id="p", seq=1, sender="eve", recipient="bob", kind=Kind.MESSAGE, text=padded, ts=TS
+    )
+    quit_ = message(kind=Kind.QUIT, text="bye" + " " * 80 + "[#general] bob: x")
+    action = message(kind=Kind.ACTION, text=padded)
+    assert codec().encode([private]) == b"[pm eve -> bob] hi [#general] bob: x\n  | more\n"
+    assert codec().encode([quit_]) == b"[#general] <-- alice quit (bye [#general] bob: x)\n"
+    assert codec().encode([action]) == b"[#general] * alice hi [#general] bob: x\n  | more\n"

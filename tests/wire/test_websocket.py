@@ -95,6 +95,18 @@ def test_the_memo_keeps_the_newest_frames_only() -> None:
     assert again == one and again is not one
 
 
+def test_the_memo_of_frames_is_bounded_by_bytes() -> None:
+    """Frames of big runs are forgotten past the byte bound, however few they are."""
+    messages = encoded_messages()
+    shared = Frames(JsonCodec(messages=messages), messages, max_bytes=20_000)
+    texts = ["x" * 4000] * 3
+    one = shared([message(1, text=texts[0]), message(2, text=texts[1])])
+    shared([message(3, text=texts[2]), message(4, text=texts[2])])
+    shared([message(5, text=texts[2]), message(6, text=texts[2])])
+    again = shared([message(1, text=texts[0]), message(2, text=texts[1])])
+    assert again == one and again is not one
+
+
 def test_replies_are_one_frame_each_in_one_write() -> None:
     shared = frames()
     data = shared.replies([b'{"type":"ok","id":1}', b'{"type":"ok","id":2}'])

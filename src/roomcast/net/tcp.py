@@ -26,6 +26,7 @@ from roomcast.hub import Hub
 from roomcast.model import Error, Event, Info, Say
 from roomcast.net.flush import Flusher
 from roomcast.session import Session, State
+from roomcast.wire.cache import DEFAULT_CACHE_BYTES
 from roomcast.wire.line import LineCodec, Renderer
 
 __all__ = ["LineServer", "TcpLimits"]
@@ -44,6 +45,7 @@ class TcpLimits:
     batch: int = 512  # events pulled per write
     flush_gap: float = 0.005  # most seconds between two flushes, as long as the last one took
     close_grace: float = 2.0  # seconds a closing client gets to take what is buffered
+    cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of rendered lines (and runs) per renderer
 
 
 class _Connection(asyncio.Protocol):
@@ -158,6 +160,8 @@ class _Connection(asyncio.Protocol):
             parsed = [line] if isinstance(line, Error) else self._codec.parse(line)
             for item in parsed:
                 if isinstance(item, Error | Info):  # answered by the codec itself
+                    if isinstance(item, Error):
+                        log.info("client error peer=%s code=%s", self._peer, item.code)
                     self._write([hub.spend(session) or item])
                 elif isinstance(item, Say) and session.state is State.ACTIVE:
                     await self._say_run(session, item)
@@ -292,8 +296,9 @@ class LineServer:
     def __init__(self, hub: Hub, *, limits: TcpLimits | None = None) -> None:
         self.hub = hub  # the chat core every connection talks to
         self.limits = limits or TcpLimits()
-        self.plain = Renderer()  # shared by all connections: one render per message
-        self.stamped = Renderer(timestamps=True)  # the same, with timestamps
+        cache = self.limits.cache_bytes
+        self.plain = Renderer(cache_bytes=cache)  # shared by all: one render per message
+        self.stamped = Renderer(timestamps=True, cache_bytes=cache)  # the same, with times
         self.connections: set[_Connection] = set()  # open connections
         self._server: asyncio.Server | None = None
         self._background: set[asyncio.Task[None]] = set()  # disconnects in progress

@@ -6,8 +6,10 @@ resume API) and encodes what comes back with ``wire.json``.
 Routes (docs/protocol.md has the details):
 
     GET  /                                  the web client (static files under /static/)
-    GET  /health                            200 {"status": "ok", "version", counts}
+    GET  /health                            200 {"status": "ok", "version", counts};
+                                            503 {"status": "unavailable", "problem", ...}
     POST /api/register, /api/login          {"name", "password"} -> {"token", "name"}
+    POST /api/logout                        with a bearer token: revoke every token
     GET  /api/rooms                         the rooms
     GET  /api/rooms/{room}/messages         a history page (?before= | ?after=, &limit=)
     GET  /api/rooms/{room}/events           Server-Sent Events; resumes after Last-Event-ID
@@ -48,7 +50,7 @@ import orjson
 from aiohttp import WSMessage, WSMsgType, web
 
 from roomcast import __version__
-from roomcast.errors import Broken, ClientError, Closed
+from roomcast.errors import Broken, ClientError, Closed, Unwritable
 from roomcast.hub import Hub
 from roomcast.model import (
     Action,
@@ -58,11 +60,13 @@ from roomcast.model import (
     Missed,
     Say,
     room_name,
-    seq_number,
+    seq_text,
 )
 from roomcast.net.flush import Flusher
 from roomcast.session import Session, State
+from roomcast.store.base import Account
 from roomcast.tokens import Tokens
+from roomcast.wire.cache import DEFAULT_CACHE_BYTES
 from roomcast.wire.json import JsonCodec, Reply, RequestId, encoded_messages, message_object
 from roomcast.wire.websocket import Frames, close_frame, text_frame
 
@@ -79,8 +83,12 @@ _STATUS = {  # HTTP status of a client error, by code; 400 otherwise
     "no_token": 401,
     "throttled": 429,
     "flood": 429,
+    "busy": 503,
     "name_taken": 409,
+    "lookalike": 409,
     "not_found": 404,
+    "no_such_room": 404,
+    "bad_method": 405,
 }
 
 
@@ -98,6 +106,7 @@ class WebLimits:
     keepalive: float = 15.0  # seconds between SSE comments on an idle stream
     heartbeat: float = 30.0  # seconds between WebSocket pings (aiohttp's heartbeat)
     close_grace: float = 2.0  # seconds a closing WebSocket client gets to take what is buffered
+    cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of encoded messages, runs, frames (each)
 
 
 def _json(obj: object, status: int = 200) -> web.Response:
@@ -105,7 +114,10 @@ def _json(obj: object, status: int = 200) -> web.Response:
 
 
 def _error(e: ClientError) -> web.Response:
-    return _json({"error": {"code": e.code, "message": e.message}}, _STATUS.get(e.code, 400))
+    response = _json({"error": {"code": e.code, "message": e.message}}, _STATUS.get(e.code, 400))
+    if e.retry_after is not None:
+        response.headers["Retry-After"] = str(e.retry_after)
+    return response
 
 
 def _static_dir() -> Path:
@@ -119,10 +131,11 @@ class WebServer:
         self.hub = hub  # the chat core
         self.tokens = tokens  # signs and checks login tokens
         self.limits = limits or WebLimits()
-        self.messages = encoded_messages()  # each room message encoded once for everyone
+        cache = self.limits.cache_bytes
+        self.messages = encoded_messages(max_bytes=cache)  # each message encoded once for all
         # one codec for every WebSocket connection: it holds no per-connection state
         self.codec = JsonCodec(messages=self.messages, verify_token=self.tokens.verify)
-        self.frames = Frames(self.codec, self.messages)  # a shared run framed once for all
+        self.frames = Frames(self.codec, self.messages, max_bytes=cache)  # a run framed once
         self.sockets: set[_Socket] = set()  # open WebSocket connections
         self.streams: set[Session] = set()  # open event streams
         self._runner: web.AppRunner | None = None
@@ -141,10 +154,17 @@ class WebServer:
         app.router.add_get("/health", guard(self._health))
         app.router.add_post("/api/register", guard(self._register))
         app.router.add_post("/api/login", guard(self._login))
+        app.router.add_post("/api/logout", guard(self._logout))
         app.router.add_get("/api/rooms", guard(self._rooms))
         app.router.add_get("/api/rooms/{room}/messages", guard(self._history))
         app.router.add_post("/api/rooms/{room}/messages", guard(self._post))
         app.router.add_get("/api/rooms/{room}/events", guard(self._events))
+        # Any other path under /api answers in the API's JSON error shape (404, or 405 when
+        # the path exists for other methods); other paths keep aiohttp's plain-text 404.
+        self._api_fallback = (
+            app.router.add_route("*", "/api", guard(self._no_route)).resource,
+            app.router.add_route("*", "/api/{rest:.*}", guard(self._no_route)).resource,
+        )
         app.router.add_get("/ws", self._websocket)
         self.app = app
 
@@ -241,12 +261,15 @@ class WebServer:
             raise ClientError("bad_request", f"{key!r} is required, as a string")
         return value
 
-    def _bearer(self, request: web.Request) -> str:
+    async def _bearer(self, request: web.Request) -> Account:
+        """The account the request's bearer token names, checked on this use: signed,
+        unexpired, the account still there and its tokens not revoked since."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise ClientError("no_token", "this needs 'Authorization: Bearer <token>'")
-        return self.tokens.verify(token.strip())
+        claims = self.tokens.verify(token.strip())
+        return await self.hub.authenticate(claims.account, claims.generation)
 
     @staticmethod
     def _room(request: web.Request) -> str:
@@ -257,9 +280,10 @@ class WebServer:
         value = request.query.get(key)
         if value is None or value == "":
             return None
-        if not (value.isascii() and value.isdigit()):
+        n = seq_text(value)  # bad_seq past MAX_SEQ, its length checked before converting
+        if n is None:
             raise ClientError("bad_request", f"{key!r} must be a whole number")
-        return seq_number(int(value))
+        return n
 
     # -- pages and API --
 
@@ -267,23 +291,33 @@ class WebServer:
         return web.FileResponse(_static_dir() / "index.html")
 
     async def _health(self, request: web.Request) -> web.Response:
-        return _json(
-            {
-                "status": "ok",
-                "version": __version__,
-                "online": self.hub.online,
-                "rooms": len(self.hub.room_list().rooms),
-                "websockets": len(self.sockets),
-                "streams": len(self.streams),
-            }
-        )
+        """200 with the counts; 503 with ``problem`` when the store cannot take writes (the
+        store logs each change of that, once)."""
+        counts = {
+            "version": __version__,
+            "online": self.hub.online,
+            "rooms": len(self.hub.room_list().rooms),
+            "websockets": len(self.sockets),
+            "streams": len(self.streams),
+        }
+        try:
+            await self.hub.store.check()
+        except Broken as e:
+            if not isinstance(e, Unwritable):  # not one the store logs itself
+                log.warning("health: the store failed its check: %s", e)
+            return _json({"status": "unavailable", "problem": str(e), **counts}, 503)
+        return _json({"status": "ok", **counts})
+
+    def _issued(self, account: Account, status: int = 200) -> web.Response:
+        token = self.tokens.issue(account.id, account.generation)
+        return _json({"name": account.name, "token": token}, status)
 
     async def _register(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         account = await self.hub.create_account(
-            self._field(body, "name"), self._field(body, "password")
+            self._field(body, "name"), self._field(body, "password"), request.remote or "?"
         )
-        return _json({"name": account.name, "token": self.tokens.issue(account.name)}, 201)
+        return self._issued(account, 201)
 
     async def _login(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -291,7 +325,13 @@ class WebServer:
         account = await self.hub.verify_login(
             self._field(body, "name"), self._field(body, "password"), address
         )
-        return _json({"name": account.name, "token": self.tokens.issue(account.name)})
+        return self._issued(account)
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        """Log the token's account out everywhere: this token and every other one issued
+        to it are refused from now on, and its open sessions end."""
+        account = await self.hub.revoke((await self._bearer(request)).id)
+        return _json({"name": account.name, "logged_out": "everywhere"})
 
     async def _rooms(self, request: web.Request) -> web.Response:
         online = {r.name: r.members for r in self.hub.room_list().rooms}
@@ -319,19 +359,34 @@ class WebServer:
         )
 
     async def _post(self, request: web.Request) -> web.Response:
-        name = self._bearer(request)
+        account = await self._bearer(request)
         body = await self._body(request)
-        message = await self.hub.post(name, self._room(request), self._field(body, "text"))
+        message = await self.hub.post(account.name, self._room(request), self._field(body, "text"))
         return _json(message_object(message), 201)
+
+    async def _no_route(self, request: web.Request) -> web.Response:
+        """A path under /api that no route serves: 405 if it exists for other methods (with
+        the ``Allow`` header), else 404; both as JSON errors."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource not in self._api_fallback:
+                allowed |= (await resource.resolve(request))[1]
+        path = request.path[:100]
+        if not allowed:
+            raise ClientError("not_found", f"there is no {path} in the API: see docs/protocol.md")
+        methods = ", ".join(sorted(allowed))
+        log.info("client error %s %s code=bad_method", request.method, request.path)
+        error = {"code": "bad_method", "message": f"{path} takes {methods}, not {request.method}"}
+        response = _json({"error": error}, 405)
+        response.headers["Allow"] = ",".join(sorted(allowed))
+        return response
 
     # -- Server-Sent Events --
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         room = self._room(request)
-        since_header = request.headers.get("Last-Event-ID", "").strip()
-        if since_header.isascii() and since_header.isdigit():
-            since: int | None = seq_number(int(since_header))
-        else:
+        since = seq_text(request.headers.get("Last-Event-ID", "").strip())
+        if since is None:  # absent or not a number: the query may say where to resume
             since = self._seq(request, "since")
         session = await self.hub.watch(request.remote or "?", room, since)
         self.streams.add(session)

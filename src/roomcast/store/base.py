@@ -4,12 +4,21 @@ The hub never sees SQL. It talks to a ``Store`` (room history and private messag
 ``Accounts`` (registered names, memberships, read markers); each implementation (``memory``,
 ``sqlite``, later ``postgresql``) provides both, lives in its own module, is chosen by URL
 scheme (``roomcast.store.open_store``), and translates its driver's exceptions into
-``roomcast.errors.Broken`` at this seam.
+``roomcast.errors.Broken`` at this seam (``Unwritable``, a kind of ``Broken``, when what
+failed is that the storage cannot take writes: a full disk, a read-only file).
 
 Sequence numbers: the store gives each room message the room's next gap-free sequence number
 (from 1) when it appends it, and ``append`` returns only once the message is durable, so a
 sender's echo (its acknowledgement) always names a stored message. Private messages share one
-store-wide gap-free sequence. Retention cuts only the oldest end of a room's history: the
+store-wide gap-free sequence.
+
+Private conversations: the messages between two names, either way round, make one
+conversation (``conversation_key``). Each private message records whether its sender was
+signed in to an account and whether it was sent to one; ``conversation`` returns only the
+messages its reader took part in as the identity it has now (signed in, or a guest), so an
+account never reads what a guest of its name said or received, nor the other way round.
+
+Retention cuts only the oldest end of a room's history: the
 messages kept are always ``oldest_seq .. latest_seq`` without holes, and ``latest_seq`` never
 moves back.
 
@@ -23,14 +32,26 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from roomcast.model import Draft, Message, Private, PrivateDraft
+from roomcast.model import Draft, Message, Private, PrivateDraft, fold
 
-__all__ = ["Account", "Accounts", "Page", "RoomInfo", "Storage", "Store", "search_tokens"]
+__all__ = [
+    "Account",
+    "Accounts",
+    "Page",
+    "PrivatePage",
+    "RoomInfo",
+    "Storage",
+    "Store",
+    "conversation_key",
+    "new_account_id",
+    "search_tokens",
+]
 
 _TOKEN = re.compile(r"[^\W_]+")  # a run of letters and digits: what search can match
 
@@ -43,6 +64,20 @@ def search_tokens(text: str) -> tuple[str, ...]:
     decomposed = unicodedata.normalize("NFD", text)
     bare = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
     return tuple(t.lower() for t in _TOKEN.findall(bare))
+
+
+def conversation_key(a: str, b: str) -> str:
+    """The key of the private conversation between the names ``a`` and ``b``, the same
+    either way round and in any case: both names folded, sorted, joined by a space (which
+    no name holds)."""
+    x, y = fold(a), fold(b)
+    return f"{x} {y}" if x <= y else f"{y} {x}"
+
+
+def new_account_id() -> str:
+    """A fresh account id: 96 random bits in hex. Random, not counted, so that no two
+    accounts ever share one, even in a store that was emptied and begun again."""
+    return secrets.token_hex(12)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,9 +100,26 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Account:
-    """A registered name."""
+class PrivatePage:
+    """A slice of a private conversation as one of its two people may read it, oldest first."""
 
+    messages: tuple[Private, ...]  # in sequence order
+    oldest_seq: int  # its oldest message that reader may read; latest_seq + 1 if none
+    latest_seq: int  # its newest one; 0 if none
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Account:
+    """A registered name.
+
+    ``id`` names the account for good: it is never given to another account, so a token
+    naming it cannot pass to a later account of the same name. ``generation`` counts the
+    revocations of the account's tokens (a password change, "log out everywhere"): a token
+    carries the generation it was issued in and is refused once the account's has moved on.
+    """
+
+    id: str  # opaque, random, never reused (not even after the account is deleted)
+    generation: int  # from 0; bumped by set_password and revoke
     name: str  # spelled as registered; unique ignoring case
     password_hash: str  # opaque to the store
     created: float  # UTC, seconds since the epoch
@@ -123,6 +175,28 @@ class Store(Protocol):
         oldest first."""
         ...
 
+    async def conversation(
+        self,
+        name: str,
+        other: str,
+        *,
+        signed: bool,
+        first: int = 1,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int,
+    ) -> PrivatePage:
+        """Up to ``limit`` private messages between ``name`` and ``other`` (either way, any
+        case) that ``name`` sent or received signed in (``signed``) or as a guest (not
+        ``signed``), from seq ``first`` on; paged like ``history``: with ``seq < before``,
+        or ``seq > after``, or the newest, always in sequence order.
+
+        ``name`` is the reader: the page holds nothing it was not part of as that identity
+        (see the module docstring); ``oldest_seq`` and ``latest_seq`` are those of what it
+        may read. Served by an index on the conversation, not a scan of the store.
+        """
+        ...
+
     async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
         """Up to ``limit`` messages of ``room`` containing ``words``, newest first.
 
@@ -142,6 +216,12 @@ class Store(Protocol):
         """
         ...
 
+    async def check(self) -> None:
+        """Return if the store can take writes now; else raise ``Unwritable`` saying why
+        (its file deleted, replaced or read-only, its disk full), or ``Broken`` when it
+        cannot be reached. Cheap enough to run on every ``/health`` request: no write."""
+        ...
+
     async def close(self) -> None:
         """Flush what is pending and release the storage. Idempotent."""
         ...
@@ -159,20 +239,40 @@ class Accounts(Protocol):
         """The account registered as ``name`` in any case, or ``None``."""
         ...
 
-    async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
-        """Register ``name``; ``ClientError('name_taken')`` if it is registered in any case.
+    async def account_by_id(self, account_id: str) -> Account | None:
+        """The account whose ``id`` is ``account_id``, or ``None`` (deleted, or never was)."""
+        ...
 
-        The new account has read every private message already stored: its
-        ``private_read_seq`` starts at the newest private sequence number.
+    async def account_like(self, name: str) -> Account | None:
+        """The account registered as ``name`` in any case if there is one, else an account
+        whose name looks like ``name`` (the same ``roomcast.names.skeleton``), else
+        ``None``. One indexed lookup."""
+        ...
+
+    async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
+        """Register ``name``; ``ClientError('name_taken')`` if it is registered in any case,
+        ``ClientError('lookalike')`` if a registered name looks like it (checked in the same
+        step, so two look-alikes registered at once cannot both succeed).
+
+        The new account has a fresh random ``id`` and generation 0, and has read every
+        private message already stored: its ``private_read_seq`` starts at the newest private
+        sequence number.
         """
         ...
 
     async def set_password(self, name: str, password_hash: str) -> None:
-        """Replace the account's password hash; ``ClientError('no_account')`` if none."""
+        """Replace the account's password hash and bump its generation (the tokens issued
+        before are revoked); ``ClientError('no_account')`` if none."""
+        ...
+
+    async def revoke(self, account_id: str) -> Account | None:
+        """Bump the generation of the account ``account_id`` (every token issued so far is
+        revoked); the account as it is now, or ``None`` if there is none."""
         ...
 
     async def delete_account(self, name: str) -> bool:
-        """Delete the account, its memberships and the private messages sent to it; return
+        """Delete the account, its memberships, the private messages sent to it and those
+        it sent signed in (a later account of the name starts with no conversation); return
         whether it existed."""
         ...
 

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from roomcast.errors import ClientError
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
-from roomcast.store.base import Account, Page, RoomInfo, search_tokens
+from roomcast.names import lookalike_registered, skeleton
+from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, new_account_id, search_tokens
 
 __all__ = ["MemoryStore"]
 
@@ -48,6 +49,8 @@ class MemoryStore:
         self._privates: deque[Private] = deque(maxlen=keep)  # newest private messages
         self._private_seq = 0  # seq of the newest private message
         self._accounts: dict[str, Account] = {}  # folded name -> account
+        self._ids: dict[str, str] = {}  # account id -> folded name
+        self._skeletons: dict[str, set[str]] = {}  # skeleton(name) -> folded names
         self._memberships: dict[str, dict[str, int]] = {}  # folded name -> room -> read_seq
 
     def _room(self, room: str) -> _Room:
@@ -56,10 +59,14 @@ class MemoryStore:
             r = self._rooms[room] = _Room(self._keep)
         return r
 
+    def _read(self, room: str) -> _Room:
+        """``room`` for reading: one never written to is not kept (any name can be asked)."""
+        return self._rooms.get(room) or _Room(1)
+
     # --- Store ------------------------------------------------------------------------------
 
     async def room(self, room: str) -> RoomInfo:
-        r = self._room(room)
+        r = self._read(room)
         return RoomInfo(room=room, latest_seq=r.latest, oldest_seq=r.oldest)
 
     async def rooms(self) -> Sequence[str]:
@@ -94,7 +101,7 @@ class MemoryStore:
     async def history(
         self, room: str, *, before: int | None = None, after: int | None = None, limit: int
     ) -> Page:
-        r = self._room(room)
+        r = self._read(room)
         oldest = r.oldest
         lo = oldest if after is None else max(oldest, after + 1)
         hi = r.latest + 1 if before is None else min(r.latest + 1, before)
@@ -111,12 +118,50 @@ class MemoryStore:
         found = (p for p in self._privates if p.seq > after and fold(p.recipient) == key)
         return [p for _, p in zip(range(max(limit, 0)), found, strict=False)]
 
+    async def conversation(
+        self,
+        name: str,
+        other: str,
+        *,
+        signed: bool,
+        first: int = 1,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int,
+    ) -> PrivatePage:
+        # A scan of the kept private messages: this store holds at most ``keep`` of them.
+        me, them = fold(name), fold(other)
+
+        def readable(p: Private) -> bool:
+            ends = (fold(p.sender), fold(p.recipient))
+            if p.seq < first or ends not in ((me, them), (them, me)):
+                return False
+            return (ends[0] == me and p.signed is signed) or (
+                ends[1] == me and p.recipient_signed is signed
+            )
+
+        held = [p for p in self._privates if readable(p)]
+        latest = held[-1].seq if held else 0
+        oldest = held[0].seq if held else latest + 1
+        inside = [
+            p
+            for p in held
+            if (before is None or p.seq < before) and (after is None or p.seq > after)
+        ]
+        if limit < 1:
+            inside = []
+        elif after is None:
+            inside = inside[-limit:]
+        else:
+            inside = inside[:limit]
+        return PrivatePage(messages=tuple(inside), oldest_seq=oldest, latest_seq=latest)
+
     async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
         phrases = [t for t in map(search_tokens, words.split()) if t]
         if not phrases or limit < 1:
             return []
         found: list[Message] = []
-        for m in reversed(self._room(room).messages):
+        for m in reversed(self._read(room).messages):
             tokens = search_tokens(m.text)
             if all(_contains(tokens, p) for p in phrases):
                 found.append(m)
@@ -140,6 +185,9 @@ class MemoryStore:
             removed += 1
         return removed
 
+    async def check(self) -> None:
+        return None  # memory is always writable
+
     async def close(self) -> None:
         return None
 
@@ -148,14 +196,35 @@ class MemoryStore:
     async def account(self, name: str) -> Account | None:
         return self._accounts.get(fold(name))
 
+    async def account_by_id(self, account_id: str) -> Account | None:
+        key = self._ids.get(account_id)
+        return None if key is None else self._accounts[key]
+
+    async def account_like(self, name: str) -> Account | None:
+        found = self._accounts.get(fold(name))
+        if found is not None:
+            return found
+        keys = self._skeletons.get(skeleton(name))
+        return self._accounts[min(keys)] if keys else None
+
     async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
         key = fold(name)
         if key in self._accounts:
             raise ClientError("name_taken", f"the name {name!r} is registered: choose another")
+        like = await self.account_like(name)
+        if like is not None:
+            raise lookalike_registered(name, like.name)
         account = Account(
-            name=name, password_hash=password_hash, created=now, private_read_seq=self._private_seq
+            id=new_account_id(),
+            generation=0,
+            name=name,
+            password_hash=password_hash,
+            created=now,
+            private_read_seq=self._private_seq,
         )
         self._accounts[key] = account
+        self._ids[account.id] = key
+        self._skeletons.setdefault(skeleton(name), set()).add(key)
         self._memberships[key] = {}
         return account
 
@@ -164,14 +233,36 @@ class MemoryStore:
         account = self._accounts.get(key)
         if account is None:
             raise ClientError("no_account", f"there is no account named {name!r}")
-        self._accounts[key] = dataclasses.replace(account, password_hash=password_hash)
+        self._accounts[key] = dataclasses.replace(
+            account, password_hash=password_hash, generation=account.generation + 1
+        )
+
+    async def revoke(self, account_id: str) -> Account | None:
+        key = self._ids.get(account_id)
+        if key is None:
+            return None
+        account = self._accounts[key]
+        account = self._accounts[key] = dataclasses.replace(
+            account, generation=account.generation + 1
+        )
+        return account
 
     async def delete_account(self, name: str) -> bool:
         key = fold(name)
-        if self._accounts.pop(key, None) is None:
+        account = self._accounts.pop(key, None)
+        if account is None:
             return False
+        del self._ids[account.id]
+        like = skeleton(account.name)
+        self._skeletons[like].discard(key)
+        if not self._skeletons[like]:
+            del self._skeletons[like]
         del self._memberships[key]
-        kept = [p for p in self._privates if fold(p.recipient) != key]
+        kept = [
+            p
+            for p in self._privates
+            if fold(p.recipient) != key and not (p.signed and fold(p.sender) == key)
+        ]
         self._privates = deque(kept, maxlen=self._keep)
         return True
 

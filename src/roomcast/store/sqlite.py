@@ -30,6 +30,18 @@ power loss or kernel crash can lose the last commits, messages whose senders wer
 told they were stored. ``FULL`` syncs the WAL at every commit, so an acked message survives
 both. Its cost is one fsync per commit, and group commit spreads that over the whole batch.
 
+Storage that goes away
+----------------------
+SQLite writes on, and acknowledges, after its file was deleted or replaced under it: the
+writes go to a file nobody can open again, and the next start finds an empty database. So
+the writer checks before each batch (``sqlite_writer.Guard``: the device and inode at the
+path against those opened, and that the file is writable; a few microseconds per batch, not
+per message) and refuses the batch with ``Unwritable`` when it fails. A full disk and a
+read-only file come back from SQLite as ``SQLITE_FULL`` and ``SQLITE_READONLY``, also
+``Unwritable``. ``check`` (``/health``) runs the same test plus the disk's free space.
+``open`` proves the file writable and refuses one that is not: SQLite would open it
+read-only without a word, and a server on it could store nothing.
+
 Search runs FTS5 (``messages_fts``, external content over ``messages.text``); each query
 word is passed as a quoted FTS5 string, so no user text is ever query syntax. The schema and
 its migrations are in ``roomcast.store.sqlite_schema``, the writer in
@@ -44,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import sqlite3
 import threading
@@ -53,17 +66,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from roomcast.errors import Broken
+from roomcast.errors import Broken, Unwritable
 from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
-from roomcast.store.base import Account, Page, RoomInfo
+from roomcast.store.base import Account, Page, PrivatePage, RoomInfo, conversation_key
 from roomcast.store.sqlite_schema import open_writer
-from roomcast.store.sqlite_writer import STOP, Job, Writer, broken
+from roomcast.store.sqlite_writer import (
+    STOP,
+    Guard,
+    Job,
+    Writer,
+    broken,
+    read_account,
+    read_account_like,
+)
 
 __all__ = ["SqliteStore", "Statistics"]
 
+log = logging.getLogger("roomcast.store")
+
 T = TypeVar("T")
 
-_MESSAGE_COLUMNS = "id, seq, sender, kind, text, ts"
+_MESSAGE_COLUMNS = "id, seq, sender, kind, text, ts, signed"
 _HISTORY_NEWEST = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? AND seq < ? AND seq > ?"
     " ORDER BY seq DESC LIMIT ?"
@@ -77,13 +100,32 @@ _ROOM_INFO = (
     " FROM rooms WHERE name = ?"
 )
 _SEARCH = (
-    "SELECT m.id, m.seq, m.sender, m.kind, m.text, m.ts"
+    "SELECT m.id, m.seq, m.sender, m.kind, m.text, m.ts, m.signed"
     " FROM messages_fts JOIN messages AS m ON m.serial = messages_fts.rowid"
     " WHERE messages_fts MATCH ? AND m.room = ? ORDER BY messages_fts.rowid DESC LIMIT ?"
 )
+_PRIVATE_COLUMNS = "seq, id, sender, recipient, kind, text, ts, signed, recipient_signed"
 _PRIVATES = (
-    "SELECT seq, id, sender, recipient, kind, text, ts FROM private_messages"
+    f"SELECT {_PRIVATE_COLUMNS} FROM private_messages"
     " WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+# The messages of one conversation (index private_messages_pair) that its reader took part
+# in as the identity it has now: parameters pair, first, reader, signed, reader, signed.
+_CONVERSATION = (
+    "pair = ? AND seq >= ?"
+    " AND ((sender = ? COLLATE NOCASE AND signed = ?) OR (recipient = ? AND recipient_signed = ?))"
+)
+_CONVERSATION_NEWEST = (
+    f"SELECT {_PRIVATE_COLUMNS} FROM private_messages WHERE {_CONVERSATION}"
+    " AND seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?"
+)
+_CONVERSATION_OLDEST = (
+    f"SELECT {_PRIVATE_COLUMNS} FROM private_messages WHERE {_CONVERSATION}"
+    " AND seq > ? AND seq < ? ORDER BY seq LIMIT ?"
+)
+_CONVERSATION_ENDS = (
+    f"SELECT (SELECT seq FROM private_messages WHERE {_CONVERSATION} ORDER BY seq LIMIT 1),"
+    f" (SELECT seq FROM private_messages WHERE {_CONVERSATION} ORDER BY seq DESC LIMIT 1)"
 )
 _NO_SEQ = 2**62  # an upper bound above any sequence number
 
@@ -99,14 +141,41 @@ class Statistics:
 
 
 def _message(room: str, row: tuple[Any, ...]) -> Message:
-    id_, seq, sender, kind, text, ts = row
-    return Message(id=id_, room=room, seq=seq, sender=sender, kind=Kind(kind), text=text, ts=ts)
+    id_, seq, sender, kind, text, ts, signed = row
+    return Message(
+        id=id_,
+        room=room,
+        seq=seq,
+        sender=sender,
+        kind=Kind(kind),
+        text=text,
+        ts=ts,
+        signed=bool(signed),
+    )
+
+
+def _private(row: tuple[Any, ...]) -> Private:
+    seq, id_, sender, recipient, kind, text, ts, signed, recipient_signed = row
+    return Private(
+        id=id_,
+        seq=seq,
+        sender=sender,
+        recipient=recipient,
+        kind=Kind(kind),
+        text=text,
+        ts=ts,
+        signed=bool(signed),
+        recipient_signed=bool(recipient_signed),
+    )
 
 
 def _fts_query(words: str) -> str | None:
     """``words`` as an FTS5 query: each word a quoted string (so it is never syntax), all
-    required; ``None`` when no word has a letter or digit (see ``store.base``)."""
-    quoted = ['"' + w.replace('"', '""') + '"' for w in words.split() if _has_token(w)]
+    required; ``None`` when no word has a letter or digit (see ``store.base``). A NUL ends
+    an FTS5 string early ("unterminated string"): like any other character that is not a
+    letter or digit, it separates tokens, so it becomes a space."""
+    spaced = words.replace("\x00", " ")
+    quoted = ['"' + w.replace('"', '""') + '"' for w in spaced.split() if _has_token(w)]
     return " ".join(quoted) or None
 
 
@@ -121,11 +190,19 @@ class SqliteStore:
     """A ``Storage`` in one SQLite file. Open with ``await SqliteStore.open(path)``."""
 
     def __init__(
-        self, path: Path, conn: sqlite3.Connection, *, max_batch: int, readers: int
+        self,
+        path: Path,
+        conn: sqlite3.Connection,
+        *,
+        max_batch: int,
+        readers: int,
+        guard: Guard | None = None,
     ) -> None:
         """Private: use ``open``, which creates and migrates the file off the event loop."""
         self.path = path  # the database file, absolute
-        self._writer = Writer(conn, max_batch)  # the one writing connection and its thread
+        self._guard = guard  # is the file still the one written to, and writable?
+        self._disk_full = False  # what check() last found of the disk's space, to log changes
+        self._writer = Writer(conn, max_batch, guard)  # the one writing connection, its thread
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="roomcast-sqlite-reader")
         self._local = threading.local()  # .conn: each reader thread's own connection
         self._reader_conns: list[sqlite3.Connection] = []  # every reader connection, to close
@@ -149,12 +226,14 @@ class SqliteStore:
         ``max_batch`` caps the jobs in one group commit; ``readers`` is the number of reader
         threads; ``busy_timeout`` is how many seconds a write waits for a lock held by another
         process (another program using the file) before failing with ``Broken``. Raises
-        ``Broken`` when the file cannot be used (not a database, newer schema, no permission).
+        ``Broken`` when the file cannot be used (not a database, newer schema, no permission),
+        ``Unwritable`` when it can be read but not written (a read-only file or file system):
+        a store that cannot keep what it is told is not opened.
         """
         if max_batch < 1 or readers < 1:
             raise ValueError(f"max_batch and readers must be at least 1: {max_batch}, {readers}")
-        where, conn = await asyncio.to_thread(open_writer, Path(path), busy_timeout)
-        return cls(where, conn, max_batch=max_batch, readers=readers)
+        where, conn, guard = await asyncio.to_thread(_open_writable, Path(path), busy_timeout)
+        return cls(where, conn, max_batch=max_batch, readers=readers, guard=guard)
 
     def statistics(self) -> Statistics:
         """A snapshot of the writer's counters."""
@@ -165,6 +244,33 @@ class SqliteStore:
             largest_batch=w.largest_batch,
             pending=w.pending(),
         )
+
+    async def check(self) -> None:
+        """Raise ``Unwritable`` when the database file was deleted or replaced, is read-only,
+        or its disk has no space left; ``Broken`` once closed. Three system calls and a
+        ``statvfs``, in a thread."""
+        if self._closing:
+            raise Broken("the SQLite store is closed")
+        problem = await asyncio.to_thread(self._problem)
+        if problem is not None:
+            raise Unwritable(f"the SQLite store is not writable: {problem}")
+
+    def _problem(self) -> str | None:
+        if self._guard is not None and (problem := self._guard.problem()) is not None:
+            return problem  # the guard logged it
+        try:
+            space = os.statvfs(self.path.parent)
+        except OSError as e:
+            return f"its directory {self.path.parent} cannot be checked ({e.strerror})"
+        # root may use the blocks a file system keeps in reserve; others may not
+        full = (space.f_bfree if os.geteuid() == 0 else space.f_bavail) == 0
+        if full != self._disk_full:
+            self._disk_full = full
+            if full:
+                log.error("the disk of the SQLite store %s is full: writes will fail", self.path)
+            else:
+                log.warning("the disk of the SQLite store %s has space again", self.path)
+        return f"the disk of {self.path} is full" if full else None
 
     async def close(self) -> None:
         """Let the writer commit everything queued, stop the threads, close the connections.
@@ -288,12 +394,42 @@ class SqliteStore:
     async def privates(self, name: str, *, after: int, limit: int) -> Sequence[Private]:
         def run(conn: sqlite3.Connection) -> list[Private]:
             rows = conn.execute(_PRIVATES, (name, after, limit)).fetchall()
-            return [
-                Private(id=i, seq=s, sender=f, recipient=r, kind=Kind(k), text=t, ts=ts)
-                for s, i, f, r, k, t, ts in rows
-            ]
+            return [_private(row) for row in rows]
 
         return [] if limit < 1 else await self._read(run)
+
+    async def conversation(
+        self,
+        name: str,
+        other: str,
+        *,
+        signed: bool,
+        first: int = 1,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int,
+    ) -> PrivatePage:
+        who = (conversation_key(name, other), max(first, 0), name, signed, name, signed)
+        upper = _NO_SEQ if before is None else before
+        lower = -1 if after is None else after
+
+        def run(conn: sqlite3.Connection) -> PrivatePage:
+            oldest, latest = conn.execute(_CONVERSATION_ENDS, who + who).fetchone()
+            if limit < 1:
+                rows: list[Any] = []
+            elif after is None:  # the newest `limit` below `before`
+                rows = conn.execute(_CONVERSATION_NEWEST, (*who, upper, lower, limit)).fetchall()
+                rows.reverse()
+            else:  # the oldest `limit` above `after`
+                rows = conn.execute(_CONVERSATION_OLDEST, (*who, lower, upper, limit)).fetchall()
+            latest = latest or 0
+            return PrivatePage(
+                messages=tuple(_private(row) for row in rows),
+                oldest_seq=latest + 1 if oldest is None else oldest,
+                latest_seq=latest,
+            )
+
+        return await self._read(run)
 
     async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
         query = _fts_query(words)
@@ -320,22 +456,13 @@ class SqliteStore:
     # --- Accounts ---------------------------------------------------------------------------
 
     async def account(self, name: str) -> Account | None:
-        def run(conn: sqlite3.Connection) -> Account | None:
-            row = conn.execute(
-                "SELECT name, password_hash, created, private_read_seq FROM accounts WHERE key = ?",
-                (fold(name),),
-            ).fetchone()
-            if row is None:
-                return None
-            shown, password_hash, created, private_read_seq = row
-            return Account(
-                name=shown,
-                password_hash=password_hash,
-                created=created,
-                private_read_seq=private_read_seq,
-            )
+        return await self._read(functools.partial(read_account, column="key", value=fold(name)))
 
-        return await self._read(run)
+    async def account_like(self, name: str) -> Account | None:
+        return await self._read(functools.partial(read_account_like, name=name))
+
+    async def account_by_id(self, account_id: str) -> Account | None:
+        return await self._read(functools.partial(read_account, column="id", value=account_id))
 
     async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
         create = functools.partial(self._writer.create_account, name, password_hash, now)
@@ -343,6 +470,9 @@ class SqliteStore:
 
     async def set_password(self, name: str, password_hash: str) -> None:
         await self._write(functools.partial(self._writer.set_password, name, password_hash))
+
+    async def revoke(self, account_id: str) -> Account | None:
+        return await self._write(functools.partial(self._writer.revoke, account_id))
 
     async def delete_account(self, name: str) -> bool:
         delete = functools.partial(self._writer.delete_account, name)
@@ -368,6 +498,40 @@ class SqliteStore:
 
     async def advance_private_read(self, name: str, seq: int) -> None:
         await self._write(functools.partial(self._writer.advance_private_read, name, seq))
+
+
+def _open_writable(path: Path, busy_timeout: float) -> tuple[Path, sqlite3.Connection, Guard]:
+    """``open_writer``, then prove the file takes writes: SQLite opens a file it may only
+    read without a word, and every write would then fail. The probe is an ``UPDATE`` that
+    matches no row, rolled back: it needs the write lock of a writable file, changes nothing.
+    """
+    try:
+        where, conn = open_writer(path, busy_timeout)
+    except Broken as e:
+        folder = path.expanduser().absolute().parent
+        if folder.is_dir() and not os.access(folder, os.W_OK):
+            raise Unwritable(
+                f"the SQLite store {str(path)!r} is not writable: its directory is not, and"
+                f" SQLite must create its -wal and -shm files there ({e})"
+            ) from e
+        raise
+    try:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("UPDATE counters SET value = value WHERE 0")
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            raise Unwritable(f"the SQLite store {str(where)!r} is not writable: {e}") from e
+        guard = Guard(where)
+        problem = guard.problem()
+        if problem is not None:
+            raise Unwritable(f"the SQLite store {str(where)!r} is not writable: {problem}")
+    except BaseException:
+        conn.close()
+        raise
+    return where, conn, guard
 
 
 def _room_info(conn: sqlite3.Connection, room: str) -> tuple[int, int]:

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Final
 
 from roomcast.errors import Broken
+from roomcast.files import narrow, private_dir, private_file
+from roomcast.names import skeleton
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "configure", "migrate", "open_writer"]
 
@@ -97,12 +99,47 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         """INSERT INTO counters (name, value)
             VALUES ('fts_serial', (SELECT COALESCE(MAX(serial), 0) FROM messages))""",
     ),
+    # whether the sender was signed in to an account (and, for a private message, whether it
+    # went to one); rows from before are a guest's: nobody can tell whose they were
+    (
+        "ALTER TABLE messages ADD COLUMN signed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE private_messages ADD COLUMN signed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE private_messages ADD COLUMN recipient_signed INTEGER NOT NULL DEFAULT 0",
+    ),
+    # private conversations: the pair of folded names (store.base.conversation_key) and an
+    # index that pages a conversation by seq. Names are ASCII: lower() is fold().
+    (
+        "ALTER TABLE private_messages ADD COLUMN pair TEXT NOT NULL DEFAULT ''",
+        """UPDATE private_messages SET pair = CASE
+            WHEN lower(sender) <= lower(recipient) THEN lower(sender) || ' ' || lower(recipient)
+            ELSE lower(recipient) || ' ' || lower(sender) END""",
+        "CREATE INDEX private_messages_pair ON private_messages (pair, seq)",
+    ),
+    # accounts get a stable random id and a token generation: a token names the account by
+    # id (never reused, so it cannot pass to a later account of the same name) and carries
+    # the generation, which a password change or "log out everywhere" bumps
+    (
+        "ALTER TABLE accounts ADD COLUMN id TEXT NOT NULL DEFAULT ''",
+        "UPDATE accounts SET id = lower(hex(randomblob(12)))",
+        "CREATE UNIQUE INDEX accounts_id ON accounts (id)",
+        "ALTER TABLE accounts ADD COLUMN generation INTEGER NOT NULL DEFAULT 0",
+    ),
+    # accounts by skeleton (roomcast.names): a name that looks like a registered one is
+    # found with one indexed lookup. Not unique: accounts registered before may collide.
+    # roomcast_skeleton is roomcast.names.skeleton, registered on the connection (configure).
+    (
+        "ALTER TABLE accounts ADD COLUMN skeleton TEXT NOT NULL DEFAULT ''",
+        "UPDATE accounts SET skeleton = roomcast_skeleton(name)",
+        "CREATE INDEX accounts_by_skeleton ON accounts (skeleton, key)",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)  # what user_version reads once migrated
 
 
 def configure(conn: sqlite3.Connection) -> None:
-    """The pragmas of the writing connection (the module docstring says why FULL)."""
+    """The pragmas of the writing connection (the module docstring says why FULL), and the
+    functions its migrations call."""
+    conn.create_function("roomcast_skeleton", 1, skeleton, deterministic=True)
     (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if mode != "wal":
         raise sqlite3.OperationalError(f"cannot use WAL mode (journal_mode is {mode!r})")
@@ -136,13 +173,18 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def open_writer(given: Path, busy_timeout: float) -> tuple[Path, sqlite3.Connection]:
-    """Create the file (and its directories) if needed, configure and migrate it; return its
-    absolute path (``~`` expanded) and the connection. ``busy_timeout``: seconds to wait for
-    a write lock held by another connection before failing."""
+    """Create the file (0600; a missing directory 0700) if needed, configure and migrate it;
+    return its absolute path (``~`` expanded) and the connection. ``busy_timeout``: seconds
+    to wait for a write lock held by another connection before failing."""
     path = given
     try:
         path = given.expanduser().resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Password hashes and private messages: for the owner only (roomcast.files); SQLite
+        # gives the -wal and -shm files the database file's permissions.
+        private_dir(path.parent)
+        private_file(path)
+        for suffix in ("-wal", "-shm"):
+            narrow(path.with_name(path.name + suffix))
         conn = sqlite3.connect(
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )

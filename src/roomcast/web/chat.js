@@ -122,6 +122,7 @@ export class Chat {
     welcome(frame) {
       const resuming = this.welcomed;
       this.me = frame.name;
+      this.list.signed = Boolean(this.credentials.token); // a guest's own are unsigned
       this.welcomed = true;
       this.conn.established();
       this.ui.disconnected(false);
@@ -185,7 +186,7 @@ export class Chat {
     },
 
     history(frame, about) {
-      const conv = this.convs.get(frame.room);
+      const conv = this.convs.get(frame.with === undefined ? frame.room : dmKey(frame.with));
       if (conv === undefined) return;
       if (about?.kind === "probe") {
         if (conv.divider !== null && conv.divider.count === null) {
@@ -386,6 +387,8 @@ export class Chat {
       if (this.me !== null) conv.members.set(fold(this.me), { name: this.me, online: true });
       this.convs.set(key, conv);
       this.dirty.sidebar = true;
+      const frame = { type: "history", with: name, limit: PAGE }; // what we said before
+      conv.historyAsked = this.request(frame, { kind: "initial", room: key }) !== null;
     }
     return conv;
   }
@@ -447,9 +450,10 @@ export class Chat {
 
   /** Ask for the page of history before the oldest message shown. */
   loadOlder(conv = this.convs.get(this.current)) {
-    if (conv === undefined || conv.kind !== "room" || conv.atStart || conv.loadingOlder) return;
+    if (conv === undefined || conv.atStart || conv.loadingOlder) return;
     if (conv.oldest === null) return; // the first page has not come yet
-    const frame = { type: "history", room: conv.key, before: conv.oldest, limit: PAGE };
+    const where = conv.kind === "room" ? { room: conv.key } : { with: conv.title };
+    const frame = { type: "history", ...where, before: conv.oldest, limit: PAGE };
     if (this.request(frame, { kind: "older", room: conv.key }) === null) return;
     conv.loadingOlder = true;
     this.changed(conv);

@@ -26,7 +26,7 @@ export class Conversation {
     this.seqs = []; // the keys of `entries`, ascending
     this.joined = false; // rooms: we are a member
     this.historyAsked = false; // the first page of history was asked for
-    this.atStart = this.kind === "dm"; // nothing older exists (no history API for privates)
+    this.atStart = false; // nothing older exists: the history reached its start
     this.loadingOlder = false; // a history page is on its way
     this.unread = 0; // messages that arrived while another conversation was shown
     this.serverUnread = 0; // what the server counted at login (rooms, unread, summary frames)

@@ -28,7 +28,8 @@ function systemLine(event) {
   }
 }
 
-/** Whether `event` continues the group of messages `prev` is in (same person, same minute-ish). */
+/** Whether `event` continues the group of messages `prev` is in (same person, same minute-ish).
+ * A guest and an account of the same name are not the same person. */
 function continues(prev, event) {
   return (
     prev !== null &&
@@ -36,13 +37,20 @@ function continues(prev, event) {
     prev.kind !== "action" &&
     event.kind !== "action" &&
     prev.from === event.from &&
+    Boolean(prev.signed) === Boolean(event.signed) &&
     event.ts - prev.ts < GROUP_SECONDS &&
     dayKey(prev.ts) === dayKey(event.ts)
   );
 }
 
-/** The list item for one event. */
-function eventNode(event, prev, me) {
+/** "guest" after the name of someone who was not signed in (null for an account's message). */
+function guestMark(event) {
+  if (event.signed !== false) return null;
+  return el("span", { class: "guest", text: "guest", title: "not signed in to an account" });
+}
+
+/** The list item for one event; `mine`: we sent it (our name, and signed in as we are). */
+function eventNode(event, prev, mine) {
   const dataset = { seq: String(event.seq), type: event.type };
   if (event.from !== undefined) dataset.from = event.from;
   if (!Conversation.isChat(event)) {
@@ -55,8 +63,8 @@ function eventNode(event, prev, me) {
       el("span", { class: "text", text }),
     );
   }
-  const mine = event.from === me;
   if (event.kind === "action") {
+    const mark = guestMark(event);
     return el(
       "li",
       { class: mine ? "msg action mine" : "msg action", dataset },
@@ -67,6 +75,8 @@ function eventNode(event, prev, me) {
         "* ",
         nameNode(event.from),
         " ",
+        mark,
+        mark === null ? null : " ",
         el("span", { class: "text", text: event.text }),
       ),
     );
@@ -82,6 +92,7 @@ function eventNode(event, prev, me) {
       "div",
       { class: "meta" },
       nameNode(event.from, grouped ? { class: "from visually-hidden" } : {}),
+      grouped ? null : guestMark(event),
       timeNode(event.ts),
     ),
     el("p", { class: "text", text: event.text }),
@@ -100,6 +111,7 @@ export class MessageList {
     this.scroller = byId("scroller"); // what scrolls: the list's box
     this.conv = null; // the conversation shown
     this.me = ""; // our name: our own messages are marked
+    this.signed = false; // we are signed in to an account (not a guest)
     this.dividerLabel = null; // the divider's text node, while one is shown
   }
 
@@ -137,10 +149,16 @@ export class MessageList {
     const nodes = [];
     if (prev === null || dayKey(prev.ts) !== dayKey(event.ts)) nodes.push(this.dayNode(event));
     if (before === seq && this.dividerLabel === null) nodes.push(this.dividerNode(conv));
-    nodes.push(eventNode(event, prev, this.me));
+    nodes.push(eventNode(event, prev, this.mine(event)));
     this.list.append(...nodes);
     this.updateDivider();
     if (stick || event.from === this.me) this.toBottom();
+  }
+
+  /** Whether we sent `event`: our name, and signed in as we are now (a guest of our name,
+   * before we had an account, is someone else). */
+  mine(event) {
+    return event.from === this.me && Boolean(event.signed) === this.signed;
   }
 
   /** Update the divider's count (it may count messages as they arrive). */
@@ -184,7 +202,7 @@ export class MessageList {
     const nodes = [];
     if (conv.kind === "room" && conv.atStart) {
       nodes.push(el("li", { class: "start", text: `This is the start of ${conv.title}.` }));
-    } else if (conv.kind === "dm") {
+    } else if (conv.kind === "dm" && conv.atStart) {
       const text = `Private messages between you and ${conv.title}: only you two see them.`;
       nodes.push(el("li", { class: "start", text }));
     }
@@ -197,7 +215,7 @@ export class MessageList {
       const event = conv.entries.get(seq);
       if (prev === null || dayKey(prev.ts) !== dayKey(event.ts)) nodes.push(this.dayNode(event));
       if (seq === dividerSeq) nodes.push(this.dividerNode(conv));
-      nodes.push(eventNode(event, prev, this.me));
+      nodes.push(eventNode(event, prev, this.mine(event)));
       prev = event;
     }
     this.list.replaceChildren(...nodes);

@@ -39,6 +39,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -54,9 +55,17 @@ from roomcast.model import (
     Who,
     WhoList,
 )
-from roomcast.wire.cache import EncodedMessages
+from roomcast.tokens import Claims
+from roomcast.wire.cache import DEFAULT_CACHE_BYTES, EncodedMessages
 
-__all__ = ["PROTOCOL_VERSION", "JsonCodec", "Reply", "encoded_messages", "message_object"]
+__all__ = [
+    "PROTOCOL_VERSION",
+    "JsonCodec",
+    "Reply",
+    "encoded_messages",
+    "message_object",
+    "private_object",
+]
 
 PROTOCOL_VERSION = 1
 
@@ -74,7 +83,13 @@ class Reply:
 
 def message_object(m: Message) -> dict[str, Any]:
     """A room message as a JSON object (``type`` from its kind)."""
-    base: dict[str, Any] = {"room": m.room, "seq": m.seq, "id": m.id, "from": m.sender}
+    base: dict[str, Any] = {
+        "room": m.room,
+        "seq": m.seq,
+        "id": m.id,
+        "from": m.sender,
+        "signed": m.signed,
+    }
     match m.kind:
         case Kind.MESSAGE | Kind.ACTION:
             return {"type": "message", **base, "kind": m.kind.value, "text": m.text, "ts": m.ts}
@@ -89,21 +104,27 @@ def message_object(m: Message) -> dict[str, Any]:
     raise AssertionError(m.kind)  # pragma: no cover
 
 
+def private_object(p: Private) -> dict[str, Any]:
+    """A private message as a JSON object (``dm``)."""
+    return {
+        "type": "dm",
+        "id": p.id,
+        "seq": p.seq,
+        "from": p.sender,
+        "signed": p.signed,
+        "to": p.recipient,
+        "kind": p.kind.value,
+        "text": p.text,
+        "ts": p.ts,
+    }
+
+
 def _event_object(e: Event) -> dict[str, Any]:
     match e:
         case Message():
             return message_object(e)
         case Private():
-            return {
-                "type": "dm",
-                "id": e.id,
-                "seq": e.seq,
-                "from": e.sender,
-                "to": e.recipient,
-                "kind": e.kind.value,
-                "text": e.text,
-                "ts": e.ts,
-            }
+            return private_object(e)
         case Welcome(name=name):
             return {
                 "type": "welcome",
@@ -115,9 +136,9 @@ def _event_object(e: Event) -> dict[str, Any]:
             return {"type": "info", "text": text}
         case WhoList(room=room, names=names, total=total):
             return {"type": "who", "room": room, "names": list(names), "total": total}
-        case RoomList(rooms=rooms):
+        case RoomList(rooms=rooms, current=current):
             listed = [{"name": r.name, "members": r.members, "unread": r.unread} for r in rooms]
-            return {"type": "rooms", "rooms": listed}
+            return {"type": "rooms", "rooms": listed, "current": current}
         case Unread(rooms=rooms):
             return {"type": "unread", "rooms": dict(rooms)}
         case Summary():
@@ -133,6 +154,15 @@ def _event_object(e: Event) -> dict[str, Any]:
                 "type": "history",
                 "room": e.room,
                 "messages": [message_object(m) for m in e.messages],
+                "oldest_seq": e.oldest_seq,
+                "latest_seq": e.latest_seq,
+                "capped": e.capped,
+            }
+        case PrivateHistory():
+            return {
+                "type": "history",
+                "with": e.user,
+                "messages": [private_object(p) for p in e.messages],
                 "oldest_seq": e.oldest_seq,
                 "latest_seq": e.latest_seq,
                 "capped": e.capped,
@@ -189,6 +219,15 @@ def _int(frame: dict[str, Any], key: str) -> int | None:
     return value
 
 
+def _bool(frame: dict[str, Any], key: str) -> bool:
+    value = frame.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _bad(f"{key!r} must be true or false")
+    return value
+
+
 def _limit(frame: dict[str, Any]) -> int:
     limit = _int(frame, "limit")
     return 50 if limit is None else limit
@@ -201,7 +240,7 @@ def _room(frame: dict[str, Any]) -> str | None:
 _REQUESTS: dict[str, Callable[[dict[str, Any]], Command]] = {
     "login": lambda f: Login(name=_need(f, "name"), password=_need(f, "password")),
     "register": lambda f: Register(password=_need(f, "password")),
-    "logout": lambda f: Logout(),
+    "logout": lambda f: Logout(everywhere=_bool(f, "all")),
     "join": lambda f: Join(room=_need(f, "room"), since=_int(f, "since")),
     "leave": lambda f: Leave(room=_room(f)),
     "send": lambda f: Say(room=_room(f), text=_need(f, "text")),
@@ -216,6 +255,7 @@ _REQUESTS: dict[str, Callable[[dict[str, Any]], Command]] = {
         after=_int(f, "after"),
         around=_int(f, "around"),
         limit=_limit(f),
+        user=_str(f, "with", required=False),
     ),
     "search": lambda f: Search(room=_room(f), words=_need(f, "words"), limit=_limit(f)),
     "quit": lambda f: Quit(reason=_str(f, "reason", required=False) or "quit"),
@@ -226,15 +266,15 @@ class JsonCodec:
     """Server side of one JSON-protocol connection.
 
     ``parse`` turns one text frame into ``(request id, command)`` or a ready ``Reply``;
-    ``encode`` turns events into frames. ``verify_token`` maps a token to a user name (or
+    ``encode`` turns events into frames. ``verify_token`` maps a token to what it claims (or
     raises ``ClientError``); it comes from the transport, which holds the signing key.
     """
 
     def __init__(
-        self, *, messages: EncodedMessages, verify_token: Callable[[str], str] | None = None
+        self, *, messages: EncodedMessages, verify_token: Callable[[str], Claims] | None = None
     ) -> None:
         self._messages = messages  # shared: each room message encoded once
-        self._verify_token = verify_token  # token -> name, for hello {token}
+        self._verify_token = verify_token  # token -> its claims, for hello {token}
 
     # -- input --
 
@@ -273,7 +313,8 @@ class JsonCodec:
         if token is not None:
             if self._verify_token is None:
                 raise ClientError("bad_token", "this server does not take tokens")
-            return Authenticated(name=self._verify_token(token))
+            claims = self._verify_token(token)
+            return Authenticated(account=claims.account, generation=claims.generation)
         name = _str(frame, "name", required=False)
         if name is None:
             raise _bad("'hello' needs 'name' (a guest) or 'token' (an account)")
@@ -318,6 +359,7 @@ def _frame(parts: list[bytes]) -> bytes:
     return b'{"type":"batch","events":[' + b",".join(parts) + b"]}"
 
 
-def encoded_messages(size: int = 4096) -> EncodedMessages:
-    """A cache of JSON-encoded room messages, to share between connections."""
-    return EncodedMessages(_encode_message, size, join=_frame)
+def encoded_messages(size: int = 4096, max_bytes: int = DEFAULT_CACHE_BYTES) -> EncodedMessages:
+    """A cache of JSON-encoded room messages, to share between connections (at most ``size``
+    messages and ``max_bytes`` bytes of them, and as many bytes of runs)."""
+    return EncodedMessages(_encode_message, size=size, max_bytes=max_bytes, join=_frame)

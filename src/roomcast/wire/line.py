@@ -11,11 +11,13 @@ connection is dropped.
 
 Output is one line per event, for humans: ``[#general] alice: hello``. Errors start with
 ``! ``, information with ``-- ``. Room messages are rendered once per format by a shared
-``Renderer`` and the same bytes go to every member.
+``Renderer`` and the same bytes go to every member. No text can show a line of its own:
+its further lines start with ``CONTINUATION`` and its runs of blanks show as one space.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 
@@ -37,6 +39,7 @@ from roomcast.model import (
     Missed,
     Nick,
     Private,
+    PrivateHistory,
     PrivateMessage,
     Quit,
     Register,
@@ -51,11 +54,11 @@ from roomcast.model import (
     Welcome,
     Who,
     WhoList,
-    seq_number,
+    seq_text,
 )
-from roomcast.wire.cache import EncodedMessages
+from roomcast.wire.cache import DEFAULT_CACHE_BYTES, EncodedMessages
 
-__all__ = ["GREETING", "HELP", "LineCodec", "LineTooLong", "Renderer"]
+__all__ = ["CONTINUATION", "GREETING", "HELP", "MAX_INDENT", "LineCodec", "LineTooLong", "Renderer"]
 
 GREETING = "-- welcome to roomcast. what is your name?"
 
@@ -69,12 +72,14 @@ HELP = """\
 --   /me text          an action: * name text
 --   /nick name        change your name
 --   /who [#room]      who is in a room
---   /rooms            the rooms and how many are in each
+--   /rooms            every room: who is online, your unread counts, your current room
 --   /history [#room] [before|after|around N] [count]   a page of history
+--   /history @name ...   the same, of your private messages with name
 --   /search [#room] words   find messages containing every word
 --   /register password   keep your name, rooms and missed messages
 --   /login name password   come back as a registered name
 --   /logout           end the login; the connection stays
+--   /logout all       log out everywhere: every session and token of the account ends
 --   /timestamps on|off  show the time of each message (UTC)
 --   /quit [reason]    leave the server
 --   /help             this list
@@ -106,9 +111,10 @@ def _two_args(arg: str, usage: str) -> tuple[str, str]:
 
 
 def _seq(text: str, usage: str) -> int:
-    if not (text.isascii() and text.isdigit()):
+    n = seq_text(text)
+    if n is None:
         raise _usage(usage)
-    return seq_number(int(text))
+    return n
 
 
 def _join(arg: str) -> Join:
@@ -129,8 +135,14 @@ def _room_and_rest(arg: str) -> tuple[str | None, str]:
 
 
 def _history(arg: str) -> FetchHistory:
-    usage = "/history [#room] [before|after|around seq] [count]"
-    room, rest = _room_and_rest(arg)
+    usage = "/history [#room|@name] [before|after|around seq] [count]"
+    user = None
+    if arg.startswith("@"):  # a private conversation
+        target, _, arg = arg.partition(" ")
+        user = target[1:]
+        if not user:
+            raise _usage(usage)
+    room, rest = _room_and_rest(arg.strip())
     words = rest.split()
     bounds: dict[str, int] = {}
     if words and words[0] in ("before", "after", "around"):
@@ -141,7 +153,7 @@ def _history(arg: str) -> FetchHistory:
     if len(words) > 1:
         raise _usage(usage)
     limit = _seq(words[0], usage) if words else 50
-    return FetchHistory(room=room, limit=limit, **bounds)
+    return FetchHistory(room=room, user=user, limit=limit, **bounds)
 
 
 def _command(verb: str, arg: str) -> Command:
@@ -170,7 +182,9 @@ def _command(verb: str, arg: str) -> Command:
             name, password = _two_args(arg, "/login name password")
             return Login(name=name, password=password.strip())
         case "logout":
-            return Logout()
+            if arg.lower() not in ("", "all"):
+                raise _usage("/logout [all]")
+            return Logout(everywhere=arg.lower() == "all")
         case "history":
             return _history(arg)
         case "search":
@@ -187,10 +201,37 @@ def _command(verb: str, arg: str) -> Command:
 # --- rendering ----------------------------------------------------------------------------
 
 
-def _indent(text: str) -> str:
-    """Continuation lines of a multi-line message start with spaces, so no line of a message
-    can pass for a line of its own."""
-    return text.replace("\n", "\n    ")
+# A run of blanks: spaces, the other Unicode spaces, and the letters that show as a blank
+# (Hangul fillers, the blank Braille pattern). Two or more, or a single one that is not
+# an ASCII space.
+_BLANK = "[^\\S\\n]|[\u115f\u1160\u2800\u3164\uffa0]"
+_BLANKS = re.compile(f"(?:{_BLANK}){{2,}}|(?! )(?:{_BLANK})")
+_INDENT = re.compile(f"(?:{_BLANK})+")
+CONTINUATION = "  | "  # starts each further line of a multi-line text: no event line does
+MAX_INDENT = 8  # columns of indentation kept at the start of a further line
+
+
+def _body(text: str) -> str:
+    """A text as the terminal shows it: no line of it can pass for a line of its own.
+
+    A line break (the text keeps them) starts the next line with ``CONTINUATION``, which no
+    event line starts with. A run of blanks shows as one space: padding a message to the
+    terminal's width would otherwise make what follows appear at the start of a row, as
+    if it were another line. Only the client knows the width: with visible padding the
+    trick still works, but the row above then shows the padding, under the sender's name
+    (docs/security.md). The indentation of a further line (code) is kept, up to
+    ``MAX_INDENT`` columns.
+    """
+    if "\n" not in text:
+        return _BLANKS.sub(" ", text)
+    first, *rest = text.split("\n")
+    lines = [_BLANKS.sub(" ", first)]
+    for line in rest:
+        indent = _INDENT.match(line)
+        depth = 0 if indent is None else min(indent.end(), MAX_INDENT)
+        start = 0 if indent is None else indent.end()
+        lines.append(" " * depth + _BLANKS.sub(" ", line[start:]))
+    return ("\n" + CONTINUATION).join(lines)
 
 
 def _clock(ts: float) -> str:
@@ -203,50 +244,106 @@ class Renderer:
     One renderer per format (with or without timestamps) is shared by every connection.
     """
 
-    def __init__(self, *, timestamps: bool = False, cache_size: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        timestamps: bool = False,
+        cache_size: int = 4096,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self.timestamps = timestamps  # prefix each message with its UTC time
         # the line of each room message, rendered once
-        self.message = EncodedMessages(lambda m: self._render_message(m).encode(), cache_size)
+        self.message = EncodedMessages(
+            lambda m: self._render_message(m).encode(), size=cache_size, max_bytes=cache_bytes
+        )
 
     def _render_message(self, m: Message, *, clock: bool = True) -> str:
         head = f"{_clock(m.ts) if self.timestamps and clock else ''}[{m.room}]"
         match m.kind:
             case Kind.MESSAGE:
-                return f"{head} {m.sender}: {_indent(m.text)}\n"
+                return f"{head} {m.sender}: {_body(m.text)}\n"
             case Kind.ACTION:
-                return f"{head} * {m.sender} {_indent(m.text)}\n"
+                return f"{head} * {m.sender} {_body(m.text)}\n"
             case Kind.JOIN:
                 return f"{head} --> {m.sender} joined\n"
             case Kind.LEAVE:
                 return f"{head} <-- {m.sender} left\n"
             case Kind.QUIT:
-                return f"{head} <-- {m.sender} quit ({m.text})\n"
+                return f"{head} <-- {m.sender} quit ({_body(m.text)})\n"
             case Kind.NICK:
                 return f"{head} -- {m.sender} is now known as {m.text}\n"
         raise AssertionError(m.kind)  # pragma: no cover
 
-    def _listing(
-        self,
-        title: str,
-        room: str | None,
-        messages: Sequence[Message],
-        oldest: int | None,
-        capped: int | None,
-    ) -> str:
+    def _listing(self, header: str, messages: Sequence[Message], capped: int | None) -> list[str]:
         """A header, then one line per message with its seq and UTC date and time."""
-        if messages:
-            lines = [f"-- {title}: seq {messages[0].seq}-{messages[-1].seq}"]
-        else:
-            lines = [f"-- {title}: no messages"]
+        lines = [header]
         for m in messages:
             stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(m.ts))
             lines.append(f"{m.seq} {stamp} {self._render_message(m, clock=False)}".rstrip("\n"))
         if capped is not None:
             lines.append(f"-- limited to {capped} messages")
-        if room is not None and messages and messages[0].seq > (oldest or 1):
-            lines.append(f"-- older: /history {room} before {messages[0].seq}")
-        elif oldest is not None and oldest > 1 and (not messages or messages[0].seq <= oldest):
-            lines.append(f"-- messages of {room} before seq {oldest} are no longer kept")
+        return lines
+
+    def _history(self, page: History) -> str:
+        """A page of history, then where to read on: the older and the newer page next to
+        it, where there are such messages, or that older ones are no longer kept; an empty
+        page says which messages the room keeps."""
+        room, messages, oldest, latest = page.room, page.messages, page.oldest_seq, page.latest_seq
+        if messages:
+            header = f"-- history of {room}: seq {messages[0].seq}-{messages[-1].seq}"
+        else:
+            header = f"-- history of {room}: no messages"
+        lines = self._listing(header, messages, page.capped)
+        gone = f"-- messages of {room} before seq {oldest} are no longer kept"
+        if messages:
+            first, last = messages[0].seq, messages[-1].seq
+            if first > oldest:
+                lines.append(f"-- older: /history {room} before {first}")
+            elif oldest > 1:
+                lines.append(gone)
+            if last < latest:
+                lines.append(f"-- newer: /history {room} after {last}")
+        elif latest > 0:
+            if oldest > 1:
+                lines.append(gone)
+            if oldest <= latest:
+                lines.append(f"-- kept: {room} seq {oldest}-{latest}")
+        return "\n".join(lines) + "\n"
+
+    def _room_list(self, rooms: RoomList) -> str:
+        """A header with the count and where text goes, then one aligned line per room."""
+        if rooms.current is None:
+            where = "you are in no room: /join #room to talk"
+        else:
+            where = f"text goes to {rooms.current}"
+        lines = [f"-- rooms: {len(rooms.rooms)}; {where}"]
+        width = max((len(r.name) for r in rooms.rooms), default=0)
+        for r in rooms.rooms:
+            line = f"--   {r.name:<{width}}  {r.members} online"
+            if r.unread is not None:  # one of the asker's rooms
+                line += f", joined, {r.unread} unread"
+            if r.name == rooms.current:
+                line += ", current"
+            lines.append(line)
+        return "\n".join(lines) + "\n"
+
+    def _private_history(self, page: PrivateHistory) -> str:
+        """A page of a private conversation, as a room's: each message with its seq, date and
+        time as it was shown live, then where to read on."""
+        who, messages = page.user, page.messages
+        if messages:
+            lines = [f"-- history with @{who}: seq {messages[0].seq}-{messages[-1].seq}"]
+        else:
+            lines = [f"-- history with @{who}: no messages"]
+        for p in messages:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(p.ts))
+            lines.append(f"{p.seq} {stamp} [pm {p.sender} -> {p.recipient}] {_body(p.text)}")
+        if page.capped is not None:
+            lines.append(f"-- limited to {page.capped} messages")
+        if messages and messages[0].seq > page.oldest_seq:
+            lines.append(f"-- older: /history @{who} before {messages[0].seq}")
+        if messages and messages[-1].seq < page.latest_seq:
+            lines.append(f"-- newer: /history @{who} after {messages[-1].seq}")
         return "\n".join(lines) + "\n"
 
     def event(self, e: Event) -> bytes:
@@ -259,20 +356,18 @@ class Renderer:
         match e:
             case Private(sender=sender, recipient=recipient, text=text, ts=ts):
                 stamp = _clock(ts) if self.timestamps else ""
-                return f"{stamp}[pm {sender} -> {recipient}] {_indent(text)}\n"
+                return f"{stamp}[pm {sender} -> {recipient}] {_body(text)}\n"
             case Welcome(name=name):
                 return f"-- hello {name}. type text to talk, /help for commands.\n"
             case Info(text=text):
                 return f"-- {text}\n"
             case WhoList(room=room, names=names, total=total):
+                if total == 0:
+                    return f"-- {room}: nobody is online (0)\n"
                 more = f" and {total - len(names)} more" if total > len(names) else ""
                 return f"-- {room}: {' '.join(names)}{more} ({total})\n"
-            case RoomList(rooms=rooms):
-                listed = ", ".join(
-                    f"{r.name} ({r.members}{f', {r.unread} unread' if r.unread else ''})"
-                    for r in rooms
-                )
-                return f"-- rooms: {listed or 'none'}\n"
+            case RoomList():
+                return self._room_list(e)
             case Unread(rooms=rooms):
                 return "-- unread: " + ", ".join(f"{r} {n}" for r, n in rooms) + "\n"
             case Summary(room=room, missed=missed, replayed=replayed, first_seq=first):
@@ -282,11 +377,15 @@ class Renderer:
                         f"; the latest {replayed} follow (older: /history {room} before {first})"
                     )
                 return line + "\n"
-            case History(room=room, messages=messages, oldest_seq=oldest, capped=capped):
-                return self._listing(f"history of {room}", room, messages, oldest, capped)
+            case History():
+                return self._history(e)
+            case PrivateHistory():
+                return self._private_history(e)
             case SearchResults(room=room, words=words, messages=messages, capped=capped):
-                title = f"search of {room} for {words!r}: {len(messages)} found"
-                return self._listing(title, None, messages, None, capped)
+                # newest first: a range "seq 11-3" would read backwards, and there are holes
+                found = f"{len(messages)} found" + (", newest first" if len(messages) > 1 else "")
+                header = f"-- search of {room} for {words!r}: {found}"
+                return "\n".join(self._listing(header, messages, capped)) + "\n"
             case Missed(room=room, first_seq=first, count=count):
                 where = room or "your private messages"
                 return (

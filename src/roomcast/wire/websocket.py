@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from websockets.frames import Close, Frame, Opcode
 
 from roomcast.model import Event
-from roomcast.wire.cache import EncodedMessages
+from roomcast.wire.cache import DEFAULT_CACHE_BYTES, EncodedMessages, Memo
 from roomcast.wire.json import JsonCodec
 
 __all__ = ["MAX_CLOSE_REASON", "Frames", "close_frame", "text_frame"]
@@ -42,27 +42,31 @@ class Frames:
     payload. Anything else (replies, private messages, mixed batches) is framed on its own.
     """
 
-    def __init__(self, codec: JsonCodec, messages: EncodedMessages, size: int = 64) -> None:
+    def __init__(
+        self,
+        codec: JsonCodec,
+        messages: EncodedMessages,
+        size: int = 64,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self._codec = codec  # encodes what is not shared
         self._messages = messages  # the shared encodings of room messages and runs
-        self._size = size  # frames kept: those of the last few loop turns
-        # id(shared payload) -> (that payload, its frame); the payload is held, so the id
-        # cannot be reused by another object while the entry lives. Oldest first.
-        self._memo: dict[int, tuple[bytes, bytes]] = {}
+        # id(shared payload) -> (that payload, its frame), for the last few loop turns: at
+        # most ``size`` frames and ``max_bytes`` of frames and payloads (roomcast.wire.cache).
+        # The payload is held, so the id cannot be reused by another object while the
+        # entry lives.
+        self._memo = Memo[int, tuple[bytes, bytes]](max_entries=size, max_bytes=max_bytes)
 
     def __call__(self, events: Sequence[Event]) -> bytes:
         """The frame of ``events`` (one event, or a ``batch`` of several)."""
         shared = self._messages.run(events)
         if shared is None:
             return text_frame(self._codec.encode(events))
-        memo = self._memo
-        hit = memo.get(id(shared))
+        hit = self._memo.get(id(shared))
         if hit is not None and hit[0] is shared:
             return hit[1]
         frame = text_frame(shared)
-        if len(memo) >= self._size:
-            del memo[next(iter(memo))]
-        memo[id(shared)] = (shared, frame)
+        self._memo.put(id(shared), (shared, frame), len(shared) + len(frame))
         return frame
 
     def replies(self, payloads: Sequence[bytes]) -> bytes:
