@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from typing import Any
 
 import pytest
 
-from roomcast.errors import Broken
+from roomcast.errors import Broken, ClientError, Unwritable
 from roomcast.model import Draft, Kind, Message, PrivateDraft
+from roomcast.store.base import Account, conversation_key
 from roomcast.store.postgres import DRIVER_ERRORS, PostgresStore
-from roomcast.store.postgres_schema import SCHEMA_VERSION
+from roomcast.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION, schema_version
+from roomcast.store.postgres_sql import CONVERSATION_NEWEST, NO_SEQ
 from tests.conftest import PgSchema
 
 _ids = itertools.count()
@@ -133,6 +136,30 @@ async def test_a_node_numbers_on_after_another_nodes_messages(postgres: PgSchema
     await second.append_many([draft("#a"), draft("#a")])
     assert (await first.append(draft("#a"))).seq == 4
     assert (await first.room("#a")).latest_seq == 4
+
+
+async def test_look_alikes_registered_on_two_nodes_at_once_store_one_of_each(
+    postgres: PgSchema,
+) -> None:
+    """Two nodes registering look-alike names at the same moment (``alice`` on one,
+    ``aIice`` on the other; 20 such pairs) store exactly one name of each pair, and refuse
+    the other as a look-alike of it."""
+    one, two = await postgres.open_store(), await postgres.open_store()
+    pairs = [(f"alice{i}", f"aIice{i}") for i in range(20)]  # 20 skeletons, one per pair
+    results = await asyncio.gather(
+        *(
+            node.create_account(name, "h", now=1.0)
+            for pair in pairs
+            for node, name in zip((one, two), pair, strict=True)
+        ),
+        return_exceptions=True,
+    )
+    for (a, b), got in zip(pairs, zip(results[::2], results[1::2], strict=True), strict=True):
+        won = [r for r in got if isinstance(r, Account)]
+        refused = [r for r in got if isinstance(r, ClientError)]
+        assert len(won) == 1 and len(refused) == 1, (a, b, got)
+        assert refused[0].code == "lookalike" and repr(won[0].name) in refused[0].message
+        assert await one.account_like(a) == await two.account_like(b) == won[0]
 
 
 # --- group commit and its callback --------------------------------------------------------
@@ -300,6 +327,16 @@ async def test_a_membership_written_while_its_account_is_deleted_is_ignored(
     assert await store.account("ann") is None
 
 
+async def test_a_closed_store_fails_its_check(postgres: PgSchema) -> None:
+    """``check`` on a closed store raises ``Broken``, not ``Unwritable``."""
+    store = await postgres.open_store()
+    await store.check()
+    await store.close()
+    with pytest.raises(Broken, match="closed") as caught:
+        await store.check()
+    assert not isinstance(caught.value, Unwritable)
+
+
 async def test_an_unreachable_server_is_broken_and_its_password_is_not_told() -> None:
     """Opening a store whose server cannot be reached raises ``Broken`` that names the
     server but masks the password."""
@@ -342,6 +379,68 @@ async def test_a_newer_schema_is_refused(postgres: PgSchema) -> None:
     await watcher.execute("UPDATE schema_version SET version = $1", SCHEMA_VERSION + 1)
     with pytest.raises(Broken, match="newer than this roomcast knows"):
         await postgres.open_store()
+
+
+async def test_a_database_of_the_first_schema_is_migrated_with_its_rows(
+    postgres: PgSchema,
+) -> None:
+    """A database made by the first schema keeps its rows through the migrations: its
+    accounts get distinct ids and their skeletons (two look-alikes registered before both
+    stay), its private messages form conversations, and nothing old counts as signed."""
+    old = await postgres.connect()
+    async with old.transaction():
+        assert await schema_version(old) == 0
+        for statement in MIGRATIONS[0]:
+            assert isinstance(statement, str)
+            await old.execute(statement)
+        await old.execute("UPDATE schema_version SET version = 1")
+    for key, name in [("alice", "Alice"), ("aiice", "aIice"), ("bob", "bob"), ("ab", "ab")]:
+        await old.execute(
+            "INSERT INTO accounts (key, name, password_hash, created) VALUES ($1, $2, 'h', 1)",
+            key,
+            name,
+        )
+    for seq, sender, to in [(1, "Bob", "ALICE"), (2, "alice", "bob"), (3, "a_b", "AB")]:
+        await old.execute(
+            "INSERT INTO private_messages (seq, id, sender, recipient, recipient_key, kind,"
+            " text, ts) VALUES ($1, $2, $3, $4, lower($4), 'message', 'hi', 1)",
+            seq,
+            f"p{seq}",
+            sender,
+            to,
+        )
+    await old.execute("UPDATE counters SET value = 3 WHERE name = 'private_seq'")
+    await old.execute(
+        "INSERT INTO messages (room, seq, id, sender, kind, text, ts, words)"
+        " VALUES ('#a', 1, 'm1', 'bob', 'message', 'old', 1, to_tsvector('simple', 'old'))"
+    )
+    await old.execute("INSERT INTO rooms (name, created, last_seq) VALUES ('#a', 1, 1)")
+
+    store = await postgres.open_store()
+    assert await old.fetchval("SELECT version FROM schema_version") == SCHEMA_VERSION
+    accounts = [await store.account(name) for name in ("alice", "aiice", "bob", "ab")]
+    assert all(a is not None and re.fullmatch("[0-9a-f]{24}", a.id) for a in accounts)
+    assert len({a.id for a in accounts if a is not None}) == 4
+    for account in accounts:
+        assert account is not None and account.generation == 0
+        assert await store.account_by_id(account.id) == account
+    assert await store.account_like("a1ice") == accounts[1]  # the first of two by name
+    assert await store.account_like("ALICE") == accounts[0]
+    with pytest.raises(ClientError) as caught:
+        await store.create_account("alice_", "h", now=2.0)
+    assert caught.value.code == "lookalike"
+    page = await store.conversation("alice", "BOB", signed=False, limit=10)
+    assert [(p.seq, p.signed, p.recipient_signed) for p in page.messages] == [
+        (1, False, False),
+        (2, False, False),
+    ]
+    assert [
+        p.seq for p in (await store.conversation("ab", "A_B", signed=False, limit=5)).messages
+    ] == [3]
+    pairs = await old.fetch("SELECT sender, recipient, pair FROM private_messages ORDER BY seq")
+    assert [pair for _, _, pair in pairs] == [conversation_key(a, b) for a, b, _ in pairs]
+    assert (await store.history("#a", limit=5)).messages[0].signed is False
+    assert (await store.append_private(private("alice"))).seq == 4
 
 
 async def test_data_survives_close_and_reopen(postgres: PgSchema) -> None:
@@ -394,3 +493,21 @@ async def test_search_can_use_the_words_index(postgres: PgSchema) -> None:
     )
     assert any("messages_words" in row[0] for row in plan), plan
     assert [m.text for m in await store.search("#a", "WORD7 common", limit=5)] == ["word7 common"]
+
+
+async def test_a_conversation_is_read_from_its_index(postgres: PgSchema) -> None:
+    """A page of a conversation among many private messages of others is read through the
+    index on the conversation, not by reading every private message."""
+    store = await postgres.open_store()
+    for i in range(20):
+        await asyncio.gather(*(store.append_private(private(f"user{i}")) for _ in range(100)))
+    await store.append_private(private("bob", "the one"))
+    watcher = await postgres.connect()
+    await watcher.execute("ANALYZE private_messages")
+    plan = await watcher.fetch(
+        f"EXPLAIN {CONVERSATION_NEWEST}", "ann bob", 1, "bob", False, NO_SEQ, -1, 10
+    )
+    assert all("Seq Scan" not in row[0] for row in plan), plan
+    assert any("private_messages_pair" in row[0] for row in plan), plan
+    page = await store.conversation("bob", "ann", signed=False, limit=10)
+    assert [p.text for p in page.messages] == ["the one"]

@@ -2,7 +2,7 @@
 
 The hub never sees SQL. It talks to a ``Store`` (room history and private messages) and to
 ``Accounts`` (registered names, memberships, read markers); each implementation (``memory``,
-``sqlite``, later ``postgresql``) provides both, lives in its own module, is chosen by URL
+``sqlite``, ``postgresql``) provides both, lives in its own module, is chosen by URL
 scheme (``roomcast.store.open_store``), and translates its driver's exceptions into
 ``roomcast.errors.Broken`` at this seam (``Unwritable``, a kind of ``Broken``, when what
 failed is that the storage cannot take writes: a full disk, a read-only file).

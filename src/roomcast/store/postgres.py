@@ -29,15 +29,31 @@ session locks, and asyncpg still rolls back a transaction left open.
 
 **Search** matches ``words`` (see ``roomcast.store.postgres_schema``) against one
 ``phraseto_tsquery('simple', $n)`` per query word, all required. Each word is a bound
-parameter made of the words' search tokens: no user text is ever query syntax.
+parameter made of the words' search tokens: no user text is ever query syntax, and none of
+its other characters reaches the database (a NUL, which PostgreSQL text cannot hold,
+separates tokens as any other character that is not a letter or digit does).
+
+**Private conversations** are read through the index on ``(pair, seq)``: ``pair`` is the
+conversation's key (``store.base.conversation_key``), written with each message. A page, and
+the ends of what its reader may read, come from one statement (one snapshot).
+
+**Registrations** take a transaction-scoped advisory lock on the new name's skeleton
+(``roomcast.names.skeleton``) before they look for the name and its look-alikes, then
+insert in the same transaction. A name and its look-alikes share a skeleton, so two nodes
+registering ``alice`` and ``aIice`` at once take turns, and the second sees the first's
+account and is refused. A unique index on the skeleton would do it without a lock, but
+accounts registered before look-alikes were refused may share a skeleton, and such a
+database could not be migrated to it.
 
 **Failures**: every driver error (``asyncpg``'s, and ``OSError``) becomes
-``roomcast.errors.Broken`` at this seam. A batch whose statement fails (connection lost,
-server restart, ``pg_terminate_backend``) fails every job in it: a sender gets an error,
-never an acknowledgement for a message that is not stored. The pool replaces a dead
-connection when it is next taken, so the store recovers without a restart. A statement the
-database refuses for one job's data (a reused message id) is retried job by job, so the
-refusal fails that job alone.
+``roomcast.errors.Broken`` at this seam. ``check`` (``/health``) is one ``SELECT``: the
+server can be reached.
+
+A batch whose statement fails (connection lost, server restart, ``pg_terminate_backend``)
+fails every job in it: a sender gets an error, never an acknowledgement for a message that
+is not stored. The pool replaces a dead connection when it is next taken, so the store
+recovers without a restart. A statement the database refuses for one job's data (a reused
+message id) is retried job by job, so the refusal fails that job alone.
 
 Use: ``store = await PostgresStore.open("postgresql://user@host/db")`` ... ``await
 store.close()``; from one event loop only. Limits come from the URL's query
@@ -55,11 +71,44 @@ from typing import Any, Final
 import asyncpg
 
 from roomcast.errors import Broken, ClientError
-from roomcast.model import Draft, Kind, Message, Private, PrivateDraft, fold
+from roomcast.model import Draft, Message, Private, PrivateDraft, fold
+from roomcast.names import lookalike_registered, skeleton
 from roomcast.store import public_url
-from roomcast.store.base import Account, Page, RoomInfo, search_tokens
+from roomcast.store.base import (
+    Account,
+    Page,
+    PrivatePage,
+    RoomInfo,
+    conversation_key,
+    new_account_id,
+    search_tokens,
+)
 from roomcast.store.postgres_schema import migrate
-from roomcast.store.postgres_writer import DRIVER_ERRORS, Statistics, Writer, broken
+from roomcast.store.postgres_sql import (
+    ACCOUNT_COLUMNS,
+    ACCOUNT_LIKE,
+    CONVERSATION_NEWEST,
+    CONVERSATION_OLDEST,
+    CREATE_ACCOUNT,
+    MESSAGE_COLUMNS,
+    NO_SEQ,
+    PAGE_NEWEST,
+    PAGE_OLDEST,
+    PRIVATE_COLUMNS,
+    REGISTRATION_LOCK,
+    RETAIN,
+    ROOM_INFO,
+    account_row,
+    message_row,
+    private_row,
+    skeleton_lock,
+)
+from roomcast.store.postgres_writer import (
+    DRIVER_ERRORS,
+    Statistics,
+    Writer,
+    broken,
+)
 
 __all__ = ["DRIVER_ERRORS", "PostgresStore", "Statistics"]
 
@@ -70,43 +119,6 @@ _LIMITS: Final[dict[str, tuple[type[int] | type[float], int | float]]] = {
     "connect_timeout": (float, 10.0),  # seconds to open a connection
     "command_timeout": (float, 60.0),  # seconds one statement may run
 }
-
-_COLUMNS = "id, seq, sender, kind, text, ts"
-
-# Where a room's history stands: (latest, oldest or NULL), one row even for no room.
-_INFO = """
-SELECT COALESCE((SELECT last_seq FROM rooms WHERE name = $1), 0) AS latest,
-       (SELECT seq FROM messages WHERE room = $1 ORDER BY seq LIMIT 1) AS oldest
-"""
-# A page and where the room stands, in one snapshot: the info row, joined to the page's
-# messages (none: one row of NULLs). $2..$4: below, above, limit.
-_PAGE = f"""
-SELECT i.latest, i.oldest, m.* FROM ({_INFO}) AS i LEFT JOIN LATERAL (
-    SELECT {_COLUMNS} FROM messages WHERE room = $1 AND seq < $2 AND seq > $3
-    ORDER BY seq {{order}} LIMIT $4
-) AS m ON true ORDER BY m.seq
-"""
-_PAGE_NEWEST = _PAGE.format(order="DESC")
-_PAGE_OLDEST = _PAGE.format(order="ASC")
-# Retention: the cut is the highest of the count's and the age's (GREATEST skips a NULL,
-# which is what a missing limit gives); only seq < cut goes.
-_RETAIN = """
-WITH cut AS (
-    SELECT GREATEST(
-        1,
-        r.last_seq - $2::bigint + 1,
-        CASE WHEN $3::float8 IS NOT NULL THEN COALESCE(
-            (SELECT seq FROM messages WHERE room = $1 AND ts >= $3 ORDER BY seq LIMIT 1),
-            r.last_seq + 1
-        ) END
-    ) AS below
-    FROM rooms AS r WHERE r.name = $1
-), gone AS (
-    DELETE FROM messages AS m USING cut WHERE m.room = $1 AND m.seq < cut.below RETURNING 1
-)
-SELECT count(*) FROM gone
-"""
-_NO_SEQ: Final = 2**62  # an upper bound above any sequence number
 
 
 def _limits(url: str) -> tuple[str, dict[str, Any]]:
@@ -132,18 +144,6 @@ def _limits(url: str) -> tuple[str, dict[str, Any]]:
 
 async def _keep(conn: Any) -> None:
     """The pool's reset: nothing (see the module docstring)."""
-
-
-def _message(room: str, row: Any) -> Message:
-    return Message(
-        id=row["id"],
-        room=room,
-        seq=row["seq"],
-        sender=row["sender"],
-        kind=Kind(row["kind"]),
-        text=row["text"],
-        ts=row["ts"],
-    )
 
 
 # --- the store ----------------------------------------------------------------------------
@@ -210,6 +210,16 @@ class PostgresStore:
             commits=w.commits, writes=w.writes, largest_batch=w.largest_batch, pending=w.pending()
         )
 
+    async def check(self) -> None:
+        """Raise ``Broken`` when the database cannot be reached (or the store is closed).
+        One ``SELECT``, no write."""
+        if self._closing:
+            raise Broken("the PostgreSQL store is closed")
+        try:
+            await self._pool.fetchval("SELECT 1")
+        except DRIVER_ERRORS as e:
+            raise Broken(f"the PostgreSQL store {self.where} cannot be reached: {e}") from e
+
     async def close(self) -> None:
         """Let the writer commit everything queued, then close the pool.
 
@@ -255,7 +265,7 @@ class PostgresStore:
     # --- Store ------------------------------------------------------------------------------
 
     async def room(self, room: str) -> RoomInfo:
-        ((latest, oldest),) = await self._fetch(_INFO, room)
+        ((latest, oldest),) = await self._fetch(ROOM_INFO, room)
         return RoomInfo(
             room=room, latest_seq=latest, oldest_seq=latest + 1 if oldest is None else oldest
         )
@@ -281,12 +291,12 @@ class PostgresStore:
     async def history(
         self, room: str, *, before: int | None = None, after: int | None = None, limit: int
     ) -> Page:
-        upper = _NO_SEQ if before is None else before
+        upper = NO_SEQ if before is None else before
         lower = -1 if after is None else after
-        query = _PAGE_NEWEST if after is None else _PAGE_OLDEST
+        query = PAGE_NEWEST if after is None else PAGE_OLDEST
         rows = await self._fetch(query, room, upper, lower, max(limit, 0))
         latest, oldest = rows[0]["latest"], rows[0]["oldest"]
-        messages = tuple(_message(room, row) for row in rows if row["id"] is not None)
+        messages = tuple(message_row(room, row) for row in rows if row["id"] is not None)
         return Page(
             room=room,
             messages=messages,
@@ -298,24 +308,44 @@ class PostgresStore:
         if limit < 1:
             return []
         rows = await self._fetch(
-            "SELECT seq, id, sender, recipient, kind, text, ts FROM private_messages"
+            f"SELECT {PRIVATE_COLUMNS} FROM private_messages"
             " WHERE recipient_key = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             fold(name),
             after,
             limit,
         )
-        return [
-            Private(
-                id=row["id"],
-                seq=row["seq"],
-                sender=row["sender"],
-                recipient=row["recipient"],
-                kind=Kind(row["kind"]),
-                text=row["text"],
-                ts=row["ts"],
-            )
-            for row in rows
-        ]
+        return [private_row(row) for row in rows]
+
+    async def conversation(
+        self,
+        name: str,
+        other: str,
+        *,
+        signed: bool,
+        first: int = 1,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int,
+    ) -> PrivatePage:
+        upper = NO_SEQ if before is None else before
+        lower = -1 if after is None else after
+        query = CONVERSATION_NEWEST if after is None else CONVERSATION_OLDEST
+        rows = await self._fetch(
+            query,
+            conversation_key(name, other),
+            max(first, 0),
+            fold(name),
+            signed,
+            upper,
+            lower,
+            max(limit, 0),
+        )
+        latest, oldest = rows[0]["latest"] or 0, rows[0]["oldest"]
+        return PrivatePage(
+            messages=tuple(private_row(row) for row in rows if row["id"] is not None),
+            oldest_seq=latest + 1 if oldest is None else oldest,
+            latest_seq=latest,
+        )
 
     async def search(self, room: str, words: str, *, limit: int) -> Sequence[Message]:
         phrases = [" ".join(tokens) for tokens in map(search_tokens, words.split()) if tokens]
@@ -324,13 +354,13 @@ class PostgresStore:
         # One bound parameter per word; only their count shapes the statement.
         match = " && ".join(f"phraseto_tsquery('simple', ${i})" for i in range(3, len(phrases) + 3))
         rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM messages WHERE room = $1 AND words @@ ({match})"
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND words @@ ({match})"
             " ORDER BY seq DESC LIMIT $2",
             room,
             limit,
             *phrases,
         )
-        return [_message(room, row) for row in rows]
+        return [message_row(room, row) for row in rows]
 
     async def retain(
         self, room: str, *, max_age: float | None, max_count: int | None, now: float
@@ -340,59 +370,82 @@ class PostgresStore:
         if max_count is not None and max_count < 0:
             raise ValueError(f"max_count must be at least 0, got {max_count}")
         since = None if max_age is None else now - max_age
-        ((removed,),) = await self._fetch(_RETAIN, room, max_count, since)
+        ((removed,),) = await self._fetch(RETAIN, room, max_count, since)
         return int(removed)
 
     # --- Accounts ---------------------------------------------------------------------------
 
     async def account(self, name: str) -> Account | None:
-        rows = await self._fetch(
-            "SELECT name, password_hash, created, private_read_seq FROM accounts WHERE key = $1",
-            fold(name),
-        )
-        if not rows:
-            return None
-        (row,) = rows
-        return Account(
-            name=row["name"],
-            password_hash=row["password_hash"],
-            created=row["created"],
-            private_read_seq=row["private_read_seq"],
+        return account_row(
+            await self._fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE key = $1", fold(name))
         )
 
-    async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
-        # FOR SHARE waits for a private message being stored now: the new account has read it.
-        rows = await self._fetch(
-            "INSERT INTO accounts (key, name, password_hash, created, private_read_seq)"
-            " SELECT $1, $2, $3, $4, value FROM counters WHERE name = 'private_seq' FOR SHARE"
-            " ON CONFLICT (key) DO NOTHING RETURNING private_read_seq",
-            fold(name),
-            name,
-            password_hash,
-            now,
+    async def account_by_id(self, account_id: str) -> Account | None:
+        return account_row(
+            await self._fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
         )
-        if not rows:
-            raise ClientError("name_taken", f"the name {name!r} is registered: choose another")
+
+    async def account_like(self, name: str) -> Account | None:
+        return account_row(await self._fetch(ACCOUNT_LIKE, fold(name), skeleton(name)))
+
+    async def create_account(self, name: str, password_hash: str, *, now: float) -> Account:
+        if self._closing:
+            raise Broken("the PostgreSQL store is closed")
+        key, like, account_id = fold(name), skeleton(name), new_account_id()
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                # Registrations of one skeleton take turns from here to COMMIT (see the
+                # module docstring); each statement after the lock sees what they stored.
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock($1, $2)", REGISTRATION_LOCK, skeleton_lock(like)
+                )
+                taken = account_row(await conn.fetch(ACCOUNT_LIKE, key, like))
+                if taken is not None and fold(taken.name) == key:
+                    raise ClientError(
+                        "name_taken", f"the name {name!r} is registered: choose another"
+                    )
+                if taken is not None:
+                    raise lookalike_registered(name, taken.name)
+                seq = await conn.fetchval(
+                    CREATE_ACCOUNT, key, account_id, name, like, password_hash, now
+                )
+        except DRIVER_ERRORS as e:
+            raise broken(e) from e
         return Account(
+            id=account_id,
+            generation=0,
             name=name,
             password_hash=password_hash,
             created=now,
-            private_read_seq=rows[0]["private_read_seq"],
+            private_read_seq=seq,
         )
 
     async def set_password(self, name: str, password_hash: str) -> None:
         rows = await self._fetch(
-            "UPDATE accounts SET password_hash = $2 WHERE key = $1 RETURNING key",
+            "UPDATE accounts SET password_hash = $2, generation = generation + 1"
+            " WHERE key = $1 RETURNING key",
             fold(name),
             password_hash,
         )
         if not rows:
             raise ClientError("no_account", f"there is no account named {name!r}")
 
+    async def revoke(self, account_id: str) -> Account | None:
+        return account_row(
+            await self._fetch(
+                "UPDATE accounts SET generation = generation + 1 WHERE id = $1"
+                f" RETURNING {ACCOUNT_COLUMNS}",
+                account_id,
+            )
+        )
+
     async def delete_account(self, name: str) -> bool:
-        # Its memberships go with it (ON DELETE CASCADE).
+        # Its memberships go with it (ON DELETE CASCADE); so do the private messages sent to
+        # the name and those it sent signed in, so that a later account of the name starts
+        # with no conversation (a guest's of that name stay).
         rows = await self._fetch(
-            "WITH privates AS (DELETE FROM private_messages WHERE recipient_key = $1)"
+            "WITH privates AS (DELETE FROM private_messages"
+            " WHERE recipient_key = $1 OR (sender_key = $1 AND signed))"
             " DELETE FROM accounts WHERE key = $1 RETURNING key",
             fold(name),
         )

@@ -21,19 +21,61 @@ words) built at insert from the words ``roomcast.store.base.search_tokens`` find
 text (lower case, accents removed, computed in Python), joined by spaces. So no extension
 (``unaccent``) is needed, and search matches exactly what the other stores match. A GIN
 index serves ``words @@ query``.
+
+Private conversations and accounts
+----------------------------------
+``private_messages.pair`` is ``roomcast.store.base.conversation_key`` of its two names,
+written by the store at insert; ``(pair, seq)`` pages a conversation. ``sender_key`` and
+``recipient_key`` are the folded names a reader is matched against. ``accounts.skeleton`` is
+``roomcast.names.skeleton(name)``, indexed for ``account_like``; it is not unique, since
+accounts registered before look-alikes were refused may share one (``create_account``
+serializes registrations of one skeleton with an advisory lock instead, see
+``roomcast.store.postgres``).
+
+A step of a migration is a SQL statement, or a coroutine function that is given the
+connection: the values only Python computes (an account's random id, a name's skeleton)
+come from the same functions the store uses for new rows, not from a copy of them in SQL.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import asyncpg
 
 from roomcast.errors import Broken
+from roomcast.names import skeleton
+from roomcast.store.base import new_account_id
 
-__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "SCHEMA_VERSION", "migrate", "schema_version"]
+__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "SCHEMA_VERSION", "Step", "migrate", "schema_version"]
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+Step = str | Callable[[Any], Awaitable[None]]  # a statement, or a function of the connection
+
+
+async def _give_accounts_ids(conn: Any) -> None:
+    """A fresh random id (``store.base.new_account_id``) for every account there is."""
+    keys = [key for (key,) in await conn.fetch("SELECT key FROM accounts")]
+    await conn.execute(
+        "UPDATE accounts AS a SET id = u.id FROM unnest($1::text[], $2::text[]) AS u (key, id)"
+        " WHERE a.key = u.key",
+        keys,
+        [new_account_id() for _ in keys],
+    )
+
+
+async def _give_accounts_skeletons(conn: Any) -> None:
+    """Every account's ``roomcast.names.skeleton``."""
+    rows = await conn.fetch("SELECT key, name FROM accounts")
+    await conn.execute(
+        "UPDATE accounts AS a SET skeleton = u.skeleton"
+        " FROM unnest($1::text[], $2::text[]) AS u (key, skeleton) WHERE a.key = u.key",
+        [key for key, _ in rows],
+        [skeleton(name) for _, name in rows],
+    )
+
+
+MIGRATIONS: Final[tuple[tuple[Step, ...], ...]] = (
     # 1: everything
     (
         """CREATE TABLE rooms (
@@ -84,6 +126,47 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "INSERT INTO counters (name, value) VALUES ('private_seq', 0)",
     ),
+    # 2: whether the sender was signed in to an account (and, for a private message, whether
+    # it went to one); rows from before are a guest's: nobody can tell whose they were.
+    # A constant default: no table rewrite.
+    (
+        "ALTER TABLE messages ADD COLUMN signed boolean NOT NULL DEFAULT false",
+        """ALTER TABLE private_messages
+            ADD COLUMN signed boolean NOT NULL DEFAULT false,
+            ADD COLUMN recipient_signed boolean NOT NULL DEFAULT false""",
+    ),
+    # 3: private conversations: the pair of folded names (store.base.conversation_key), an
+    # index that pages a conversation by seq, and the messages an account sent signed in,
+    # which its deletion deletes. Names are ASCII: lower() is fold(), and "C" compares as
+    # Python does.
+    (
+        "ALTER TABLE private_messages ADD COLUMN sender_key text, ADD COLUMN pair text",
+        """UPDATE private_messages SET sender_key = lower(sender), pair = CASE
+            WHEN lower(sender) COLLATE "C" <= recipient_key COLLATE "C"
+            THEN lower(sender) || ' ' || recipient_key
+            ELSE recipient_key || ' ' || lower(sender) END""",
+        """ALTER TABLE private_messages
+            ALTER COLUMN sender_key SET NOT NULL, ALTER COLUMN pair SET NOT NULL""",
+        "CREATE INDEX private_messages_pair ON private_messages (pair, seq)",
+        "CREATE INDEX private_messages_signed_from ON private_messages (sender_key) WHERE signed",
+    ),
+    # 4: accounts get a stable random id and a token generation: a token names the account
+    # by id (never reused, so it cannot pass to a later account of the same name) and
+    # carries the generation, which a password change or "log out everywhere" bumps
+    (
+        "ALTER TABLE accounts ADD COLUMN id text, ADD COLUMN generation bigint NOT NULL DEFAULT 0",
+        _give_accounts_ids,
+        "ALTER TABLE accounts ALTER COLUMN id SET NOT NULL",
+        "CREATE UNIQUE INDEX accounts_id ON accounts (id)",
+    ),
+    # 5: accounts by skeleton (roomcast.names): a name that looks like a registered one is
+    # found with one indexed lookup. Not unique: accounts registered before may collide.
+    (
+        "ALTER TABLE accounts ADD COLUMN skeleton text",
+        _give_accounts_skeletons,
+        "ALTER TABLE accounts ALTER COLUMN skeleton SET NOT NULL",
+        "CREATE INDEX accounts_by_skeleton ON accounts (skeleton, key)",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)  # what schema_version holds once migrated
 
@@ -119,6 +202,9 @@ async def migrate(conn: asyncpg.Connection) -> None:
                 )
             if version == SCHEMA_VERSION:
                 return
-            for statement in MIGRATIONS[version]:
-                await conn.execute(statement)
+            for step in MIGRATIONS[version]:
+                if isinstance(step, str):
+                    await conn.execute(step)
+                else:
+                    await step(conn)
             await conn.execute("UPDATE schema_version SET version = $1", version + 1)

@@ -17,7 +17,7 @@ import asyncpg
 
 from roomcast.errors import Broken
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
-from roomcast.store.base import search_tokens
+from roomcast.store.base import conversation_key, search_tokens
 
 __all__ = ["DRIVER_ERRORS", "Statistics", "Writer", "broken"]
 
@@ -38,8 +38,8 @@ _REFUSALS: Final = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError
 _APPEND = """
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                         $6::float8[], $7::text[])
-        WITH ORDINALITY AS b (id, room, sender, kind, text, ts, words, ord)
+                         $6::float8[], $7::text[], $8::boolean[])
+        WITH ORDINALITY AS b (id, room, sender, kind, text, ts, words, signed, ord)
 ), per_room AS (
     SELECT room, count(*) AS n, min(ts) AS created FROM batch GROUP BY room
 ), reserved AS (
@@ -48,9 +48,9 @@ WITH batch AS (
     ON CONFLICT (name) DO UPDATE SET last_seq = r.last_seq + excluded.last_seq
     RETURNING r.name, r.last_seq
 )
-INSERT INTO messages (room, seq, id, sender, kind, text, ts, words)
+INSERT INTO messages (room, seq, id, sender, kind, text, ts, words, signed)
 SELECT b.room, r.last_seq - p.n + row_number() OVER (PARTITION BY b.room ORDER BY b.ord),
-       b.id, b.sender, b.kind, b.text, b.ts, to_tsvector('simple', b.words)
+       b.id, b.sender, b.kind, b.text, b.ts, to_tsvector('simple', b.words), b.signed
 FROM batch AS b JOIN per_room AS p USING (room) JOIN reserved AS r ON r.name = b.room
 RETURNING id, seq
 """
@@ -60,12 +60,15 @@ WITH reserved AS (
     UPDATE counters SET value = value + cardinality($1::text[])
     WHERE name = 'private_seq' RETURNING value
 )
-INSERT INTO private_messages (seq, id, sender, recipient, recipient_key, kind, text, ts)
-SELECT r.value - cardinality($1::text[]) + p.ord, p.id, p.sender, p.recipient, p.key,
-       p.kind, p.text, p.ts
+INSERT INTO private_messages (seq, id, sender, sender_key, recipient, recipient_key, pair,
+                              kind, text, ts, signed, recipient_signed)
+SELECT r.value - cardinality($1::text[]) + p.ord, p.id, p.sender, p.sender_key, p.recipient,
+       p.recipient_key, p.pair, p.kind, p.text, p.ts, p.signed, p.recipient_signed
 FROM reserved AS r,
      unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::float8[]) WITH ORDINALITY AS p (id, sender, recipient, key, kind, text, ts, ord)
+            $7::text[], $8::text[], $9::float8[], $10::boolean[], $11::boolean[])
+         WITH ORDINALITY AS p (id, sender, sender_key, recipient, recipient_key, pair, kind,
+                               text, ts, signed, recipient_signed, ord)
 RETURNING id, seq
 """
 
@@ -190,6 +193,7 @@ class Writer:
             [d.text for d in drafts],
             [d.ts for d in drafts],
             [" ".join(search_tokens(d.text)) for d in drafts],
+            [d.signed for d in drafts],
         )
         seqs: dict[str, int] = {row["id"]: row["seq"] for row in rows}
         return [[d.with_seq(seqs[d.id]) for d in job.drafts] for job in jobs]
@@ -200,11 +204,15 @@ class Writer:
             _APPEND_PRIVATE,
             [d.id for d in drafts],
             [d.sender for d in drafts],
+            [fold(d.sender) for d in drafts],
             [d.recipient for d in drafts],
             [fold(d.recipient) for d in drafts],
+            [conversation_key(d.sender, d.recipient) for d in drafts],
             [d.kind.value for d in drafts],
             [d.text for d in drafts],
             [d.ts for d in drafts],
+            [d.signed for d in drafts],
+            [d.recipient_signed for d in drafts],
         )
         seqs: dict[str, int] = {row["id"]: row["seq"] for row in rows}
         return [d.with_seq(seqs[d.id]) for d in drafts]
