@@ -12,16 +12,20 @@ Storage conditions: a disk that fills up, a folder that turns read-only. Nothing
 the store meets what a server on a full or read-only disk meets, from the kernel. A small
 tmpfs needs ``mount``, so root (with CAP_SYS_ADMIN): without it the tests that need one are
 skipped, saying why. A read-only folder is permissions taken away, or a read-only bind mount
-for root, whom permissions do not bind.
+for root, whom permissions do not bind. A PostgreSQL server's full disk is a tablespace on
+such a tmpfs (``postgres_small_disk``): that needs the server on this machine, and a
+superuser to create tablespaces.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
 import stat
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +41,7 @@ __all__ = [
     "POSTGRES_URL",
     "PgSchema",
     "SmallDisk",
+    "PgSmallDisk",
     "in_ci",
     "postgres_schema",
     "read_only",
@@ -105,11 +110,9 @@ class PgSchema:
         return conn
 
 
-@contextlib.asynccontextmanager
-async def postgres_schema() -> AsyncIterator[PgSchema]:
-    """A new, uniquely named schema in ``POSTGRES_URL``; on exit, whatever the test opened in
-    it is closed and the schema is dropped with everything in it. Skips (fails under CI) the
-    test when PostgreSQL or asyncpg is missing."""
+async def _connect_admin() -> Any:
+    """An asyncpg connection to ``POSTGRES_URL``; skips (fails under CI) the test when
+    PostgreSQL or asyncpg is missing."""
     service = f"PostgreSQL at {POSTGRES_URL}"
     if service in _unreachable:  # tried already: don't wait for the timeout again
         service_missing(service, _unreachable[service])
@@ -118,9 +121,17 @@ async def postgres_schema() -> AsyncIterator[PgSchema]:
     except ImportError as e:
         service_missing(service, f"asyncpg is not installed ({e}): pip install -e '.[dev]'")
     try:
-        admin = await asyncpg.connect(POSTGRES_URL, timeout=CONNECT_TIMEOUT)
+        return await asyncpg.connect(POSTGRES_URL, timeout=CONNECT_TIMEOUT)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
         service_missing(service, f"{type(e).__name__}: {e}")
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema() -> AsyncIterator[PgSchema]:
+    """A new, uniquely named schema in ``POSTGRES_URL``; on exit, whatever the test opened in
+    it is closed and the schema is dropped with everything in it. Skips (fails under CI) the
+    test when PostgreSQL or asyncpg is missing."""
+    admin = await _connect_admin()
     # A name of ours (letters, digits, '_'), not user text: quoting it is enough.
     schema = PgSchema(url=POSTGRES_URL, name=f"roomcast_test_{uuid.uuid4().hex[:16]}")
     try:
@@ -236,3 +247,61 @@ def read_only(folder: Path) -> Iterator[None]:
         yield
     finally:
         _unmount(folder)
+
+
+@dataclass(frozen=True, slots=True)
+class PgSmallDisk:
+    """A PostgreSQL tablespace on a ``SmallDisk``: the tables made in it fill a disk."""
+
+    disk: SmallDisk  # the tmpfs: fill() and free() it
+    tablespace: str  # its name: ``default_tablespace=NAME`` makes a store's tables there
+
+
+@contextlib.contextmanager
+def _disk_for(owner: Path) -> Iterator[tuple[SmallDisk, Path]]:
+    """A ``SmallDisk`` that the owner of ``owner`` (the server's data directory) may reach,
+    and in it an empty folder of that owner's; unmounted and removed on exit."""
+    where = Path(tempfile.mkdtemp(prefix="roomcast-pg-disk-"))  # not under tmp_path: the
+    try:  # server must reach it, and pytest's folders are for us only
+        where.chmod(0o711)
+        why = _mount("-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0711", "tmpfs", str(where))
+        if why is not None:
+            pytest.skip(f"a full disk is a small tmpfs, and mounting one failed: {why}")
+        try:
+            folder = where / "tablespace"
+            folder.mkdir()
+            st = owner.stat()
+            os.chown(folder, st.st_uid, st.st_gid)
+            yield SmallDisk(where), folder
+        finally:
+            _unmount(where)
+    finally:
+        where.rmdir()
+
+
+@pytest.fixture
+async def postgres_small_disk() -> AsyncIterator[PgSmallDisk]:
+    """A tablespace of the PostgreSQL server on a small tmpfs, dropped after the test. Ask
+    for it before ``postgres``, so that the schema (and its tables in the tablespace) is
+    dropped first. Skips the test when the server is not on this machine (its data
+    directory is not here), when this process may not mount a tmpfs, or when the server
+    refuses the tablespace."""
+    import asyncpg
+
+    admin = await _connect_admin()
+    try:
+        data = Path(await admin.fetchval("SHOW data_directory"))
+        if not await asyncio.to_thread(data.is_dir):
+            pytest.skip(f"the PostgreSQL server's data directory {data} is not on this machine")
+        with _disk_for(data) as (disk, folder):
+            name = f"roomcast_test_{uuid.uuid4().hex[:16]}"
+            try:  # names of ours, not user text: quoting is enough (DDL takes no parameters)
+                await admin.execute(f"CREATE TABLESPACE \"{name}\" LOCATION '{folder}'")
+            except asyncpg.PostgresError as e:
+                pytest.skip(f"the PostgreSQL server refused a tablespace on a tmpfs: {e}")
+            try:
+                yield PgSmallDisk(disk=disk, tablespace=name)
+            finally:
+                await admin.execute(f'DROP TABLESPACE IF EXISTS "{name}"')
+    finally:
+        await admin.close()

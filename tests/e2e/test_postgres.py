@@ -79,3 +79,18 @@ async def test_serve_reports_an_unreachable_postgresql_store_without_a_traceback
     said = "cannot start: cannot open the PostgreSQL store postgresql://ann:***@127.0.0.1:1/chat"
     assert [line for line in serve.log if said in line], serve.log
     assert not [line for line in serve.log if "Traceback" in line or "s3cret" in line], serve.log
+
+
+@on_asyncio_only
+async def test_serve_on_a_read_only_postgresql_database_does_not_start(
+    postgres: PgSchema, serve: Serve
+) -> None:
+    """On a database whose transactions are read-only, serve exits 1 with one line that
+    says the store is not writable and why, and no traceback."""
+    url = f"{postgres.store_url}&default_transaction_read_only=on"
+    with pytest.raises(AssertionError, match="exited before listening"):
+        await serve.start("--port", "0", "--store", url)
+    assert await serve.wait() == 1
+    said = "is not writable: its transactions are read-only"
+    assert [line for line in serve.log if "cannot start" in line and said in line], serve.log
+    assert not [line for line in serve.log if "Traceback" in line], serve.log

@@ -1,5 +1,5 @@
 """What only the PostgreSQL store promises: several nodes on one database, group commit,
-recovery from lost connections, concurrent migrations.
+recovery from lost connections, concurrent migrations, storage that cannot take writes.
 
 Each test works in a schema of its own (the ``postgres`` fixture, ``tests/conftest.py``).
 Where a test needs the store's write to be in flight, another connection holds a lock the
@@ -10,8 +10,12 @@ seen waiting for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import logging
 import re
+import urllib.parse
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,7 +26,7 @@ from roomcast.store.base import Account, conversation_key
 from roomcast.store.postgres import DRIVER_ERRORS, PostgresStore
 from roomcast.store.postgres_schema import MIGRATIONS, SCHEMA_VERSION, schema_version
 from roomcast.store.postgres_sql import CONVERSATION_NEWEST, NO_SEQ
-from tests.conftest import PgSchema
+from tests.conftest import PgSchema, PgSmallDisk
 
 _ids = itertools.count()
 
@@ -325,6 +329,117 @@ async def test_a_membership_written_while_its_account_is_deleted_is_ignored(
     await joining
     assert await store.memberships("ann") == {}
     assert await store.account("ann") is None
+
+
+async def test_a_read_only_database_is_not_opened(postgres: PgSchema) -> None:
+    """A database whose transactions are read-only (a standby, or one an operator set
+    read-only) is refused with ``Unwritable`` saying so: a server on it could store
+    nothing."""
+    with pytest.raises(Unwritable, match="is not writable: its transactions are read-only"):
+        await postgres.open_store("default_transaction_read_only=on")
+
+
+@contextlib.asynccontextmanager
+async def own_role(postgres: PgSchema) -> AsyncIterator[str]:
+    """A login role of the test's own (named as its schema) that may use the schema; its
+    objects are dropped with it at the end. An operator's ``ALTER ROLE ... SET`` on it
+    reaches only this test's connections."""
+    admin = await postgres.connect()
+    role = postgres.name  # a name of ours, not user text: quoting is enough
+    await admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await admin.execute(f'GRANT ALL ON SCHEMA "{postgres.name}" TO "{role}"')
+        yield role
+    finally:
+        await admin.execute(f'DROP OWNED BY "{role}"')
+        await admin.execute(f'DROP ROLE "{role}"')
+
+
+async def reconnect(watcher: Any, postgres: PgSchema) -> None:
+    """End every store connection of the test (they come back at their next use, with the
+    role's settings of now)."""
+    await watcher.fetchval(
+        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
+        " WHERE application_name = $1",
+        postgres.name,
+    )
+
+
+async def append_through(store: PostgresStore, d: Draft) -> Message | Broken:
+    """Append ``d``; a connection the server ended fails the call once (the pool reconnects
+    for the next), so try once more then. The message, or the error of the last try."""
+    outcome: Message | Broken = Broken("not tried")
+    for _ in range(2):
+        try:
+            return await store.append(d)
+        except Unwritable as e:
+            return e
+        except Broken as e:
+            outcome = e
+    return outcome
+
+
+async def test_a_database_made_read_only_refuses_writes_until_it_is_writable_again(
+    postgres: PgSchema, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When an operator makes the store's database read-only, writes fail with
+    ``Unwritable`` and ``check`` says why, while reads go on; once it is writable again, so
+    is the store. Each change is logged once."""
+    watcher = await postgres.connect()
+    async with own_role(postgres) as role:
+        parts = urllib.parse.urlsplit(postgres.url)
+        url = parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}").geturl()
+        store = await PostgresStore.open(url, server_settings=postgres.settings)
+        try:
+            assert isinstance(await store.append(draft("#a", "before")), Message)
+            await store.check()
+            await watcher.execute(f'ALTER ROLE "{role}" SET default_transaction_read_only = on')
+            await reconnect(watcher, postgres)
+            caplog.set_level(logging.WARNING, "roomcast.store")
+            refused = await append_through(store, draft("#a", "while"))
+            assert isinstance(refused, Unwritable), refused
+            assert "read-only" in str(refused)
+            with pytest.raises(Unwritable, match="its transactions are read-only"):
+                await store.create_account("ann", "h", now=1.0)
+            with pytest.raises(Unwritable, match="its transactions are read-only"):
+                await store.check()
+            assert [m.text for m in (await store.history("#a", limit=5)).messages] == ["before"]
+            await watcher.execute(f'ALTER ROLE "{role}" RESET default_transaction_read_only')
+            await reconnect(watcher, postgres)
+            stored = await append_through(store, draft("#a", "after"))
+            assert isinstance(stored, Message) and stored.seq == 2, stored
+            await store.check()
+        finally:
+            await store.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "roomcast.store"]
+    assert len([line for line in said if " fail: " in line]) == 1, said
+    assert len([line for line in said if "writable again" in line]) == 1, said
+
+
+async def test_a_full_disk_refuses_writes_until_a_write_succeeds(
+    postgres_small_disk: PgSmallDisk, postgres: PgSchema
+) -> None:
+    """When the database server's disk is full, appends and registrations fail with
+    ``Unwritable`` and store nothing, reads go on, and ``check`` says the disk is full;
+    it says so until a write succeeds again, once there is space."""
+    disk = postgres_small_disk.disk
+    store = await postgres.open_store(f"default_tablespace={postgres_small_disk.tablespace}")
+    await store.check()
+    disk.fill()
+    with pytest.raises(Unwritable, match="its disk is full"):
+        await store.append(draft("#a"))
+    with pytest.raises(Unwritable, match="its disk is full"):
+        await store.create_account("ann", "h", now=1.0)
+    with pytest.raises(Unwritable, match="its disk is full"):
+        await store.check()
+    assert (await store.room("#a")).latest_seq == 0
+    assert await store.account("ann") is None
+    disk.free()
+    with pytest.raises(Unwritable, match="its disk is full"):
+        await store.check()  # no query tells the server's free space: the last write does
+    assert (await store.append(draft("#a"))).seq == 1
+    await store.check()
+    assert (await store.create_account("ann", "h", now=1.0)).name == "ann"
 
 
 async def test_a_closed_store_fails_its_check(postgres: PgSchema) -> None:

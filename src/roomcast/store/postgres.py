@@ -46,8 +46,13 @@ accounts registered before look-alikes were refused may share a skeleton, and su
 database could not be migrated to it.
 
 **Failures**: every driver error (``asyncpg``'s, and ``OSError``) becomes
-``roomcast.errors.Broken`` at this seam. ``check`` (``/health``) is one ``SELECT``: the
-server can be reached.
+``roomcast.errors.Broken`` at this seam; ``Unwritable`` when the database says it cannot
+take writes (its disk full, its transactions read-only). ``check`` (``/health``) cannot ask
+the server how much space its disk has: it answers from a probe (one ``SELECT``: the server
+is reachable and its transactions are not read-only) and from the outcome of the last write,
+so a full disk is reported from the first write it refused until a write succeeds
+(``postgres_writer.Writable``). ``open`` refuses a read-only database, as the SQLite store
+refuses a read-only file: a server on it could store nothing.
 
 A batch whose statement fails (connection lost, server restart, ``pg_terminate_backend``)
 fails every job in it: a sender gets an error, never an acknowledgement for a message that
@@ -70,7 +75,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from roomcast.errors import Broken, ClientError
+from roomcast.errors import Broken, ClientError, Unwritable
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
 from roomcast.names import lookalike_registered, skeleton
 from roomcast.store import public_url
@@ -95,6 +100,7 @@ from roomcast.store.postgres_sql import (
     PAGE_NEWEST,
     PAGE_OLDEST,
     PRIVATE_COLUMNS,
+    PROBE_READ_ONLY,
     REGISTRATION_LOCK,
     RETAIN,
     ROOM_INFO,
@@ -105,7 +111,9 @@ from roomcast.store.postgres_sql import (
 )
 from roomcast.store.postgres_writer import (
     DRIVER_ERRORS,
+    READ_ONLY,
     Statistics,
+    Writable,
     Writer,
     broken,
 )
@@ -159,7 +167,8 @@ class PostgresStore:
         """Private: use ``open``, which connects and migrates first."""
         self.where = where  # the URL without its password, for messages
         self._pool = pool  # every connection: the writer takes one per batch, reads one each
-        self._writer = Writer(pool, max_batch)  # the appends' group commits
+        self._writable = Writable(where)  # whether writes succeed: the last one's outcome
+        self._writer = Writer(pool, max_batch, self._writable)  # the appends' group commits
         self._closing = False  # set by close(): no new work is accepted
         self._closed: asyncio.Future[None] | None = None  # the shutdown, once started
 
@@ -174,7 +183,8 @@ class PostgresStore:
         ``command_timeout`` (seconds one statement may take, 60). Other query parameters,
         and ``server_settings``, are PostgreSQL settings for every connection
         (``search_path``, ``application_name``, ...). Raises ``ValueError`` for a bad limit,
-        ``Broken`` when the database cannot be reached or used (or its schema is newer).
+        ``Broken`` when the database cannot be reached or used (or its schema is newer),
+        ``Unwritable`` when it cannot take writes (its transactions are read-only).
         """
         dsn, limits = _limits(url)
         where = public_url(url)
@@ -195,10 +205,15 @@ class PostgresStore:
             raise Broken(f"cannot open the PostgreSQL store {where}: {e}") from e
         try:
             async with pool.acquire() as conn:
+                if await conn.fetchval(PROBE_READ_ONLY):
+                    raise Unwritable(f"the PostgreSQL store {where} is not writable: {READ_ONLY}")
                 await migrate(conn)
         except BaseException as e:
             pool.terminate()
             if isinstance(e, DRIVER_ERRORS):
+                error = broken(e)
+                if isinstance(error, Unwritable):
+                    raise Unwritable(f"cannot migrate {where}: {error}") from e
                 raise Broken(f"cannot use {where} as a PostgreSQL store: {e}") from e
             raise
         return cls(pool, max_batch=limits["max_batch"], where=where)
@@ -211,14 +226,18 @@ class PostgresStore:
         )
 
     async def check(self) -> None:
-        """Raise ``Broken`` when the database cannot be reached (or the store is closed).
-        One ``SELECT``, no write."""
+        """Raise ``Broken`` when the database cannot be reached (or the store is closed),
+        ``Unwritable`` when its transactions are read-only or the last write was refused as
+        unwritable (a full disk) and none has succeeded since. One ``SELECT``, no write."""
         if self._closing:
             raise Broken("the PostgreSQL store is closed")
         try:
-            await self._pool.fetchval("SELECT 1")
+            read_only = await self._pool.fetchval(PROBE_READ_ONLY)
         except DRIVER_ERRORS as e:
             raise Broken(f"the PostgreSQL store {self.where} cannot be reached: {e}") from e
+        problem = self._writable.probed(read_only=bool(read_only))
+        if problem is not None:
+            raise Unwritable(problem)
 
     async def close(self) -> None:
         """Let the writer commit everything queued, then close the pool.
@@ -260,6 +279,16 @@ class PostgresStore:
             rows: list[Any] = await self._pool.fetch(query, *args)
         except DRIVER_ERRORS as e:
             raise broken(e) from e
+        return rows
+
+    async def _write(self, query: str, *args: Any) -> list[Any]:
+        """``_fetch`` for a statement that writes: its outcome tells ``Writable``."""
+        try:
+            rows = await self._fetch(query, *args)
+        except Broken as e:
+            self._writable.wrote(e)
+            raise
+        self._writable.wrote(None)
         return rows
 
     # --- Store ------------------------------------------------------------------------------
@@ -370,7 +399,7 @@ class PostgresStore:
         if max_count is not None and max_count < 0:
             raise ValueError(f"max_count must be at least 0, got {max_count}")
         since = None if max_age is None else now - max_age
-        ((removed,),) = await self._fetch(RETAIN, room, max_count, since)
+        ((removed,),) = await self._write(RETAIN, room, max_count, since)
         return int(removed)
 
     # --- Accounts ---------------------------------------------------------------------------
@@ -410,7 +439,9 @@ class PostgresStore:
                     CREATE_ACCOUNT, key, account_id, name, like, password_hash, now
                 )
         except DRIVER_ERRORS as e:
-            raise broken(e) from e
+            self._writable.wrote(error := broken(e))
+            raise error from e
+        self._writable.wrote(None)
         return Account(
             id=account_id,
             generation=0,
@@ -421,7 +452,7 @@ class PostgresStore:
         )
 
     async def set_password(self, name: str, password_hash: str) -> None:
-        rows = await self._fetch(
+        rows = await self._write(
             "UPDATE accounts SET password_hash = $2, generation = generation + 1"
             " WHERE key = $1 RETURNING key",
             fold(name),
@@ -432,7 +463,7 @@ class PostgresStore:
 
     async def revoke(self, account_id: str) -> Account | None:
         return account_row(
-            await self._fetch(
+            await self._write(
                 "UPDATE accounts SET generation = generation + 1 WHERE id = $1"
                 f" RETURNING {ACCOUNT_COLUMNS}",
                 account_id,
@@ -443,7 +474,7 @@ class PostgresStore:
         # Its memberships go with it (ON DELETE CASCADE); so do the private messages sent to
         # the name and those it sent signed in, so that a later account of the name starts
         # with no conversation (a guest's of that name stay).
-        rows = await self._fetch(
+        rows = await self._write(
             "WITH privates AS (DELETE FROM private_messages"
             " WHERE recipient_key = $1 OR (sender_key = $1 AND signed))"
             " DELETE FROM accounts WHERE key = $1 RETURNING key",
@@ -459,12 +490,12 @@ class PostgresStore:
 
     async def set_membership(self, name: str, room: str, *, read_seq: int | None) -> None:
         if read_seq is None:
-            await self._fetch(
+            await self._write(
                 "DELETE FROM memberships WHERE account = $1 AND room = $2", fold(name), room
             )
             return
         try:
-            await self._fetch(
+            await self._write(
                 "INSERT INTO memberships (account, room, read_seq)"
                 " SELECT key, $2, $3 FROM accounts WHERE key = $1"
                 " ON CONFLICT (account, room) DO UPDATE"
@@ -485,7 +516,7 @@ class PostgresStore:
             highest[key] = max(seq, highest.get(key, seq))
         if not highest:
             return
-        await self._fetch(
+        await self._write(
             "UPDATE memberships AS m SET read_seq = u.seq"
             " FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u (account, room, seq)"
             " WHERE m.account = u.account AND m.room = u.room AND m.read_seq < u.seq",
@@ -495,7 +526,7 @@ class PostgresStore:
         )
 
     async def advance_private_read(self, name: str, seq: int) -> None:
-        await self._fetch(
+        await self._write(
             "UPDATE accounts SET private_read_seq = $2 WHERE key = $1 AND private_read_seq < $2",
             fold(name),
             seq,

@@ -25,6 +25,7 @@ __all__ = [
     "PAGE_NEWEST",
     "PAGE_OLDEST",
     "PRIVATE_COLUMNS",
+    "PROBE_READ_ONLY",
     "REGISTRATION_LOCK",
     "RETAIN",
     "ROOM_INFO",
@@ -108,6 +109,8 @@ CREATE_ACCOUNT = (
     " SELECT $1, $2, 0, $3, $4, $5, $6, value FROM counters WHERE name = 'private_seq'"
     " FOR SHARE RETURNING private_read_seq"
 )
+# Whether writes would be refused as read-only now: the probe of open() and check().
+PROBE_READ_ONLY = "SELECT current_setting('transaction_read_only') = 'on'"
 NO_SEQ: Final = 2**62  # an upper bound above any sequence number
 
 

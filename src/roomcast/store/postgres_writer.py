@@ -15,11 +15,11 @@ from typing import Any, Final
 
 import asyncpg
 
-from roomcast.errors import Broken
+from roomcast.errors import Broken, Unwritable
 from roomcast.model import Draft, Message, Private, PrivateDraft, fold
 from roomcast.store.base import conversation_key, search_tokens
 
-__all__ = ["DRIVER_ERRORS", "Statistics", "Writer", "broken"]
+__all__ = ["DRIVER_ERRORS", "READ_ONLY", "Statistics", "Writable", "Writer", "broken"]
 
 log = logging.getLogger("roomcast.store")
 
@@ -30,6 +30,16 @@ DRIVER_ERRORS: Final = (
     asyncpg.InternalClientError,
     OSError,  # refused, reset, timed out (TimeoutError is an OSError)
 )
+# What PostgreSQL answers when the database cannot take writes (SQLSTATE 53100: a file could
+# not be extended or written for want of space; 25006: a write in a read-only transaction,
+# on a standby server or with default_transaction_read_only), and how it is told.
+READ_ONLY: Final = (
+    "its transactions are read-only (a standby server, or default_transaction_read_only)"
+)
+_UNWRITABLE: Final[dict[type[BaseException], str]] = {
+    asyncpg.DiskFullError: "its disk is full",
+    asyncpg.ReadOnlySQLTransactionError: READ_ONLY,
+}
 # What the database refuses because of one write's data: that write fails alone.
 _REFUSALS: Final = (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError)
 
@@ -98,19 +108,72 @@ _STOP: Final = None  # the queue item that tells the writer to finish
 
 
 def broken(e: BaseException) -> Broken:
-    """``e`` (a driver error) as the ``Broken`` the store raises; a new one for each caller."""
-    error = Broken(f"the PostgreSQL store failed: {e}")
+    """``e`` (a driver error) as the ``Broken`` the store raises (``Unwritable`` when the
+    database says it cannot take writes); a new one for each caller, so no two tasks raise
+    (and annotate) the same exception object."""
+    why = _UNWRITABLE.get(type(e))
+    error = (
+        Broken(f"the PostgreSQL store failed: {e}")
+        if why is None
+        else Unwritable(f"the PostgreSQL store is not writable: {why} ({e})")
+    )
     error.__cause__ = e
     return error
+
+
+class Writable:
+    """Whether the database takes this store's writes, as far as the store can tell; each
+    change of the answer (writable, disk full, read-only) is logged once.
+
+    PostgreSQL says that its disk is full only by failing a write that needed space: no
+    query tells it beforehand, and the server's disk is not this machine's. So the answer
+    is the outcome of the last write: one refused as ``Unwritable`` (disk full, read-only)
+    makes the store unwritable until a write succeeds. ``probed`` adds what a query can
+    tell now, without writing: whether the server's transactions are read-only, which
+    settles the read-only kind either way.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where  # the store's URL without its password, for the log
+        self._why: str | None = None  # what is wrong (a value of _UNWRITABLE); None: nothing
+        self._problem: str | None = None  # ... said as a sentence, with the server's words
+
+    def wrote(self, error: BaseException | None) -> None:
+        """A write succeeded (``error`` is ``None``) or failed with ``error``; only a failure
+        that is ``Unwritable`` says anything about the store's writability."""
+        if error is None:
+            self._set(None, None)
+        elif isinstance(error, Unwritable):
+            cause = error.__cause__  # the driver's error: which of _UNWRITABLE it is
+            why = None if cause is None else _UNWRITABLE.get(type(cause))
+            self._set(why or str(error), str(error))
+
+    def probed(self, *, read_only: bool) -> str | None:
+        """What a probe found: whether the server's transactions are read-only now. Returns
+        why the store cannot take writes, as a sentence, or ``None`` if it can."""
+        if read_only and self._why != READ_ONLY:
+            self._set(READ_ONLY, f"the PostgreSQL store is not writable: {READ_ONLY}")
+        elif not read_only and self._why == READ_ONLY:
+            self._set(None, None)
+        return self._problem
+
+    def _set(self, why: str | None, problem: str | None) -> None:
+        changed = why != self._why
+        self._why, self._problem = why, problem
+        if changed and problem is None:
+            log.warning("the PostgreSQL store %s is writable again: writes succeed", self.where)
+        elif changed:
+            log.error("writes to the PostgreSQL store %s fail: %s", self.where, problem)
 
 
 class Writer:
     """The task that writes a store's appends in group commits, and its counters."""
 
-    def __init__(self, pool: asyncpg.Pool, max_batch: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, max_batch: int, writable: Writable) -> None:
         """Start the task, on the running loop."""
         self._pool = pool  # the store's connections: one is taken per statement
         self._max_batch = max_batch  # most jobs in one commit
+        self._writable = writable  # told the outcome of every commit
         self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()  # appends, then _STOP
         self.commits = 0  # statements committed
         self.writes = 0  # jobs in them
@@ -171,10 +234,12 @@ class Writer:
                 outcomes.extend(await self._commit(write, [job]))
             return outcomes
         except DRIVER_ERRORS as e:
-            return [(job, False, broken(e)) for job in jobs]
+            self._writable.wrote(failure := broken(e))
+            return [(job, False, broken(e) if i else failure) for i, job in enumerate(jobs)]
         except Exception as e:  # a bug of ours: fail the jobs, keep the writer running
             log.exception("the PostgreSQL writer failed")
             return [(job, False, e) for job in jobs]
+        self._writable.wrote(None)
         self.commits += 1
         self.writes += len(jobs)
         self.largest_batch = max(self.largest_batch, len(jobs))
