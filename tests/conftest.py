@@ -171,6 +171,11 @@ class RedisPlace:
     prefix: str  # unique to the test
     admin: redis.asyncio.Redis  # closed after the test
 
+    def node(self, name: str) -> str:
+        """A node name unique to the test (``CLIENT KILL`` by name must not reach another
+        run's nodes)."""
+        return f"{name}-{self.prefix.rstrip(':').rsplit('-', 1)[-1]}"
+
     def url(self, query: str = "", *, server: str | None = None) -> str:
         """The bus URL for this prefix (``query``: more settings, e.g. ``timeout=1``), on
         ``server`` if given (a relay in front of Redis) rather than Redis itself."""

@@ -30,12 +30,17 @@ async def two_nodes(
     place: RedisPlace, query: str = FAST, server: str | None = None
 ) -> tuple[RedisBus, Inbox, RedisBus, Inbox]:
     """Two nodes on the test's prefix, ``two`` (possibly behind ``server``) listening."""
-    one = await RedisBus.open(place.url(FAST), node="one")
-    two = await RedisBus.open(place.url(query, server=server), node="two")
+    one = await RedisBus.open(place.url(FAST), node=place.node("one"))
+    two = await RedisBus.open(place.url(query, server=server), node=place.node("two"))
     at_one, at_two = Inbox(), Inbox()
     one.listen(at_one)
     two.listen(at_two)
     return one, at_one, two, at_two
+
+
+async def kill(place: RedisPlace, bus: RedisBus, *roles: str) -> int:
+    """``CLIENT KILL`` the node's connections of ``roles`` (``sub``, ``pub``) at once."""
+    return await place.kill(*(f"roomcast-bus-{role}-{bus.node}" for role in roles))
 
 
 # --- coming back ---------------------------------------------------------------------------
@@ -49,7 +54,7 @@ async def test_client_kill_reconnects_resubscribes_and_says_so(redis_place: Redi
         await two.subscribe(A)
         one.publish(A, message("#a", text="before"))
         await inbox.heard("before")
-        assert await redis_place.kill("roomcast-bus-sub-two", "roomcast-bus-pub-two") == 2
+        assert await kill(redis_place, two, "sub", "pub") == 2
         await inbox.until(lambda: bool(inbox.outages), "resumed")
         assert inbox.events == ["message", "lost", "resumed"]
         outage = inbox.outages[0]
@@ -70,7 +75,7 @@ async def test_a_killed_publisher_publishes_again_once_back(redis_place: RedisPl
     one, at_one, two, at_two = await two_nodes(redis_place)
     try:
         await two.subscribe(A)
-        assert await redis_place.kill("roomcast-bus-sub-one", "roomcast-bus-pub-one") == 2
+        assert await kill(redis_place, one, "sub", "pub") == 2
         await at_one.until(lambda: bool(at_one.outages), "the publisher resumed")
         one.publish(A, message("#a", text="published after"))
         await at_two.heard("published after")
@@ -86,7 +91,7 @@ async def test_a_publishing_connection_killed_while_idle_is_noticed(
     idle PING, replaced, and reported, before the next message could be lost on it."""
     one, at_one, two, inbox = await two_nodes(redis_place, query=f"{FAST}&health_check=0.2")
     try:
-        await redis_place.kill("roomcast-bus-pub-two")
+        await kill(redis_place, two, "pub")
         await inbox.until(lambda: bool(inbox.outages), "resumed after the PING failed")
         assert "publishing connection" in inbox.losses[0]
         await one.subscribe(A)
@@ -105,7 +110,7 @@ async def test_every_topic_is_subscribed_again(redis_place: RedisPlace) -> None:
         rooms = [f"#r{i}" for i in range(2500)]
         for room in rooms:
             await two.subscribe(room_topic(room))
-        await redis_place.kill("roomcast-bus-sub-two")
+        await kill(redis_place, two, "sub")
         await inbox.until(lambda: bool(inbox.outages), "resumed")
         for i, room in enumerate(rooms):
             one.publish(room_topic(room), message(room, text=f"to {room}", seq=i + 1))
@@ -234,7 +239,9 @@ async def test_publishes_past_max_pending_are_refused(redis_place: RedisPlace) -
     once written, publishing goes on."""
     one, _, two, inbox = await two_nodes(redis_place)
     await one.close()
-    small = await RedisBus.open(redis_place.url(f"{FAST}&max_pending=1000"), node="small")
+    small = await RedisBus.open(
+        redis_place.url(f"{FAST}&max_pending=1000"), node=redis_place.node("small")
+    )
     try:
         await two.subscribe(A)
         accepted = 0
@@ -258,7 +265,7 @@ async def test_publishes_past_max_pending_are_refused(redis_place: RedisPlace) -
 
 async def test_nodes_on_another_prefix_hear_nothing(redis_place: RedisPlace) -> None:
     """Two installations on one Redis with different prefixes do not hear each other."""
-    bus = await RedisBus.open(redis_place.url(FAST), node="mine")
+    bus = await RedisBus.open(redis_place.url(FAST), node=redis_place.node("mine"))
     inbox = Inbox()
     bus.listen(inbox)
     try:
@@ -281,7 +288,7 @@ async def test_what_is_not_a_message_is_refused_and_counted(
 ) -> None:
     """A payload that is not a message, or a message on another topic than its own, is
     refused, counted and logged; what follows is delivered."""
-    bus = await RedisBus.open(redis_place.url(FAST), node="mine")
+    bus = await RedisBus.open(redis_place.url(FAST), node=redis_place.node("mine"))
     inbox = Inbox()
     bus.listen(inbox)
     try:
