@@ -11,12 +11,11 @@ the health check, which is the clock's to test.
 from __future__ import annotations
 
 import logging
-import random
 
 import pytest
 
 from roomcast.bus import open_bus, room_topic, user_topic
-from roomcast.bus.redis import RedisBus, backoff, public_url
+from roomcast.bus.redis import RedisBus
 from roomcast.errors import Broken
 from roomcast.wire.bus import encode
 from tests.bus.conftest import Inbox, Relay, message, private
@@ -345,21 +344,20 @@ async def test_close_writes_what_is_queued(redis_place: RedisPlace) -> None:
 
 
 @pytest.mark.parametrize(
-    ("query", "why"),
+    ("url", "why"),
     [
-        ("timeout=0", "must be above 0"),
-        ("timeout=nan", "must be above 0"),
-        ("max_pending=lots", "is not a number"),
-        ("backoff_min=2&backoff_max=1", "at least backoff_min"),
-        ("prefix=", "printable ASCII"),
-        ("prefix=a%20b", "printable ASCII"),
-        ("colour=blue", "bad bus URL"),
+        ("redis://127.0.0.1:6379/0?timeout=0", "must be above 0"),
+        ("redis://127.0.0.1:6379/0?colour=blue", "bad bus URL"),
+        ("redis://127.0.0.1:6379/0?client_name=x", "bad bus URL"),
+        ("redis://:secret@127.0.0.1:6379/0?colour=blue", r"redis://:\*\*\*@127"),
     ],
 )
-async def test_a_bad_setting_is_refused(query: str, why: str) -> None:
-    """The URL's settings are checked before anything is opened."""
-    with pytest.raises(ValueError, match=why):
-        await open_bus(f"redis://127.0.0.1:6379/0?{query}")
+async def test_a_bad_url_is_refused_before_anything_is_opened(url: str, why: str) -> None:
+    """A bad setting, or a parameter redis-py does not take, is a ValueError at open,
+    without the password."""
+    with pytest.raises(ValueError, match=why) as refused:
+        await open_bus(url)
+    assert "secret" not in str(refused.value)
 
 
 async def test_unknown_bus_urls_are_refused() -> None:
@@ -367,24 +365,3 @@ async def test_unknown_bus_urls_are_refused() -> None:
     for url in ("kafka://x", "redis:nohost", "local:elsewhere", "unix:///tmp/redis.sock"):
         with pytest.raises(ValueError, match="unknown bus URL"):
             await open_bus(url)
-
-
-def test_the_password_never_shows() -> None:
-    """Logs and errors name Redis without its password."""
-    assert public_url("redis://:secret@h:6379/0") == "redis://:***@h:6379/0"
-    assert public_url("redis://user:secret@h/0") == "redis://user:***@h/0"
-    assert public_url("redis://h/0") == "redis://h/0"
-
-
-def test_the_waits_double_up_to_the_cap_with_jitter() -> None:
-    """Each wait is between half and all of the exponential wait, which doubles up to the
-    cap."""
-    rng = random.Random(7)
-    waits = backoff(0.05, 1.0, rng.random)
-    limits = [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
-    drawn = [next(waits) for _ in limits]
-    for wait, limit in zip(drawn, limits, strict=True):
-        assert limit / 2 <= wait <= limit
-    assert len(set(drawn)) == len(drawn)  # jittered, not fixed
-    assert next(backoff(1.0, 1.0, lambda: 0.0)) == 0.5
-    assert next(backoff(1.0, 1.0, lambda: 1.0)) == 1.0

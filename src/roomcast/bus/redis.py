@@ -43,11 +43,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import time
-import urllib.parse
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, Protocol, cast
 
 import redis.asyncio.connection as redis_connection
@@ -63,48 +61,17 @@ from roomcast.bus.base import (
     new_node_name,
     topic_fits,
 )
+from roomcast.bus.redis_settings import Settings, backoff
 from roomcast.errors import Broken
 from roomcast.model import Message, Private
 from roomcast.wire.bus import BadPayload, decode, encode, node_name, own_prefix
 
-__all__ = ["DEFAULT_PREFIX", "DRIVER_ERRORS", "RedisBus", "backoff", "public_url"]
+__all__ = ["DRIVER_ERRORS", "RedisBus"]
 
 log = logging.getLogger(__name__)
 
 DRIVER_ERRORS: Final = (RedisError, OSError)  # OSError covers TimeoutError and resets
-DEFAULT_PREFIX = "roomcast:"
 _SUBSCRIBE_CHUNK = 1000  # channels in one SUBSCRIBE when subscribing again to all
-_PREFIX_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))  # printable ASCII, no space
-
-# The limits the URL's query may set, with their defaults.
-_LIMITS: Final[dict[str, tuple[type[int] | type[float], int | float]]] = {
-    "max_pending": (int, 8 * 1024 * 1024),  # payload bytes queued and in flight at most
-    "timeout": (float, 5.0),  # seconds Redis has to connect and to answer
-    "health_check": (float, 5.0),  # seconds of silence on the subscription before a PING
-    "backoff_min": (float, 0.05),  # seconds before the first reconnection attempt, at most
-    "backoff_max": (float, 5.0),  # seconds between two attempts, at most
-}
-
-
-def backoff(
-    first: float, cap: float, random: Callable[[], float] = random.random
-) -> Iterator[float]:
-    """The waits before successive reconnection attempts: ``first``, doubling each time up
-    to ``cap``, each drawn uniformly between half of that and all of it (equal jitter:
-    nodes cut at once spread out, and each wait is at least half the exponential one)."""
-    limit = first
-    while True:
-        yield limit / 2 + random() * limit / 2
-        limit = min(cap, limit * 2)
-
-
-def public_url(url: str) -> str:
-    """``url`` with its password masked, fit for logs and error messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
 class _Connection(Protocol):
@@ -145,36 +112,6 @@ class _Confirmation:
         self.then: Callable[[], None] | None = None
 
 
-def _limits(url: str) -> tuple[str, dict[str, Any], str]:
-    """Split the bus's own settings (limits and ``prefix``) out of ``url``'s query:
-    ``(the URL for redis-py, limits, prefix)``; ``ValueError`` for a bad value."""
-    parts = urllib.parse.urlsplit(url)
-    limits: dict[str, Any] = {name: default for name, (_, default) in _LIMITS.items()}
-    prefix = DEFAULT_PREFIX
-    rest = []
-    for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        if name == "prefix":
-            if not 0 < len(value) <= 100 or not set(value) <= _PREFIX_CHARS:
-                raise ValueError(f"the bus prefix {value[:40]!r} must be 1-100 printable ASCII")
-            prefix = value
-            continue
-        if name not in _LIMITS:
-            rest.append((name, value))
-            continue
-        kind, _ = _LIMITS[name]
-        try:
-            number = kind(value)
-        except ValueError:
-            raise ValueError(f"the bus setting {name}={value!r} is not a number") from None
-        if not number > 0 or (kind is float and not math.isfinite(number)):
-            raise ValueError(f"the bus setting {name}={value!r} must be above 0")
-        limits[name] = number
-    if limits["backoff_max"] < limits["backoff_min"]:
-        raise ValueError("the bus setting backoff_max must be at least backoff_min")
-    query = urllib.parse.urlencode(rest)
-    return urllib.parse.urlunsplit(parts._replace(query=query)), limits, prefix
-
-
 class RedisBus:
     """One node's endpoint on Redis pub/sub (see the module docstring). Implements
     ``roomcast.bus.base.Bus``; make it with ``RedisBus.open``."""
@@ -189,18 +126,18 @@ class RedisBus:
         (seconds, 5), ``backoff_min`` (seconds, 0.05) and ``backoff_max`` (seconds, 5);
         ``ValueError`` for a bad URL, ``Broken`` if Redis cannot be reached now (later
         outages are reconnected by the bus itself)."""
-        redis_url, limits, prefix = _limits(url)
+        settings = Settings.parse(url)
         try:
-            kwargs: dict[str, Any] = dict(redis_connection.parse_url(redis_url))
+            kwargs: dict[str, Any] = dict(redis_connection.parse_url(settings.redis_url))
         except ValueError as e:
-            raise ValueError(f"bad bus URL {public_url(url)!r}: {e}") from None
+            raise ValueError(f"bad bus URL {settings.where!r}: {e}") from None
         connection_class = kwargs.pop("connection_class", redis_connection.Connection)
         if not issubclass(connection_class, redis_connection.Connection):  # unix://
-            raise ValueError(f"bad bus URL {public_url(url)!r}: use redis:// or rediss://")
+            raise ValueError(f"bad bus URL {settings.where!r}: use redis:// or rediss://")
         kwargs |= {
             "protocol": 2,  # pub/sub messages as plain arrays
             "socket_timeout": None,  # the bus bounds each wait itself (``timeout``)
-            "socket_connect_timeout": limits["timeout"],
+            "socket_connect_timeout": settings.timeout,
             "driver_info": None,  # no CLIENT SETINFO: one round trip less per connection
         }
         name = new_node_name() if node is None else node_name(node)
@@ -209,42 +146,32 @@ class RedisBus:
             try:
                 made = connection_class(**kwargs, client_name=f"roomcast-bus-{role}-{name}")
             except TypeError as e:  # a query parameter redis-py does not know
-                raise ValueError(f"bad bus URL {public_url(url)!r}: {e}") from None
+                raise ValueError(f"bad bus URL {settings.where!r}: {e}") from None
             return cast(_Connection, made)
 
         connection("check")  # a bad parameter is a ValueError now, not at reconnection
-        bus = cls(connection, node=name, prefix=prefix, where=public_url(url), **limits)
+        bus = cls(connection, node=name, settings=settings)
         try:
             await bus._connect()
         except DRIVER_ERRORS as e:
             bus._up = False
             await bus._disconnect()
-            raise Broken(f"the bus cannot reach Redis at {public_url(url)}: {e}") from e
+            raise Broken(f"the bus cannot reach Redis at {settings.where}: {e}") from e
         bus._start()
         return bus
 
     def __init__(
-        self,
-        connection: Callable[[str], _Connection],
-        *,
-        node: str,
-        prefix: str,
-        where: str,
-        max_pending: int,
-        timeout: float,
-        health_check: float,
-        backoff_min: float,
-        backoff_max: float,
+        self, connection: Callable[[str], _Connection], *, node: str, settings: Settings
     ) -> None:
         self._connection = connection  # role ("sub", "pub") -> a new, unconnected connection
         self._node = node  # this node's name
         self._own = own_prefix(node)  # the first bytes of the payloads it publishes
-        self._prefix = prefix.encode()  # of every channel
-        self._where = where  # the URL without its password, for the logs
-        self._max_pending = max_pending  # payload bytes queued and in flight, at most
-        self._timeout = timeout  # seconds Redis has to answer
-        self._health_check = health_check  # seconds of silence before a PING
-        self._backoff = (backoff_min, backoff_max)  # reconnection waits, seconds
+        self._prefix = settings.prefix.encode()  # of every channel
+        self._where = settings.where  # the URL without its password, for the logs
+        self._max_pending = settings.max_pending  # payload bytes queued and in flight
+        self._timeout = settings.timeout  # seconds Redis has to answer
+        self._health_check = settings.health_check  # seconds of silence before a PING
+        self._backoff = (settings.backoff_min, settings.backoff_max)  # reconnection waits
         self._handler: Handler | None = None  # where deliveries go
         self._topics: dict[bytes, Topic] = {}  # channel -> topic, for every subscribed one
         self._sub: _Connection | None = None  # the subscribed connection
