@@ -585,7 +585,9 @@ class RedisBus:
                         refused += 1
                         if refused == 1:
                             log.warning("bus: Redis refused a PUBLISH: %s", e)
-        except DRIVER_ERRORS as e:
+        except Exception as e:  # a driver error (or a surprise: the writer must go on)
+            if not isinstance(e, DRIVER_ERRORS):
+                log.exception("bus: publishing failed")
             self._failed += len(batch or ())
             self._lose(f"the publishing connection failed: {_describe(e)}", generation)
             await self._disconnect(sub, pub)  # wakes the read loop, which reconnects
