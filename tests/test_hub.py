@@ -418,9 +418,9 @@ async def test_rooms_with_history_in_the_store_are_listed_without_being_opened(
             (GENERAL, 1, 0),
             ("#old", 0, None),
         ]
-        assert "#old" not in hub._rooms
+        assert "#old" not in hub.core.rooms
         assert await hub.handle(bob, Who(room="#old")) == [WhoList(room="#old", names=(), total=0)]
-        assert "#old" not in hub._rooms
+        assert "#old" not in hub.core.rooms
     finally:
         await store.close()
 
