@@ -137,6 +137,7 @@ class Hub:
         self._buckets = core.buckets  # flood control per session, read on every command
         # the parts, each over the one core (see roomcast.core for the map)
         self._messages = messages = Messages(core)
+        self._draft, self._queue = messages.draft, messages.queue  # the hot path's two calls
         self._membership = membership = Membership(core, messages)
         self._archive = Archive(core, membership)
         self._names = names = Names(core, membership, messages)
@@ -250,7 +251,7 @@ class Hub:
         drafts: list[Draft] = []
         rooms: list[Room] = []
         bucket, now = self._buckets.get(session), self._clock()
-        draft = self._messages.draft
+        draft = self._draft
         for command in commands:
             try:
                 if session.state is not State.ACTIVE:
@@ -269,7 +270,7 @@ class Hub:
             rooms.append(room)
         if drafts:
             try:
-                await self._messages.queue(rooms, drafts)
+                await self._queue(rooms, drafts)
             except Broken as e:
                 errors.append(_failed(session, e))
         return errors
@@ -383,11 +384,11 @@ class Hub:
         self.core.remove_user(user)
         if user.inbox is not None:
             user.inbox.close()
-        quiet_above, messages = self.limits.quiet_above, self._messages
+        quiet_above, draft = self.limits.quiet_above, self._draft
         rooms = [r for r in user.rooms.values() if len(r.members) <= quiet_above]
         now, signed = self._clock(), user.registered
-        drafts = [messages.draft(r, user.name, Kind.QUIT, reason, now, signed) for r in rooms]
-        stored = messages.queue(rooms, drafts) if drafts else None  # keeps those rooms open
+        drafts = [draft(r, user.name, Kind.QUIT, reason, now, signed) for r in rooms]
+        stored = self._queue(rooms, drafts) if drafts else None  # keeps those rooms open
         for room in list(user.rooms.values()):
             self._membership.remove_member(user, room, forget_marks=False)
         log.info("quit name=%s peer=%s reason=%s", user.name, peer, reason)

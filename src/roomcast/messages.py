@@ -47,6 +47,7 @@ class Messages:
         self._new_id = core.new_id
         self._clock = core.clock
         self._store = core.store
+        self._drop_if_unused = core.drop_if_unused
         self._post_buckets: dict[str, Bucket] = {}  # flood control of posts, per account
 
     # -- room messages --
@@ -71,7 +72,7 @@ class Messages:
         switch comes between the commit and the broadcast, and a cancelled caller cannot leave
         a stored message unsent. The rooms stay open until then."""
         settled = False
-        drop_if_unused = self._core.drop_if_unused
+        drop_if_unused = self._drop_if_unused
 
         def settle(messages: list[Message] | None) -> None:
             nonlocal settled
