@@ -3,20 +3,22 @@
 The chat core is a ``Hub`` (``roomcast.hub``) and the parts it carries commands out with,
 one job per module, all sharing one ``Core``:
 
-    hub.py       the state table, command dispatch, the session lifecycle, flood control;
-                 the API that transports and the server call
-    rooms.py     rooms: join, leave, who, the room lists, login catch-up, read-only watchers
-    messages.py  room messages from draft to broadcast (the hot path), private messages, posts
-    history.py   history pages, private conversations, search
-    accounts.py  names and look-alikes, registration, logins and their throttles, tokens
-    upkeep.py    what runs on a timer: read markers, retention, account checks
-    flood.py     the token bucket behind flood control
-    session.py   the online values (``Room``, ``User``) and one connection's delivery
+    hub.py       Hub: the state table, command dispatch, the session lifecycle; the API
+                 that transports and the server call
+    rooms.py     Membership: join, leave, who, the room lists, login catch-up, watchers
+    messages.py  Messages: room messages from draft to broadcast (the hot path), private
+                 messages, posts
+    history.py   Archive: history pages, private conversations, search
+    accounts.py  Names: free names, look-alikes, nick; Accounts: registration, logins and
+                 their throttles, tokens
+    upkeep.py    Upkeep: what runs on a timer: read markers, retention, account checks
+    flood.py     Flood: how fast each session may send (pace, allowance); Bucket
+    session.py   Session: one connection's delivery; the online values Room and User
 
 ``Core`` holds what they share: the store, the limits, the clock, and the online tables
 (rooms, users, sessions). The tables are changed in place and never replaced, so every part
 reads the same ones through ``core``. ``Core`` also keeps the two operations that keep the
-room table true (``open_room``, ``drop_if_unused``) and the one that keeps the user table and
+room table true (``open_room``, ``drop_if_unused``) and the two that keep the user table and
 its look-alike index together (``add_user``, ``remove_user``).
 """
 
@@ -33,7 +35,6 @@ from dataclasses import dataclass
 from roomcast.auth import Passwords
 from roomcast.broadcast import Sender, channel
 from roomcast.errors import Broken, ClientError, Unwritable
-from roomcast.flood import Bucket
 from roomcast.model import Message, fold
 from roomcast.names import Lookalikes
 from roomcast.session import Room, Session, User
@@ -101,7 +102,6 @@ class Core:
     online. One per ``Hub``."""
 
     __slots__ = (
-        "buckets",
         "clock",
         "limits",
         "looks",
@@ -132,7 +132,6 @@ class Core:
         self.users: dict[str, User] = {}  # folded name -> online user
         self.looks = Lookalikes()  # the names of users, by skeleton
         self.sessions: set[Session] = set()  # every open session (not watchers)
-        self.buckets: dict[Session, Bucket] = {}  # flood control per open session
         self.room_lock = asyncio.Lock()  # serializes room creation (it reads the store)
 
     # -- the user table --

@@ -1,16 +1,28 @@
-"""Flood control: a token bucket that says how long to wait, not only whether to refuse.
+"""Flood control: how fast a session may send, with a bucket that says how long to wait.
 
-Each session has one (``Hub.connect``), and so has each account that posts without a
-session (``Hub.post``). A bucket holds ``burst`` tokens and refills at ``rate`` per second;
-a command spends one. ``turn`` is the delaying side ("fakelag", as IRC servers apply it): a
-transport asks it before each command and waits as told, and ``turn`` also keeps how long
-the client has been held back without a break, so that one that never slows down can be
-refused. Pure arithmetic on a clock the caller passes in: no sockets, no tasks, no sleeps.
+Each open session has a token bucket (``Flood.open``), and so has each account that posts
+without a session (``Messages.post``). A bucket holds ``burst`` tokens and refills at
+``rate`` per second; a command spends one (``Hub.handle``, ``Hub.say``). ``Flood.pace`` is
+the delaying side ("fakelag", as IRC servers apply it): a transport asks it before each
+command and waits as told; the bucket also keeps how long the client has been held back
+without a break, so that one that never slows down is refused after ``Limits.flood_hold``.
+Arithmetic on the core's clock: no sockets, no tasks, no sleeps.
 """
 
 from __future__ import annotations
 
-__all__ = ["Bucket"]
+import logging
+
+from roomcast.core import Core
+from roomcast.errors import ClientError
+from roomcast.model import Error
+from roomcast.session import Session
+
+__all__ = ["FLOOD", "Bucket", "Flood"]
+
+log = logging.getLogger("roomcast.hub")  # the chat core logs as one (see roomcast.core)
+
+FLOOD = "you are sending too fast: wait a moment, then retry"
 
 
 class Bucket:
@@ -65,3 +77,57 @@ class Bucket:
             return None
         self.told = True
         return wait
+
+
+class Flood:
+    """The buckets of the open sessions: pace, allowance, and the requests a transport
+    answers by itself."""
+
+    def __init__(self, core: Core) -> None:
+        self._limits = core.limits
+        self._clock = core.clock  # wall-clock seconds; injected for tests
+        self.buckets: dict[Session, Bucket] = {}  # open session -> its bucket
+
+    def open(self, session: Session) -> None:
+        """Give a new session a full bucket."""
+        limits = self._limits
+        self.buckets[session] = Bucket(limits.rate, limits.burst, self._clock())
+
+    def close(self, session: Session) -> None:
+        """Forget an ended session's bucket."""
+        self.buckets.pop(session, None)
+
+    def pace(self, session: Session) -> float:
+        """Seconds ``session`` must wait before its next command: 0.0 if it may send it now.
+
+        Flood control that delays instead of refusing ("fakelag", as IRC servers apply it): a
+        transport asks before each command (again after waiting, until it gets 0.0) and waits
+        as told, reading no further ahead meanwhile; a paste goes through whole at
+        ``Limits.rate`` and TCP flow control slows the client down. A session held back
+        without a break for more than ``Limits.flood_hold`` seconds is refused instead: this
+        raises ``ClientError`` "flood", whose message is the reason to close it with.
+        ``Hub.handle`` still refuses a command that comes early, for callers that do not ask.
+        """
+        bucket = self.buckets.get(session)
+        if bucket is None:
+            return 0.0
+        hold = self._limits.flood_hold
+        wait = bucket.turn(self._clock(), hold)
+        if wait is None:
+            log.warning("flooding peer=%s name=%s", session.peer, session.name)
+            raise ClientError("flood", f"sending too fast: held back for more than {hold:g} s")
+        return wait
+
+    def allowance(self, session: Session) -> int:
+        """How many commands ``session`` may send now, at once, without being refused for
+        flooding (a run of lines handed to ``Hub.say`` together takes at most this many)."""
+        bucket = self.buckets.get(session)
+        return self._limits.burst if bucket is None else bucket.available(self._clock())
+
+    def spend(self, session: Session) -> Error | None:
+        """Count a request the transport answers by itself (a malformed frame, a ping)
+        against the session's flood limit; the error to send instead when over it."""
+        bucket = self.buckets.get(session)
+        if bucket is None or bucket.take(self._clock()):
+            return None
+        return Error(code="flood", message=FLOOD)

@@ -17,8 +17,8 @@ Join").
     CLOSING nothing (its user has left the hub; its quits are being stored) -> CLOSED
     CLOSED  nothing
 
-Every command is counted against the session's flood limit (``flood.Bucket``); a transport
-that asks ``pace`` first waits instead of being refused.
+Every command is counted against the session's flood limit (``roomcast.flood``); a
+transport that asks ``pace`` first waits instead of being refused.
 
 A command the store fails (``unavailable``) leaves nothing half done, so the client may
 simply retry: each command writes before it changes the online state, or undoes what it
@@ -46,7 +46,7 @@ from roomcast.accounts import EVERYWHERE, Accounts, Names
 from roomcast.auth import Passwords
 from roomcast.core import GENERAL, Core, Limits, log_failure, member_room, new_id, user_of
 from roomcast.errors import Broken, ClientError, Unwritable
-from roomcast.flood import Bucket
+from roomcast.flood import FLOOD, Flood
 from roomcast.history import Archive
 from roomcast.messages import Messages
 from roomcast.model import (
@@ -104,7 +104,6 @@ _ACCEPTS: dict[State, tuple[type, ...]] = {
     State.CLOSED: (),
 }
 
-FLOOD = "you are sending too fast: wait a moment, then retry"
 UNAVAILABLE = Error(code="unavailable", message="the server could not do that now; try again")
 NOT_WRITABLE = Error(
     code="unavailable",
@@ -134,7 +133,8 @@ class Hub:
         self.store = store  # durable history and accounts; assigns sequence numbers
         self.limits = core.limits
         self._clock = clock  # wall-clock seconds (UTC epoch); injected for tests
-        self._buckets = core.buckets  # flood control per session, read on every command
+        self._flood = flood = Flood(core)  # how fast each session may send
+        self._buckets = flood.buckets  # read on every command
         # the parts, each over the one core (see roomcast.core for the map)
         self._messages = messages = Messages(core)
         self._draft, self._queue = messages.draft, messages.queue  # the hot path's two calls
@@ -145,6 +145,8 @@ class Hub:
         self._upkeep = upkeep = Upkeep(core, self._end_user)
         # What transports and the server call that a part carries out, bound here under the
         # hub's name: a call goes straight to the part (see each method's docstring there).
+        self.pace, self.allowance = flood.pace, flood.allowance  # flood control that waits
+        self.spend = flood.spend  # counts what a transport answers by itself
         self.room_list = membership.room_list  # the rooms open now; no store read
         self.rooms = membership.rooms  # every room, with member and unread counts
         self.watch = membership.watch  # a session that only reads a room (event streams)
@@ -174,50 +176,14 @@ class Hub:
     def passwords(self, passwords: Passwords) -> None:
         self.core.passwords = passwords
 
-    # -- sessions and flood control --
+    # -- sessions --
 
     def connect(self, peer: str) -> Session:
         """Open a session for a new connection from ``peer`` ("host:port")."""
-        limits = self.limits
-        session = Session(peer, self.store, refill_page=limits.refill_page)
+        session = Session(peer, self.store, refill_page=self.limits.refill_page)
         self.core.sessions.add(session)
-        self._buckets[session] = Bucket(limits.rate, limits.burst, self._clock())
+        self._flood.open(session)
         return session
-
-    def pace(self, session: Session) -> float:
-        """Seconds ``session`` must wait before its next command: 0.0 if it may send it now.
-
-        Flood control that delays instead of refusing ("fakelag", as IRC servers apply it): a
-        transport asks before each command (again after waiting, until it gets 0.0) and waits
-        as told, reading no further ahead meanwhile; a paste goes through whole at
-        ``Limits.rate`` and TCP flow control slows the client down. A session held back
-        without a break for more than ``Limits.flood_hold`` seconds is refused instead: this
-        raises ``ClientError`` "flood", whose message is the reason to close it with.
-        ``handle`` still refuses a command that comes early, for callers that do not ask.
-        """
-        bucket = self._buckets.get(session)
-        if bucket is None:
-            return 0.0
-        hold = self.limits.flood_hold
-        wait = bucket.turn(self._clock(), hold)
-        if wait is None:
-            log.warning("flooding peer=%s name=%s", session.peer, session.name)
-            raise ClientError("flood", f"sending too fast: held back for more than {hold:g} s")
-        return wait
-
-    def allowance(self, session: Session) -> int:
-        """How many commands ``session`` may send now, at once, without being refused for
-        flooding (a run of lines handed to ``say`` together takes at most this many)."""
-        bucket = self._buckets.get(session)
-        return self.limits.burst if bucket is None else bucket.available(self._clock())
-
-    def spend(self, session: Session) -> Error | None:
-        """Count a request the transport answers by itself (a malformed frame, a ping)
-        against the session's flood limit; the error to send instead when over it."""
-        bucket = self._buckets.get(session)
-        if bucket is None or bucket.take(self._clock()):
-            return None
-        return Error(code="flood", message=FLOOD)
 
     # -- commands --
 
@@ -340,7 +306,7 @@ class Hub:
         user = session.user
         session.closing(reason)
         self.core.sessions.discard(session)
-        self._buckets.pop(session, None)
+        self._flood.close(session)
         try:
             await self._quit_if_last(user, session.peer, reason)
         finally:
