@@ -82,8 +82,11 @@ async def test_logout_keeps_the_connection_without_a_name() -> None:
     """After logout the session is NEW again and can pick a guest name."""
     hub, _ = make_hub()
     alice = await registered(hub, "alice")
-    [info] = await hub.handle(alice, Logout())
-    assert isinstance(info, Info) and alice.state is State.NEW
+    assert await hub.handle(alice, Logout()) == []
+    assert alice.state is State.NEW
+    # told after whatever was ready for the account, so nothing of it follows the notice
+    events = await alice.take()
+    assert events[-1] == Info(text="logged out: choose a name, or /login name password")
     replies = await hub.handle(alice, SetName(name="guest1"))
     assert replies[0] == Welcome(name="guest1")
 

@@ -280,7 +280,9 @@ class Hub:
                 if everywhere:
                     return await self._log_out_everywhere(session)
                 await self._detach(session, "logged out")
-                return [Info(text="logged out: choose a name, or /login name password")]
+                # after what was ready for the account: nothing of it comes after this line
+                session.tell(Info(text="logged out: choose a name, or /login name password"))
+                return []
             case Quit(reason=reason):
                 await self.disconnect(session, reason, Info(text="goodbye"))
                 return []
