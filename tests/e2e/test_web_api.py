@@ -384,6 +384,7 @@ async def test_health_reports_the_version_and_the_counts(
     """GET /health is 200 with the version and how many users, rooms, sockets, streams."""
     status, body = await fetch(http, server, "GET", "/health")
     assert status == 200
+    refused = body.pop("refused")
     assert body == {
         "status": "ok",
         "version": __version__,
@@ -391,7 +392,9 @@ async def test_health_reports_the_version_and_the_counts(
         "rooms": 0,
         "websockets": 0,
         "streams": 0,
+        "connections": 1,  # this request's
     }
+    assert refused == dict.fromkeys(refused, 0) and "max_per_address" in refused
     await sockets.ws(server, "alice")
     await sockets.ws(server)  # connected, not named: a socket but not a user
     stream = await open_stream(http, server, "rust")
@@ -1210,8 +1213,8 @@ async def test_a_foreign_origin_is_refused_with_403_and_the_own_origin_is_accept
 async def test_configured_origins_replace_the_same_origin_rule(
     start_server: StartServer, sockets: Sockets
 ) -> None:
-    """With web_origins set, only those origins (and none) may connect."""
-    server = await start_server(web_origins="https://chat.example, https://other.example")
+    """With public_origin set, only those origins (and none) may connect."""
+    server = await start_server(public_origin="https://chat.example, https://other.example")
     assert server.web is not None
     await sockets.ws(server, "a", origin="https://chat.example")
     await sockets.ws(server, "b", origin="https://other.example")
@@ -1408,7 +1411,7 @@ async def test_stop_with_websocket_clients_that_never_read_closes_them_all_and_r
 ) -> None:
     """Stopping the server while clients sit on unread frames closes every connection: they get
     ``close_grace`` to take what is buffered, then they are cut, and stop returns."""
-    server = await start_server(high_water=16384, stall_timeout=300.0, **FAST)
+    server = await start_server(high_water=16384, stall_timeout=300.0, max_per_address=0, **FAST)
     assert server.web is not None
     speaker = await sockets.ws(server, "speaker")
     names = [f"slow{i}" for i in range(20)]

@@ -36,6 +36,7 @@ from typing import Any, cast
 from roomcast.errors import ClientError
 from roomcast.hub import Hub
 from roomcast.model import Error, Event, Info, Say
+from roomcast.net.admission import Admission, Ticket
 from roomcast.net.flush import Flusher
 from roomcast.session import Session, State
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES
@@ -58,6 +59,7 @@ class TcpLimits:
     flush_gap: float = 0.005  # most seconds between two flushes, as long as the last one took
     close_grace: float = 2.0  # seconds a closing client gets to take what is buffered
     cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of rendered lines (and runs) per renderer
+    name_timeout: float = 30.0  # seconds a connection may take to give a name; 0 = no limit
 
 
 class _Connection(asyncio.Protocol):
@@ -67,6 +69,7 @@ class _Connection(asyncio.Protocol):
         "_cut",
         "_ended",
         "_limits",
+        "_naming",
         "_over",
         "_peer",
         "_pending",
@@ -77,6 +80,7 @@ class _Connection(asyncio.Protocol):
         "_server",
         "_session",
         "_stall",
+        "_ticket",
         "_transport",
     )
 
@@ -98,6 +102,8 @@ class _Connection(asyncio.Protocol):
         self._stall: asyncio.TimerHandle | None = None  # cuts a client above high_water too long
         self._over: str | None = None  # why the input ended (the quit reason); None: it goes on
         self._ended = False  # the session was told to end
+        self._ticket: Ticket | None = None  # its place among the open connections
+        self._naming: asyncio.TimerHandle | None = None  # closes it if it gives no name in time
 
     # -- asyncio.Protocol callbacks --
 
@@ -107,10 +113,22 @@ class _Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self._limits.high_water)
         host, port, *_ = transport.get_extra_info("peername") or ("?", 0)
         self._peer = f"{host}:{port}"
+        self._ticket = ticket = self._server.admission.admit(str(host), self._peer, "line")
+        if ticket.refusal is not None:  # one line saying why (unless far over), then closed
+            if not ticket.told:
+                transport.abort()
+                return
+            refusal = Error(code=ticket.refusal.code, message=ticket.refusal.message)
+            transport.write(self._codec.encode([refusal]))
+            transport.close()
+            return
         self._session = self._server.hub.connect(self._peer)
         self._server.connections.add(self)
         log.info("connect peer=%s", self._peer)
         transport.write(self._codec.greeting())
+        if self._limits.name_timeout > 0:
+            loop = asyncio.get_running_loop()
+            self._naming = loop.call_later(self._limits.name_timeout, self._unnamed)
 
     def data_received(self, data: bytes) -> None:
         self._pending += self._codec.receive_data(data)
@@ -141,10 +159,11 @@ class _Connection(asyncio.Protocol):
         self._ready()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._cut is not None:
-            self._cut.cancel()
-        if self._stall is not None:
-            self._stall.cancel()
+        if self._ticket is not None:
+            self._ticket.release()
+        for timer in (self._cut, self._stall, self._naming):
+            if timer is not None:
+                timer.cancel()
         self._server.forget(self)
         self._set_resumed()  # a reader waiting for the client to read goes on
         if self._refiller is not None:  # a store read: nothing is left halfway
@@ -216,6 +235,7 @@ class _Connection(asyncio.Protocol):
                         # after the welcome went out: what the session receives comes next
                         session.on_wake = self._ready
                         self._ready()
+                        self._named()
             if session.state is State.CLOSED:  # quit: the pump sends what is left
                 self._pending.clear()
                 self._pause_reading()
@@ -289,10 +309,24 @@ class _Connection(asyncio.Protocol):
         if resumed is not None and not resumed.done():
             resumed.set_result(None)
 
+    def _named(self) -> None:
+        """The connection has a name: no deadline for one any more."""
+        if self._naming is not None:
+            self._naming.cancel()
+            self._naming = None
+
+    def _unnamed(self) -> None:
+        self._naming = None
+        timeout = self._limits.name_timeout
+        log.info("no name peer=%s within %g s: closing", self._peer, timeout)
+        self._server.admission.note("name_timeout")
+        self.close(f"no name given within {timeout:g} s")
+
     def _too_slow(self) -> None:
         self._stall = None
         name = self._session.name if self._session is not None else None
         log.warning("too slow peer=%s name=%s", self._peer, name)
+        self._server.admission.note("stall_timeout")
         stall = self._limits.stall_timeout
         # The reason goes after what is buffered, above the mark: the client sees it once it
         # reads again, if it does within another stall_timeout (it holds no more than before).
@@ -361,9 +395,12 @@ class _Connection(asyncio.Protocol):
 class LineServer:
     """Listens for line-protocol clients and connects each to the hub."""
 
-    def __init__(self, hub: Hub, *, limits: TcpLimits | None = None) -> None:
+    def __init__(
+        self, hub: Hub, *, limits: TcpLimits | None = None, admission: Admission | None = None
+    ) -> None:
         self.hub = hub  # the chat core every connection talks to
         self.limits = limits or TcpLimits()
+        self.admission = admission or Admission()  # open connections (shared with HTTP's)
         cache = self.limits.cache_bytes
         self.plain = Renderer(cache_bytes=cache)  # shared by all: one render per message
         self.stamped = Renderer(timestamps=True, cache_bytes=cache)  # the same, with times

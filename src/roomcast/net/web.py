@@ -35,6 +35,10 @@ control delays requests instead of refusing them (``Hub.pace``); a client the hu
 held back too long is closed with 1008 and the hub's reason.
 ``stop`` closes every connection at once and cuts, after ``close_grace``, those that do not
 take their close.
+
+Connections come in through ``net/gate.py``: each is counted (``net/admission.py``) and handed
+to aiohttp's protocol for the application, or, refused, to a small aiohttp server that answers
+the refusal (``protocol``); the gate also keeps the deadline for the first request's head.
 """
 
 from __future__ import annotations
@@ -42,19 +46,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import WSMessage, WSMsgType, web
 
 from roomcast import __version__
 from roomcast.errors import Broken, ClientError, Closed, Unwritable
-from roomcast.hub import Hub
+from roomcast.hub import NOT_WRITABLE, Hub
 from roomcast.model import (
     Action,
     Command,
@@ -65,7 +69,10 @@ from roomcast.model import (
     room_name,
     seq_text,
 )
+from roomcast.net import origin
+from roomcast.net.admission import Admission
 from roomcast.net.flush import Flusher
+from roomcast.net.gate import Gatekeeper
 from roomcast.session import Session, State
 from roomcast.store.base import Account
 from roomcast.tokens import Tokens
@@ -92,6 +99,9 @@ _STATUS = {  # HTTP status of a client error, by code; 400 otherwise
     "not_found": 404,
     "no_such_room": 404,
     "bad_method": 405,
+    "timeout": 408,
+    "too_many_connections": 429,
+    "server_full": 503,
 }
 
 
@@ -100,7 +110,7 @@ class WebLimits:
     """Limits of the HTTP listener."""
 
     max_frame: int = 65536  # bytes in one WebSocket frame or API request body
-    origins: tuple[str, ...] = ()  # allowed WebSocket origins; () = the page's own origin
+    origins: str = ""  # comma-separated public origins (net/origin.py); "" = the listener's own
     high_water: int = 256 * 1024  # WebSocket write-buffer bytes above which we stop pulling
     stall_timeout: float = 30.0  # seconds a WebSocket client may stay above high_water
     batch: int = 512  # events per frame
@@ -110,6 +120,8 @@ class WebLimits:
     heartbeat: float = 30.0  # seconds between WebSocket pings (aiohttp's heartbeat)
     close_grace: float = 2.0  # seconds a closing WebSocket client gets to take what is buffered
     cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of encoded messages, runs, frames (each)
+    header_timeout: float = 10.0  # seconds to send a request's headers (and idle keep-alive)
+    body_timeout: float = 30.0  # seconds to send a request's body
 
 
 def _json(obj: object, status: int = 200) -> web.Response:
@@ -120,6 +132,8 @@ def _error(e: ClientError) -> web.Response:
     response = _json({"error": {"code": e.code, "message": e.message}}, _STATUS.get(e.code, 400))
     if e.retry_after is not None:
         response.headers["Retry-After"] = str(e.retry_after)
+    if e.code == "timeout":  # the rest of a body that did not come is not waited for either
+        response.force_close()
     return response
 
 
@@ -130,10 +144,20 @@ def _static_dir() -> Path:
 class WebServer:
     """Serves the web client, the JSON API, event streams and WebSocket sessions."""
 
-    def __init__(self, hub: Hub, tokens: Tokens, *, limits: WebLimits | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        tokens: Tokens,
+        *,
+        limits: WebLimits | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self.hub = hub  # the chat core
         self.tokens = tokens  # signs and checks login tokens
         self.limits = limits or WebLimits()
+        self.admission = admission or Admission()  # open connections (shared with the line's)
+        self._public = origin.parse_origins(self.limits.origins)  # ValueError for a bad one
+        self._host = ""  # the host the listener binds, once started: one of its names
         cache = self.limits.cache_bytes
         self.messages = encoded_messages(max_bytes=cache)  # each message encoded once for all
         # one codec for every WebSocket connection: it holds no per-connection state
@@ -142,7 +166,8 @@ class WebServer:
         self.sockets: set[_Socket] = set()  # open WebSocket connections
         self.streams: set[Session] = set()  # open event streams
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._listener: asyncio.Server | None = None  # accepts through net/gate.py
+        self._refusers: dict[str, web.Server] = {}  # per refusal: answers it to every request
         self._flusher = Flusher[_Socket](self.limits.flush_gap, self._failed)
         self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
         self._all_closed = asyncio.Event()  # set when no WebSocket connection is open
@@ -175,17 +200,31 @@ class WebServer:
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (0 picks a free port: see ``port``)."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._host = host
+        # aiohttp's keep-alive timer runs from the connection's start (or its last response)
+        # and is not restarted by the bytes of a request head: it is a deadline for the
+        # headers of every request after the first (whose deadline is the gate's), and closes
+        # connections idle for as long. After a response to a request whose body was not
+        # read whole (too large, too slow), aiohttp reads on for lingering_time before it
+        # closes (so that the client reads the answer, not a reset): close_grace, not 10 s.
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.limits.header_timeout,
+            lingering_time=self.limits.close_grace,
+        )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await self._site.start()
+        loop = asyncio.get_running_loop()
+        gatekeeper = Gatekeeper(self.admission, self.protocol, self.limits.header_timeout)
+        self._listener = await loop.create_server(gatekeeper, host, port, reuse_address=True)
         self._sweeper = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._sweep)
 
     @property
     def port(self) -> int:
         """The port listened on."""
-        assert self._runner is not None, "not started"
-        port: int = self._runner.addresses[0][1]
+        assert self._listener is not None, "not started"
+        port: int = self._listener.sockets[0].getsockname()[1]
         return port
 
     async def stop(self, reason: str = "server shutting down") -> None:
@@ -194,6 +233,8 @@ class WebServer:
         A WebSocket client gets ``limits.close_grace`` seconds to take what is buffered for
         it; then it is cut. Its session leaves the hub at once either way.
         """
+        if self._listener is not None:
+            self._listener.close()  # no new connections
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -208,8 +249,13 @@ class WebServer:
             await self._closed(within=1.0)
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        for refuser in self._refusers.values():
+            refuser.pre_shutdown()
+            await refuser.shutdown(self.limits.close_grace)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.wait_closed()
 
     async def _closed(self, *, within: float) -> None:
         """Wait until every WebSocket handler has ended, or ``within`` seconds."""
@@ -221,6 +267,26 @@ class WebServer:
                 await self._all_closed.wait()
 
     # -- plumbing --
+
+    def protocol(self, refusal: ClientError | None) -> asyncio.Protocol:
+        """aiohttp's protocol for a new connection: the application's, or, for a refused
+        one, one that answers every request with ``refusal`` and closes."""
+        if refusal is None:
+            assert self._runner is not None and self._runner.server is not None
+            return self._runner.server()
+        refuser = self._refusers.get(refusal.code)
+        if refuser is None:
+
+            async def refuse(request: web.BaseRequest) -> web.StreamResponse:
+                response = _error(refusal)
+                response.force_close()
+                return response
+
+            refuser = web.Server(
+                refuse, access_log=None, keepalive_timeout=self.limits.header_timeout
+            )
+            self._refusers[refusal.code] = refuser
+        return refuser()
 
     def _guard(self, handler: Handler) -> Handler:
         """``handler`` with client errors and store failures answered as JSON errors."""
@@ -236,6 +302,10 @@ class WebServer:
                 limit = self.limits.max_frame
                 message = f"the body is over {limit} bytes"
                 return _json({"error": {"code": "too_large", "message": message}}, 413)
+            except Unwritable as e:  # the store logged why, once: one line per request here
+                log.warning("store not writable for %s %s: %s", request.method, request.path, e)
+                error = {"code": NOT_WRITABLE.code, "message": NOT_WRITABLE.message}
+                return _json({"error": error}, 503)
             except Broken:
                 log.exception("store failure on %s %s", request.method, request.path)
                 return _json({"error": {"code": "unavailable", "message": "try again later"}}, 503)
@@ -249,8 +319,23 @@ class WebServer:
         task.add_done_callback(self._background.discard)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
+        limit = self.limits.body_timeout
         try:
-            body = orjson.loads(await request.read())
+            async with asyncio.timeout(limit):  # a body sent a byte at a time holds nothing
+                raw = await request.read()
+        except TimeoutError:
+            log.info(
+                "http request body not received within %g s peer=%s path=%s",
+                limit,
+                request.remote,
+                request.path,
+            )
+            self.admission.note("body_timeout")
+            raise ClientError(
+                "timeout", f"the request body did not come within {limit:g} s"
+            ) from None
+        try:
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise ClientError("bad_json", "the body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -302,6 +387,8 @@ class WebServer:
             "rooms": len(self.hub.room_list().rooms),
             "websockets": len(self.sockets),
             "streams": len(self.streams),
+            "connections": self.admission.open,  # both listeners, refused ones being told too
+            "refused": dict(self.admission.refused),  # per limit, since the start
         }
         try:
             await self.hub.store.check()
@@ -400,15 +487,21 @@ class WebServer:
                 "X-Accel-Buffering": "no",
             }
         )
+        # the write deadline (stall_timeout) cuts a client that does not read; the kernel, one
+        # that vanished: later, so that a client merely slow is cut by the deadline, with a
+        # reason in the log
+        _give_up_unacknowledged(request.transport, 2 * self.limits.stall_timeout)
         try:
             await response.prepare(request)
-            await response.write(b"retry: 2000\n\n")
+            if not await self._stream_write(request, response, b"retry: 2000\n\n"):
+                return response
             while True:
                 try:
                     async with asyncio.timeout(self.limits.keepalive):
                         events = await session.receive(self.limits.batch)
                 except TimeoutError:
-                    await response.write(b": keepalive\n\n")
+                    if not await self._stream_write(request, response, b": keepalive\n\n"):
+                        break
                     continue
                 chunks = []
                 for e in events:
@@ -419,7 +512,8 @@ class WebServer:
                         last = e.first_seq + e.count - 1
                         gap = {"room": e.room, "from_seq": e.first_seq, "to_seq": last}
                         chunks.append(b"event: gap\ndata: %s\n\n" % orjson.dumps(gap))
-                await response.write(b"".join(chunks))
+                if not await self._stream_write(request, response, b"".join(chunks)):
+                    break
         except (Closed, ConnectionError):
             pass
         finally:
@@ -427,15 +521,39 @@ class WebServer:
             self.hub.unwatch(session)
         return response
 
+    async def _stream_write(
+        self, request: web.Request, response: web.StreamResponse, data: bytes
+    ) -> bool:
+        """Write to an event stream; ``False`` if the client took nothing for
+        ``stall_timeout`` seconds: then it is cut, its buffer dropped."""
+        stall = self.limits.stall_timeout
+        try:
+            async with asyncio.timeout(stall):  # aiohttp waits for the buffer to drain
+                await response.write(data)
+        except TimeoutError:
+            transport = request.transport
+            peer = "?" if transport is None else _peer(transport)
+            log.warning("too slow peer=%s transport=sse: not reading for %g s", peer, stall)
+            self.admission.note("stall_timeout")
+            if transport is not None:
+                transport.abort()
+            return False
+        return True
+
     # -- WebSocket --
 
     def _origin_allowed(self, request: web.Request) -> bool:
-        origin = request.headers.get("Origin")
-        if origin is None:  # not a browser: scripts and bots may connect
-            return True
-        if self.limits.origins:
-            return origin in self.limits.origins
-        return urlsplit(origin).netloc == request.host
+        """Whether the page behind this handshake is one of ours (``roomcast.net.origin``)."""
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        local = sockname[0] if isinstance(sockname, tuple) and sockname else None
+        return origin.allowed(
+            request.headers.get("Origin"),
+            request.headers.get("Host", ""),
+            public=self._public,
+            names=origin.local_names(self._host, local),
+            port=self.port,
+        )
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         """Upgrade, then read the client's frames until the connection ends.
@@ -443,7 +561,12 @@ class WebServer:
         This handler's task (aiohttp's) is the connection's reader; deliveries need no task.
         """
         if not self._origin_allowed(request):
-            log.warning("websocket origin refused origin=%s", request.headers.get("Origin"))
+            log.warning(
+                "websocket origin refused origin=%s host=%s peer=%s",
+                request.headers.get("Origin"),
+                request.headers.get("Host"),
+                request.remote,
+            )
             return _json({"error": {"code": "bad_origin", "message": "origin not allowed"}}, 403)
         limits = self.limits
         ws = web.WebSocketResponse(
@@ -501,6 +624,10 @@ class WebServer:
                 if sock.resumed is not None:  # the client is not reading what we write
                     await sock.resumed
             if end is not None:
+                if isinstance(ws.exception(), TimeoutError):  # aiohttp's heartbeat: no pong
+                    log.info("no answer to ping peer=%s", sock.session.peer)
+                    self.admission.note("ws_heartbeat")
+                    return "no answer to ping"
                 if end.type is WSMsgType.BINARY:
                     sock.close(1003, "send JSON text frames", quit_reason="binary frame")
                     return "binary frame"
@@ -600,6 +727,17 @@ def _said(item: Reply | tuple[RequestId, Command]) -> Say | Action | None:
         return None
     command = item[1]
     return command if isinstance(command, Say | Action) else None
+
+
+def _give_up_unacknowledged(transport: asyncio.Transport | None, seconds: float) -> None:
+    """Have the kernel drop the connection when what it sent stays unacknowledged for
+    ``seconds`` (``TCP_USER_TIMEOUT``, Linux): a client that vanished without a word is
+    otherwise retried for about 15 minutes, and an event stream never hears from it."""
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if option is not None and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, round(seconds * 1000))
 
 
 def _peer(transport: asyncio.Transport) -> str:
@@ -781,6 +919,7 @@ class _Socket(asyncio.Protocol):
         self._stall = None
         stall = self._server.limits.stall_timeout
         log.warning("too slow peer=%s name=%s", self.session.peer, self.session.name)
+        self._server.admission.note("stall_timeout")
         # The close frame goes after what is buffered, above the mark: the client gets it once
         # it reads again, if it does within another stall_timeout (it holds no more than before).
         self.close(1008, f"too slow: not reading for {stall:g} s", grace=stall)
