@@ -18,7 +18,7 @@ from roomcast.net.admission import (
 from roomcast.net.origin import parse_origins
 from roomcast.net.tcp import LineServer, TcpLimits
 from roomcast.net.web import WebLimits, WebServer
-from roomcast.store import Storage, open_store
+from roomcast.store import Storage, open_store, public_url
 from roomcast.tokens import Tokens, load_key
 
 __all__ = ["Server"]
@@ -101,7 +101,7 @@ class Server:
             )
             await self.web.start(cfg.host, cfg.http_port)
             log.info("listening http=%s:%d", cfg.host, self.web.port)
-        log.info("listening line=%s:%d store=%s", cfg.host, self.line.port, url)
+        log.info("listening line=%s:%d store=%s", cfg.host, self.line.port, public_url(url))
 
     def _admission_limits(self) -> AdmissionLimits:
         """The connection caps: the soft open-files limit is raised to the hard one first,
