@@ -125,7 +125,7 @@ from roomcast.names import (
     lookalike_registered,
     lookalike_reserved,
 )
-from roomcast.session import Room, Session, State, User
+from roomcast.session import Listener, Room, Session, State, User
 from roomcast.store.base import Account, Storage
 
 __all__ = ["GENERAL", "Hub", "Limits"]
@@ -294,9 +294,11 @@ class Hub:
 
     # -- sessions --
 
-    def connect(self, peer: str) -> Session:
-        """Open a session for a new connection from ``peer`` ("host:port")."""
-        session = Session(peer, self.store, refill_page=self.limits.refill_page)
+    def connect(self, peer: str, listener: Listener | None = None) -> Session:
+        """Open a session for a new connection from ``peer`` ("host:port"); ``listener`` (the
+        connection) hears when something is ready for it, when it is named and when it ends
+        (``roomcast.session.Listener``)."""
+        session = Session(peer, self.store, refill_page=self.limits.refill_page, listener=listener)
         self._sessions.add(session)
         self._buckets[session] = _Bucket(self.limits.rate, self.limits.burst, self._clock())
         return session
@@ -342,6 +344,10 @@ class Hub:
         A client's mistake comes back as an ``Error`` event (and a log line), never raised.
         A store failure comes back as ``unavailable`` with nothing half done: each command
         stores first or undoes what it changed, and a name or login is undone whole.
+
+        The first command that takes the session out of NEW (its name, its login, a quit)
+        starts its delivery as this returns: the caller writes the replies (the welcome) in
+        the same loop step, and the listener pumps on a later one, so they come first.
         """
         unnamed = session.user is None
         try:
@@ -357,6 +363,9 @@ class Hub:
             if unnamed and session.user is not None:  # named or logged in, then the store failed
                 self._unname(session, session.user)
             return [self._failed(session, e)]
+        finally:  # no await after this: the replies are written before the first delivery
+            if not session.delivering and session.state is not State.NEW:
+                session.start_delivery()
 
     async def say(self, session: Session, commands: Sequence[Say | Action]) -> list[Event]:
         """Carry out a run of ``Say``/``Action`` commands from ``session`` with one store write;

@@ -16,6 +16,11 @@ every room message reaches it once and in order:
 
 For a registered user the session also advances the user's read markers as messages are
 handed to the transport; the hub writes them to the store in batches.
+
+A connection hears from its session through a ``Listener`` it gives ``Hub.connect``: the
+session tells it when something is ready (once the hub has started its delivery: after the
+welcome), when it gets or loses a name, and when it has ended. The connection never reads the
+session's state: the hub decides its life.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from enum import Enum
+from typing import Protocol
 
 from roomcast.broadcast import Closed as ChannelClosed
 from roomcast.broadcast import Empty, Lagged, Receiver, Sender
@@ -31,7 +37,7 @@ from roomcast.errors import Broken, Closed
 from roomcast.model import Event, Message, Missed, Private, fold
 from roomcast.store.base import Store
 
-__all__ = ["Room", "Session", "State", "User"]
+__all__ = ["Listener", "Room", "Session", "State", "User"]
 
 
 class State(Enum):
@@ -41,6 +47,25 @@ class State(Enum):
     ACTIVE = "active"  # named (guest) or logged in; may chat
     CLOSING = "closing"  # ending: out of the hub already, its quits being stored; accepts nothing
     CLOSED = "closed"  # ended; accepts nothing
+
+
+class Listener(Protocol):
+    """What a connection hears from its session. The hub and the session call these, on the
+    event loop, never from inside a transport callback; each returns at once."""
+
+    def ready(self) -> None:
+        """Something is ready for the session (``Session.take_ready``, ``take``). Called
+        only once the hub has started the session's delivery (after its welcome)."""
+        ...
+
+    def named(self, named: bool) -> None:
+        """The session has a name now (``True``: its plain text is said) or has none."""
+        ...
+
+    def ended(self, reason: str) -> None:
+        """The session has ended (``reason`` is why): what is ready for it is its last, and
+        it accepts nothing more."""
+        ...
 
 
 class Room:
@@ -145,7 +170,9 @@ class Session:
     """
 
     __slots__ = (
+        "_delivering",
         "_inbox",
+        "_listener",
         "_pending",
         "_private_gap",
         "_private_held",
@@ -165,7 +192,9 @@ class Session:
         "user",
     )
 
-    def __init__(self, peer: str, store: Store, *, refill_page: int) -> None:
+    def __init__(
+        self, peer: str, store: Store, *, refill_page: int, listener: Listener | None = None
+    ) -> None:
         self.peer = peer  # the remote address, "host:port", for logs
         self.address = peer.rpartition(":")[0] or peer  # the remote host, for throttling
         self.state = State.NEW
@@ -186,6 +215,8 @@ class Session:
         # connection holds no empty list)
         self._pending: list[Event] | None = None
         self._wakeup: asyncio.Event | None = None  # made by the first receive()
+        self._listener = listener  # the connection told of what changes (see Listener)
+        self._delivering = False  # the hub started delivery: the listener hears of what is ready
         self.on_wake: Callable[[], None] | None = None  # a transport's "pull me" callback
 
     @property
@@ -203,8 +234,23 @@ class Session:
     def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
+        if self._delivering and self._listener is not None:
+            self._listener.ready()
         if self.on_wake is not None:
             self.on_wake()
+
+    @property
+    def delivering(self) -> bool:
+        """Whether the hub has started this session's delivery (``start_delivery``)."""
+        return self._delivering
+
+    def start_delivery(self) -> None:
+        """From now on, tell the listener whenever something is ready; tell it once now. The
+        hub calls this after the reply that welcomed the session was returned, so that the
+        welcome is written before anything the session receives."""
+        self._delivering = True
+        if self._listener is not None:
+            self._listener.ready()
 
     def arm(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once something is ready (at once if something is)."""
@@ -460,6 +506,8 @@ class Session:
         user.sessions.append(self)
         if user.inbox is not None:
             self._inbox = user.inbox.subscribe()
+        if self._listener is not None:
+            self._listener.named(True)
 
     def open_inbox(self, inbox: Sender[Private]) -> None:
         """Start receiving the user's private-message channel, just made."""
@@ -485,6 +533,8 @@ class Session:
             self.last_name = self.user.name
             self.user.sessions.remove(self)
             self.user = None
+            if self._listener is not None:
+                self._listener.named(False)
         self._private_seen = 0
         self._private_gap = None
         self._private_held = ()
@@ -505,9 +555,12 @@ class Session:
         self.detach()
         if farewell is not None:
             self._pend([farewell])
+        ended = self.state is not State.CLOSED
         self.state = State.CLOSED
         self.close_reason = reason
-        self._wake()  # whoever waits for more (a transport's pump) learns of the end
+        self._wake()  # whoever waits for more (a reader of receive) learns of the end
+        if ended and self._listener is not None:
+            self._listener.ended(reason)
 
     def __repr__(self) -> str:
         return f"<Session {self.peer} {self.state.value} {self.name or '-'}>"
