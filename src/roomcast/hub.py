@@ -583,6 +583,20 @@ class Hub:
             entries.append(RoomEntry(name=name, members=len(room.members), unread=unread))
         return RoomList(rooms=tuple(entries), current=session.current)
 
+    async def all_rooms(self) -> RoomList:
+        """Every room, sorted: those open now and those only the store knows, with how many
+        members each has online. The list a client that is not a session reads (HTTP)."""
+        entries = []
+        for name in sorted({*await self.store.rooms(), *self._rooms}):
+            room = self._rooms.get(name)
+            entries.append(RoomEntry(name=name, members=0 if room is None else len(room.members)))
+        return RoomList(rooms=tuple(entries))
+
+    async def check_store(self) -> None:
+        """Raise ``Broken`` (``Unwritable`` when it cannot take writes) if the store is not
+        fit to serve now; return if it is (a health check: ``Storage.check``)."""
+        await self.store.check()
+
     @staticmethod
     def _unread(user: User, room: Room) -> int:
         """How many of ``room``'s messages none of ``user``'s sessions has been sent yet."""

@@ -1,7 +1,7 @@
 """The HTTP listener (aiohttp): the web page, the JSON API, Server-Sent Events and WebSocket.
 
 No chat rules here: every route hands the request to the hub (or to its history and
-resume API) and encodes what comes back with ``wire.json``.
+resume API) and answers with what ``wire.json`` encodes of what comes back.
 
 Routes (docs/protocol.md has the details):
 
@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-import orjson
 from aiohttp import WSMessage, WSMsgType, web
 
 from roomcast import __version__
@@ -59,8 +58,6 @@ from roomcast.model import (
     Action,
     Command,
     FetchHistory,
-    Message,
-    Missed,
     Say,
     room_name,
     seq_text,
@@ -70,7 +67,23 @@ from roomcast.session import Session, State
 from roomcast.store.base import Account
 from roomcast.tokens import Tokens
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES
-from roomcast.wire.json import JsonCodec, Reply, RequestId, encoded_messages, message_object
+from roomcast.wire.json import (
+    KEEPALIVE,
+    RETRY,
+    JsonCodec,
+    Reply,
+    RequestId,
+    api_account,
+    api_body,
+    api_error,
+    api_health,
+    api_history,
+    api_logged_out,
+    api_message,
+    api_rooms,
+    encoded_messages,
+    event_stream,
+)
 from roomcast.wire.websocket import Frames, close_frame, text_frame
 
 __all__ = ["WebLimits", "WebServer"]
@@ -112,12 +125,12 @@ class WebLimits:
     cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of encoded messages, runs, frames (each)
 
 
-def _json(obj: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+def _respond(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def _error(e: ClientError) -> web.Response:
-    response = _json({"error": {"code": e.code, "message": e.message}}, _STATUS.get(e.code, 400))
+    response = _respond(api_error(e.code, e.message), _STATUS.get(e.code, 400))
     if e.retry_after is not None:
         response.headers["Retry-After"] = str(e.retry_after)
     return response
@@ -233,12 +246,11 @@ class WebServer:
                 return _error(e)
             except web.HTTPRequestEntityTooLarge:
                 log.info("client error %s %s code=too_large", request.method, request.path)
-                limit = self.limits.max_frame
-                message = f"the body is over {limit} bytes"
-                return _json({"error": {"code": "too_large", "message": message}}, 413)
+                message = f"the body is over {self.limits.max_frame} bytes"
+                return _respond(api_error("too_large", message), 413)
             except Broken:
                 log.exception("store failure on %s %s", request.method, request.path)
-                return _json({"error": {"code": "unavailable", "message": "try again later"}}, 503)
+                return _respond(api_error("unavailable", "try again later"), 503)
 
         return guarded
 
@@ -249,13 +261,7 @@ class WebServer:
         task.add_done_callback(self._background.discard)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            raise ClientError("bad_json", "the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ClientError("bad_json", "the body must be a JSON object")
-        return body
+        return api_body(await request.read())
 
     @staticmethod
     def _field(body: dict[str, Any], key: str) -> str:
@@ -304,16 +310,16 @@ class WebServer:
             "streams": len(self.streams),
         }
         try:
-            await self.hub.store.check()
+            await self.hub.check_store()
         except Broken as e:
             if not isinstance(e, Unwritable):  # not one the store logs itself
                 log.warning("health: the store failed its check: %s", e)
-            return _json({"status": "unavailable", "problem": str(e), **counts}, 503)
-        return _json({"status": "ok", **counts})
+            return _respond(api_health("unavailable", counts, str(e)), 503)
+        return _respond(api_health("ok", counts))
 
     def _issued(self, account: Account, status: int = 200) -> web.Response:
         token = self.tokens.issue(account.id, account.generation)
-        return _json({"name": account.name, "token": token}, status)
+        return _respond(api_account(account.name, token), status)
 
     async def _register(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -334,12 +340,10 @@ class WebServer:
         """Log the token's account out everywhere: this token and every other one issued
         to it are refused from now on, and its open sessions end."""
         account = await self.hub.revoke((await self._bearer(request)).id)
-        return _json({"name": account.name, "logged_out": "everywhere"})
+        return _respond(api_logged_out(account.name))
 
     async def _rooms(self, request: web.Request) -> web.Response:
-        online = {r.name: r.members for r in self.hub.room_list().rooms}
-        names = sorted(set(online) | set(await self.hub.store.rooms()))
-        return _json({"rooms": [{"name": n, "members": online.get(n, 0)} for n in names]})
+        return _respond(api_rooms(await self.hub.all_rooms()))
 
     async def _history(self, request: web.Request) -> web.Response:
         limit = self._seq(request, "limit")
@@ -351,21 +355,13 @@ class WebServer:
                 limit=50 if limit is None else limit,
             ),
         )
-        return _json(
-            {
-                "room": page.room,
-                "messages": [message_object(m) for m in page.messages],
-                "oldest_seq": page.oldest_seq,
-                "latest_seq": page.latest_seq,
-                "capped": page.capped,
-            }
-        )
+        return _respond(api_history(page))
 
     async def _post(self, request: web.Request) -> web.Response:
         account = await self._bearer(request)
         body = await self._body(request)
         message = await self.hub.post(account.name, self._room(request), self._field(body, "text"))
-        return _json(message_object(message), 201)
+        return _respond(api_message(message), 201)
 
     async def _no_route(self, request: web.Request) -> web.Response:
         """A path under /api that no route serves: 405 if it exists for other methods (with
@@ -379,14 +375,17 @@ class WebServer:
             raise ClientError("not_found", f"there is no {path} in the API: see docs/protocol.md")
         methods = ", ".join(sorted(allowed))
         log.info("client error %s %s code=bad_method", request.method, request.path)
-        error = {"code": "bad_method", "message": f"{path} takes {methods}, not {request.method}"}
-        response = _json({"error": error}, 405)
+        message = f"{path} takes {methods}, not {request.method}"
+        response = _respond(api_error("bad_method", message), 405)
         response.headers["Allow"] = ",".join(sorted(allowed))
         return response
 
     # -- Server-Sent Events --
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
+        """A room's messages as Server-Sent Events, read with the session's own delivery
+        (``Session.receive``: every message once, in order, lags refilled from the store);
+        aiohttp's writer waits while the client is slow."""
         room = self._room(request)
         since = seq_text(request.headers.get("Last-Event-ID", "").strip())
         if since is None:  # absent or not a number: the query may say where to resume
@@ -402,24 +401,15 @@ class WebServer:
         )
         try:
             await response.prepare(request)
-            await response.write(b"retry: 2000\n\n")
-            while True:
+            await response.write(RETRY)
+            while True:  # until the stream ends: Closed, or the client goes
                 try:
                     async with asyncio.timeout(self.limits.keepalive):
                         events = await session.receive(self.limits.batch)
                 except TimeoutError:
-                    await response.write(b": keepalive\n\n")
+                    await response.write(KEEPALIVE)
                     continue
-                chunks = []
-                for e in events:
-                    if isinstance(e, Message):
-                        data = self.messages(e)
-                        chunks.append(b"id: %d\nevent: message\ndata: %s\n\n" % (e.seq, data))
-                    elif isinstance(e, Missed):
-                        last = e.first_seq + e.count - 1
-                        gap = {"room": e.room, "from_seq": e.first_seq, "to_seq": last}
-                        chunks.append(b"event: gap\ndata: %s\n\n" % orjson.dumps(gap))
-                await response.write(b"".join(chunks))
+                await response.write(event_stream(events, self.messages))
         except (Closed, ConnectionError):
             pass
         finally:
@@ -444,7 +434,7 @@ class WebServer:
         """
         if not self._origin_allowed(request):
             log.warning("websocket origin refused origin=%s", request.headers.get("Origin"))
-            return _json({"error": {"code": "bad_origin", "message": "origin not allowed"}}, 403)
+            return _respond(api_error("bad_origin", "origin not allowed"), 403)
         limits = self.limits
         ws = web.WebSocketResponse(
             max_msg_size=limits.max_frame + 1, heartbeat=limits.heartbeat, compress=False
