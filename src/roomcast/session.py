@@ -186,7 +186,6 @@ class Session:
         "close_reason",
         "current",
         "last_name",
-        "on_wake",
         "peer",
         "state",
         "user",
@@ -217,7 +216,6 @@ class Session:
         self._wakeup: asyncio.Event | None = None  # made by the first receive()
         self._listener = listener  # the connection told of what changes (see Listener)
         self._delivering = False  # the hub started delivery: the listener hears of what is ready
-        self.on_wake: Callable[[], None] | None = None  # a transport's "pull me" callback
 
     @property
     def name(self) -> str | None:
@@ -236,8 +234,6 @@ class Session:
             self._wakeup.set()
         if self._delivering and self._listener is not None:
             self._listener.ready()
-        if self.on_wake is not None:
-            self.on_wake()
 
     @property
     def delivering(self) -> bool:

@@ -18,52 +18,39 @@ Routes (docs/protocol.md has the details):
 
 A room in a URL has no '#': ``/api/rooms/general`` is ``#general``.
 
-A WebSocket connection, once upgraded, is delivered to like a line connection (``net/tcp.py``):
-no writer task. Its session calls it back when something is ready, the connection is marked,
-and once per loop turn ``WebServer`` pumps every marked connection: what is ready, in one
-frame, in one ``transport.write``. A run of room messages is framed once for every member
-(``wire.websocket.Frames``): frames from a server are not masked, so the bytes are the same.
-aiohttp still parses the client's frames and keeps the heartbeat; its handler task reads
-them once bytes came (a run of sends goes to the hub together, one store write) and, while
-none come, waits on one future, not inside a read. Our writes go straight to the transport,
-whole frames only, so replies and deliveries interleave frame by frame, never inside one.
-Flow control is the line listener's: above ``high_water`` buffered bytes the connection stops
-pulling (its receivers fall behind in the rings and are refilled from the store later) and
-stops reading requests; ``stall_timeout`` seconds there and it is closed with 1008 and a
-reason, after what is buffered, and given ``stall_timeout`` again to read up to it. Flood
-control delays requests instead of refusing them (``Hub.pace``); a client the hub says was
-held back too long is closed with 1008 and the hub's reason.
-``stop`` closes every connection at once and cuts, after ``close_grace``, those that do not
-take their close.
+A WebSocket connection, once upgraded, is a thin adapter over the connection core
+(``net/conn.py``), like a line connection: the same reader, runs of sends stored in one
+write, flood control, delivery without a task, flow control, stall cut-off and closing.
+Deliveries are written to the transport as whole frames, a room's run of messages framed
+once for every member (``wire.websocket.Frames``: server frames are not masked, so the bytes
+are the same). aiohttp parses the client's frames, answers pings and keeps the heartbeat; its
+handler task is the reader, taking each frame with ``receive`` and handing it to the core
+(the core's reader starts on the next loop turn, so the frames that came together are handled
+together). Closes use the WebSocket codes: 1008 for a client too slow or held back too long,
+1003 for a binary frame, 1011 for an internal error, 1001 when the server stops, 1000 after
+the session's goodbye. ``stop`` closes every connection at once and cuts, after
+``close_grace``, those that do not take their close.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from roomcast import __version__
 from roomcast.errors import Broken, ClientError, Closed, Unwritable
 from roomcast.hub import Hub
-from roomcast.model import (
-    Action,
-    Command,
-    FetchHistory,
-    Say,
-    room_name,
-    seq_text,
-)
-from roomcast.net.flush import Flusher
-from roomcast.session import Session, State
+from roomcast.model import Action, Command, Event, FetchHistory, Say, room_name, seq_text
+from roomcast.net.conn import Code, Connection, Connections, Step
+from roomcast.session import Session
 from roomcast.store.base import Account
 from roomcast.tokens import Tokens
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES
@@ -152,14 +139,10 @@ class WebServer:
         # one codec for every WebSocket connection: it holds no per-connection state
         self.codec = JsonCodec(messages=self.messages, verify_token=self.tokens.verify)
         self.frames = Frames(self.codec, self.messages, max_bytes=cache)  # a run framed once
-        self.sockets: set[_Socket] = set()  # open WebSocket connections
+        self.connections = Connections(hub, self.limits, log)  # open WebSocket connections
         self.streams: set[Session] = set()  # open event streams
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
-        self._flusher = Flusher[_Socket](self.limits.flush_gap, self._failed)
-        self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
-        self._all_closed = asyncio.Event()  # set when no WebSocket connection is open
-        self._sweeper: asyncio.TimerHandle | None = None  # runs _sweep once per heartbeat
         # aiohttp refuses sizes >= its limit; ours are the largest accepted. No middleware:
         # each API handler is wrapped instead (``_guard``), so that an open WebSocket's
         # suspended stack holds no middleware frames.
@@ -192,7 +175,6 @@ class WebServer:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await self._site.start()
-        self._sweeper = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._sweep)
 
     @property
     def port(self) -> int:
@@ -201,37 +183,22 @@ class WebServer:
         port: int = self._runner.addresses[0][1]
         return port
 
+    @property
+    def sockets(self) -> set[Connection[Any]]:
+        """The open WebSocket connections."""
+        return self.connections.open
+
     async def stop(self, reason: str = "server shutting down") -> None:
         """Close every WebSocket with 1001 and ``reason``, end the streams, stop listening.
 
         A WebSocket client gets ``limits.close_grace`` seconds to take what is buffered for
         it; then it is cut. Its session leaves the hub at once either way.
         """
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for sock in list(self.sockets):
-            sock.close(1001, reason)
         for session in list(self.streams):
             self.hub.unwatch(session)
-        if self.sockets:
-            await self._closed(within=self.limits.close_grace + 1.0)
-            for sock in list(self.sockets):
-                sock.abort()
-            await self._closed(within=1.0)
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.connections.stop(reason, grace=self.limits.close_grace + 1.0)
         if self._runner is not None:
             await self._runner.cleanup()
-
-    async def _closed(self, *, within: float) -> None:
-        """Wait until every WebSocket handler has ended, or ``within`` seconds."""
-        if not self.sockets:
-            return
-        self._all_closed.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                await self._all_closed.wait()
 
     # -- plumbing --
 
@@ -253,12 +220,6 @@ class WebServer:
                 return _respond(api_error("unavailable", "try again later"), 503)
 
         return guarded
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the background, keeping a reference until it finishes."""
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         return api_body(await request.read())
@@ -306,7 +267,7 @@ class WebServer:
             "version": __version__,
             "online": self.hub.online,
             "rooms": len(self.hub.room_list().rooms),
-            "websockets": len(self.sockets),
+            "websockets": len(self.connections.open),
             "streams": len(self.streams),
         }
         try:
@@ -443,153 +404,24 @@ class WebServer:
         transport = request.transport
         if transport is None:  # gone during the handshake
             return ws
-        sock = _Socket(self, transport, self.hub.connect(_peer(transport)))
-        session = sock.session
-        self.sockets.add(sock)
-        log.info("connect peer=%s transport=websocket", session.peer)
-        reason: str | None = None
+        sock = _Socket(self, transport)
+        log.info("connect peer=%s transport=websocket", sock.session.peer)
         try:
-            while reason is None:
-                arrival = sock.arrival()  # None: bytes came since we last looked
-                if arrival is not None:  # idle: parked on one future, no read in progress
-                    await arrival
-                reason = await self._ws_read(ws, sock)
-        except Exception:  # a bug must cost this connection only, and be seen
-            log.exception("internal error peer=%s", session.peer)
-            reason = "internal error"
-            sock.close(1011, reason)
+            try:
+                reason = await sock.read(ws)
+            except Exception:  # a bug must cost this connection only, and be seen
+                log.exception("internal error peer=%s", sock.session.peer)
+                sock.close(Code.INTERNAL, "internal error")
+                reason = "internal error"
+            sock.input_over(reason)  # what came is handled, then the session ends
+            await sock.finished()
         finally:
-            sock.detach()
-            self._forget(sock)
-            reason = reason or "connection closed"
-            if sock.quit_reason is None:
-                await self.hub.disconnect(session, reason)
-            reason = sock.quit_reason or session.close_reason or reason
-            log.info(
-                "disconnect peer=%s name=%s reason=%s", session.peer, session.last_name, reason
-            )
+            sock.input_over("connection closed")  # cancelled: the session ends all the same
+            self.connections.forget(sock)
         return ws
 
-    async def _ws_read(self, ws: web.WebSocketResponse, sock: _Socket) -> str | None:
-        """Handle every frame that has come, then return ``None``; or, once the connection
-        is over, why."""
-        most = self.limits.max_pending
-        while True:
-            texts: list[str] = []
-            end: WSMessage | None = None
-            while len(texts) < most:
-                try:  # a frame now, or none: aiohttp's queue has nothing more for us
-                    msg = await ws.receive(timeout=_POLL)
-                except TimeoutError:
-                    break
-                if msg.type is not WSMsgType.TEXT:
-                    end = msg
-                    break
-                texts.append(msg.data)
-            if texts:
-                await self._ws_requests(sock, texts)
-                if sock.resumed is not None:  # the client is not reading what we write
-                    await sock.resumed
-            if end is not None:
-                if end.type is WSMsgType.BINARY:
-                    sock.close(1003, "send JSON text frames", quit_reason="binary frame")
-                    return "binary frame"
-                if end.type is WSMsgType.ERROR:
-                    error = ws.exception()
-                    too_large = "exceeds limit" in str(error) or ws.close_code == 1009
-                    return "frame too large" if too_large else "protocol error"
-                return "connection closed"  # the client closed, or the connection is gone
-            if len(texts) < most:
-                return None
 
-    async def _ws_requests(self, sock: _Socket, texts: list[str]) -> None:
-        """Handle the frames read, in order. A run of sends without an ``id`` (nothing to
-        answer but errors) is handed to the hub together: one store write for the run, as for
-        a run of lines on the line protocol."""
-        hub, codec, session = self.hub, self.codec, sock.session
-        parsed = [codec.parse(text) for text in texts]
-        i = 0
-        while i < len(parsed):
-            if session.state is State.CLOSED or sock.closing:  # quit: the rest is not read
-                return
-            try:
-                wait = hub.pace(session)
-                while wait > 0.0:  # bounded: the hub refuses a hold longer than flood_hold
-                    await asyncio.sleep(wait)  # the time the hub said, at most 1/rate
-                    wait = hub.pace(session)
-            except ClientError as e:
-                sock.close(1008, e.message)
-                return
-            if sock.closing:  # closed meanwhile
-                return
-            item = parsed[i]
-            i += 1
-            if isinstance(item, Reply):
-                flood = hub.spend(session)
-                sock.send(text_frame(item.frame if flood is None else codec.encode([flood])))
-                continue
-            request_id, command = item
-            if request_id is None and isinstance(command, Say | Action):
-                if session.state is State.ACTIVE:
-                    says = [command]
-                    most = hub.allowance(session)  # the rest waits for the flood limit
-                    while (
-                        len(says) < most
-                        and i < len(parsed)
-                        and (said := _said(parsed[i])) is not None
-                    ):
-                        says.append(said)
-                        i += 1
-                    errors = await hub.say(session, says)
-                    if errors:
-                        sock.send(text_frame(codec.encode(errors)))
-                    continue
-            replies = codec.replies(await hub.handle(session, command), request_id)
-            if replies:
-                sock.send(self.frames.replies(replies))
-            if session.on_wake is None and session.state is not State.NEW:
-                # after the welcome went out: what the session receives comes next
-                session.on_wake = sock.ready
-                sock.ready()
-
-    # -- WebSocket delivery: pulled once per loop turn, no task switch per message --
-
-    def schedule(self, sock: _Socket) -> None:
-        """Pump ``sock`` at the next flush (see ``roomcast.net.flush``)."""
-        self._flusher.mark(sock)
-
-    def _failed(self, sock: _Socket, error: Exception) -> None:
-        log.error("internal error peer=%s", sock.session.peer, exc_info=error)
-        sock.close(1011, "internal error")
-
-    def _sweep(self) -> None:
-        """Once per heartbeat: end the connections aiohttp closed on its own (its heartbeat
-        got no pong) while their reader was parked and no delivery noticed."""
-        self._sweeper = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._sweep)
-        for sock in list(self.sockets):
-            sock.check()
-
-    def _forget(self, sock: _Socket) -> None:
-        """Drop an ended WebSocket connection from the open set."""
-        self.sockets.discard(sock)
-        self._flusher.forget(sock)
-        if not self.sockets:
-            self._all_closed.set()
-
-
-# The reader's receive timeout: a deadline already due, so that ``receive`` returns a frame
-# aiohttp has queued and times out (at the next loop turn) when there is none. aiohttp parses
-# each chunk of bytes as it arrives; the reader takes every frame queued, then parks on one
-# future until the next chunk (an idle connection holds no read in progress: bench/idle.py).
-_POLL = 1e-6
-
-
-def _said(item: Reply | tuple[RequestId, Command]) -> Say | Action | None:
-    """The ``send`` or ``action`` request ``item`` is, if it has no ``id``; else ``None``."""
-    if isinstance(item, Reply) or item[0] is not None:
-        return None
-    command = item[1]
-    return command if isinstance(command, Say | Action) else None
+Frame = Reply | tuple[RequestId, Command]  # one frame from the client, decoded
 
 
 def _peer(transport: asyncio.Transport) -> str:
@@ -600,238 +432,115 @@ def _peer(transport: asyncio.Transport) -> str:
     return "?"
 
 
-class _Socket(asyncio.Protocol):
-    """One WebSocket connection after its handshake: its session, its flow control, its writes.
+def _why(error: object) -> str:
+    """Why a connection whose read failed with ``error`` ended: the quit reason."""
+    if isinstance(error, WebSocketError):  # aiohttp's parser refused a frame, and closed
+        return "frame too large" if error.code == WSCloseCode.MESSAGE_TOO_BIG else "protocol error"
+    return "connection lost"  # reset, or no answer to the heartbeat's ping
+
+
+class _Socket(Connection[Frame], asyncio.Protocol):
+    """One WebSocket connection after its handshake: the JSON codec's side of the core.
 
     It stands between the transport and aiohttp's protocol (``transport.set_protocol``): every
-    callback goes on to aiohttp, which reads the client's frames and keeps the heartbeat, and
-    the write-side ones (``pause_writing``, ``resume_writing``, ``connection_lost``) drive this
-    connection's flow control as in the line listener. An idle connection holds no task and
-    no timer of its own: these slots, and the one future its reader (aiohttp's handler task)
-    waits on until bytes come.
+    callback goes on to aiohttp, which parses the client's frames, answers pings and keeps the
+    heartbeat; the write-side ones (``pause_writing``, ``resume_writing``, ``connection_lost``)
+    also drive the core's flow control. That aiohttp keeps the transport and its protocol
+    after the upgrade is its implementation, not its API: pyproject.toml pins the versions
+    checked, and tests/e2e/test_web_api.py fails if this stops holding. An idle connection
+    holds no task of its own: these slots, and aiohttp's handler parked in ``receive``.
     """
 
-    __slots__ = (
-        "_arrived",
-        "_arrival",
-        "_closing",
-        "_cut",
-        "_inner",
-        "_refiller",
-        "_server",
-        "_stall",
-        "_transport",
-        "quit_reason",
-        "ready",
-        "resumed",
-        "session",
-    )
+    __slots__ = ("_done", "_gate", "_inner", "_web")
 
-    def __init__(self, server: WebServer, transport: asyncio.Transport, session: Session) -> None:
-        self._server = server  # shared hub, frames, limits and the flush
-        self._transport = transport
-        self.session = session
+    def __init__(self, server: WebServer, transport: asyncio.Transport) -> None:
+        super().__init__(server.connections)
+        self._web = server  # the shared codec and frames
         # aiohttp's protocol: reads frames, answers pings, keeps the heartbeat
         self._inner = cast(asyncio.Protocol, transport.get_protocol())
-        self.resumed: asyncio.Future[None] | None = None  # set when writing may go on
-        # "something is ready: pump me": one bound method, made once, that the session and
-        # its receivers keep (on_wake, arm) instead of one apiece
-        self.ready: Callable[[], None] = self._pump_soon
-        self.quit_reason: str | None = None  # why we closed it, once we did
-        self._refiller: asyncio.Task[None] | None = None  # reads the store for the session
-        self._stall: asyncio.TimerHandle | None = None  # cuts a client above high_water too long
-        self._cut: asyncio.TimerHandle | None = None  # aborts a closing client that never reads
-        self._closing = False  # closed by us or gone: nothing more is written
-        self._arrived = True  # bytes came that the reader has not looked at (the upgrade's)
-        self._arrival: asyncio.Future[None] | None = None  # the parked reader's wake-up
+        self._gate: asyncio.Future[None] | None = None  # while reading is paused: set to resume
+        self._done: asyncio.Future[None] | None = None  # set when the session ends, if awaited
         transport.set_protocol(self)
-        transport.set_write_buffer_limits(high=server.limits.high_water)
+        self.open(transport, _peer(transport))
 
     # -- asyncio.Protocol callbacks: aiohttp's, and flow control --
 
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)  # aiohttp parses: complete frames are queued now
-        self._wake_reader()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()
-        loop = asyncio.get_running_loop()
-        if self.resumed is None:
-            self.resumed = loop.create_future()
-        if self._stall is None and not self._closing:
-            self._stall = loop.call_later(self._server.limits.stall_timeout, self._too_slow)
+        super().pause_writing()
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
-        self._set_resumed()
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-        if not self._closing:
-            self.ready()
+        super().resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        for timer in (self._stall, self._cut):
-            if timer is not None:
-                timer.cancel()
-        self._stall = self._cut = None
-        self._set_resumed()
-        if self._refiller is not None:
-            self._refiller.cancel()
-        self.session.on_wake = None
+        super().connection_lost(exc)
+        self.resume_input()  # the reader goes on, to read the end
         self._inner.connection_lost(exc)
-        self._wake_reader()  # it reads the end of the connection
 
-    # -- the read side: the reader parks while no byte comes --
+    # -- the read side: aiohttp's handler task hands each frame to the core --
 
-    def arrival(self) -> asyncio.Future[None] | None:
-        """``None`` if bytes came since the last call; else a future set when some come."""
-        if self._arrived:
-            self._arrived = False
+    async def read(self, ws: web.WebSocketResponse) -> str:
+        """Hand the client's text frames to the core as aiohttp parses them, until the
+        connection ends; return why it ended. Parked in ``receive`` while none come."""
+        parse = self._web.codec.parse
+        while True:  # one frame per turn, until the connection ends
+            if self._gate is not None:  # the core has enough in hand, or the client is slow
+                await self._gate
+                continue
+            msg = await ws.receive()
+            if msg.type is WSMsgType.TEXT:
+                self.received([parse(msg.data)])
+            elif msg.type is WSMsgType.BINARY:
+                self.close(Code.UNSUPPORTED, "send JSON text frames", quit_reason="binary frame")
+                return "binary frame"
+            elif msg.type is WSMsgType.ERROR:
+                return _why(msg.data)
+            else:  # a close frame, or the connection closed
+                return "connection closed"
+
+    async def finished(self) -> None:
+        """Return once the session has ended."""
+        if not self._ended:
+            self._done = asyncio.get_running_loop().create_future()
+            await self._done
+
+    def ended(self, reason: str) -> None:
+        super().ended(reason)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def pause_input(self) -> None:
+        if self._gate is None:
+            self._gate = asyncio.get_running_loop().create_future()
+
+    def resume_input(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None and not gate.done():
+            gate.set_result(None)
+
+    # -- the codec's side --
+
+    def parse(self, item: Frame) -> Sequence[Step]:
+        return [text_frame(item.frame)] if isinstance(item, Reply) else [item]
+
+    def plain(self, item: Frame) -> Sequence[Say | Action | bytes] | None:
+        if isinstance(item, Reply) or item[0] is not None:  # answered, or has an id to echo
             return None
-        arrival = self._arrival = asyncio.get_running_loop().create_future()
-        return arrival
+        command = item[1]
+        return [command] if isinstance(command, Say | Action) else None
 
-    def _wake_reader(self) -> None:
-        arrival, self._arrival = self._arrival, None
-        if arrival is None:
-            self._arrived = True
-        elif not arrival.done():
-            arrival.set_result(None)
+    def encode(self, events: Sequence[Event]) -> bytes:
+        return self._web.frames(events)
 
-    @property
-    def closing(self) -> bool:
-        """Whether it is closed or closing: nothing more is read or written."""
-        return self._closing
+    def reply(self, events: Sequence[Event], request_id: RequestId) -> bytes:
+        return self._web.frames.replies(self._web.codec.replies(events, request_id))
 
-    # -- the write side --
-
-    def _pump_soon(self) -> None:
-        """Something is ready for the session: pump this connection at the next flush."""
-        self._server.schedule(self)
-
-    def pump(self) -> None:
-        """Write every event ready for the session in one frame, then wait for more.
-
-        Called once per loop turn at most (by the ``Flusher``). A lag or a replay that needs
-        the store is served by a task until it is done; the fast path never leaves this call.
-        """
-        if self._closing or self._refiller is not None or self.resumed is not None:
-            return  # closed; or a refill, or resume_writing, pumps again
-        if self._transport.is_closing():  # closed by aiohttp (heartbeat): nothing to write
-            self.check()
-            return
-        session, server = self.session, self._server
-        batch = server.limits.batch
-        events = session.take_ready(batch)
-        if events:
-            self._transport.write(server.frames(events))
-        if session.needs_store():
-            self._refiller = asyncio.create_task(self._refill())
-        elif len(events) >= batch:
-            self.ready()  # more may be ready: next turn, after the others had theirs
-        elif events or session.state is not State.CLOSED:
-            session.arm(self.ready)
-        else:  # it quit and has had everything
-            self.close(1000, "goodbye")
-
-    async def _refill(self) -> None:
-        session, server = self.session, self._server
-        try:
-            while session.needs_store() and not self._closing:
-                if self.resumed is not None:
-                    await self.resumed
-                    continue
-                events = await session.take(server.limits.batch)
-                if events and not self._closing:
-                    self._transport.write(server.frames(events))
-        except Exception:  # a store failure: this connection cannot be served in order
-            log.exception("refill failed peer=%s", session.peer)
-            self.close(1011, "internal error")
-        finally:
-            self._refiller = None
-            if not self._closing:
-                self.ready()
-
-    def send(self, data: bytes) -> None:
-        """Write whole frames (replies to a request) unless the connection is closing."""
-        if not self._closing and not self._transport.is_closing():
-            self._transport.write(data)
-
-    def _set_resumed(self) -> None:
-        resumed, self.resumed = self.resumed, None
-        if resumed is not None and not resumed.done():
-            resumed.set_result(None)
-
-    def _too_slow(self) -> None:
-        self._stall = None
-        stall = self._server.limits.stall_timeout
-        log.warning("too slow peer=%s name=%s", self.session.peer, self.session.name)
-        # The close frame goes after what is buffered, above the mark: the client gets it once
-        # it reads again, if it does within another stall_timeout (it holds no more than before).
-        self.close(1008, f"too slow: not reading for {stall:g} s", grace=stall)
-
-    # -- closing --
-
-    def close(
-        self,
-        code: int,
-        reason: str,
-        *,
-        quit_reason: str | None = None,
-        grace: float | None = None,
-    ) -> None:
-        """Send a close frame with ``code`` and ``reason`` after what is buffered, and close.
-
-        The session leaves the hub at once (its rooms see it quit with ``quit_reason``, by
-        default ``reason``), whatever the socket does; a client that does not take what is
-        buffered within ``grace`` seconds (by default ``close_grace``) is cut.
-        """
-        if self._closing:
-            return
-        self._closing = True
-        server, session = self._server, self.session
-        if session.state is not State.CLOSED:
-            self.quit_reason = quit_reason or reason
-            server.spawn(server.hub.disconnect(session, self.quit_reason))
-        transport = self._transport
-        if not transport.is_closing():
-            transport.write(close_frame(code, reason))
-            transport.close()
-        self._cut_later(grace)
-
-    def check(self) -> None:
-        """If aiohttp closed the transport (its heartbeat got no pong), end this connection:
-        nothing more is written, what is buffered gets ``close_grace`` seconds, and the reader
-        wakes up to read the end."""
-        if not self._closing and self._transport.is_closing():
-            self._closing = True
-            self._cut_later()
-            self._wake_reader()
-
-    def abort(self) -> None:
-        """Close at once, dropping what is buffered."""
-        self._transport.abort()
-
-    def detach(self) -> None:
-        """The reader has ended: stop delivering; what is still buffered gets ``close_grace``
-        seconds to go out before the connection is cut."""
-        self._closing = True
-        self.session.on_wake = None
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-        if self._refiller is not None:
-            self._refiller.cancel()
-        self._cut_later()
-
-    def _cut_later(self, grace: float | None = None) -> None:
-        transport = self._transport
-        if self._cut is None and transport.get_write_buffer_size():
-            loop = asyncio.get_running_loop()
-            grace = self._server.limits.close_grace if grace is None else grace
-            self._cut = loop.call_later(grace, transport.abort)
+    def notice(self, code: Code, reason: str) -> bytes:
+        return close_frame(code, reason)
