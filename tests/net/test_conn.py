@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from roomcast.auth import Cost, Passwords
+from roomcast.errors import Broken
 from roomcast.hub import Hub, Limits
 from roomcast.model import (
     Action,
@@ -37,6 +38,7 @@ from roomcast.model import (
 )
 from roomcast.net.conn import Code, Connection, Connections, Step
 from roomcast.store import MemoryStore
+from roomcast.store.base import Page
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -63,6 +65,14 @@ class CountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[int] = []  # messages per append_many call
+        self.broken = False  # history reads fail, as a store that cannot be reached
+
+    async def history(
+        self, room: str, *, before: int | None = None, after: int | None = None, limit: int
+    ) -> Page:
+        if self.broken:
+            raise Broken("the store cannot be reached")
+        return await super().history(room, before=before, after=after, limit=limit)
 
     def append_many(
         self,
@@ -416,6 +426,28 @@ async def test_a_member_that_lagged_behind_the_ring_is_refilled_from_the_store(
     assert got == [f"[#general] alice: n {i:02d} (message)" for i in range(30)] + [
         "[#general] alice: live (message)"
     ]
+
+
+async def test_a_member_whose_refill_the_store_fails_is_closed_with_a_reason(
+    world_factory: Worlds, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that fails while a lagged member is refilled closes that member only, saying
+    why (it could not be served in order); the others chat on."""
+    world = world_factory(ring_capacity=8, rate=1000.0, burst=1000)
+    alice, said = await world.named("alice")
+    bob, heard = await world.named("bob")
+    await said.expect("[#general] bob:  (join)")
+    heard.fill(5000)
+    alice.received([Say(text=f"n {i:02d}") for i in range(30)])
+    await said.expect("[#general] alice: n 29 (message)")
+    world.store.broken = True
+    heard.drain()
+    await heard.closed()
+    assert heard.lines[-1] == "closing 1011: internal error"
+    assert "refill failed peer=127.0.0.1:2" in caplog.text
+    await said.expect("[#general] bob: internal error (quit)")
+    alice.received([Say(text="still here")])
+    await said.expect("[#general] alice: still here (message)")
 
 
 async def test_a_client_above_high_water_for_the_stall_timeout_is_closed_with_the_reason(
