@@ -2,7 +2,10 @@
 
 1. Appends per second: the store's group commit (many senders, each awaiting its ack) against
    one COMMIT per message on a plain ``sqlite3`` connection with the same schema and pragmas
-   (WAL, ``synchronous=FULL``).
+   (WAL, ``synchronous=FULL``). The same workload on the PostgreSQL store (``--postgres URL``,
+   default ``$ROOMCAST_BENCH_POSTGRES`` or ``postgres@127.0.0.1/test``; in a schema of its
+   own, dropped afterwards), run in turns with SQLite's, against one INSERT per statement on
+   a plain asyncpg connection. Skipped, with a note, when the server cannot be reached.
 2. History page latency: 50 messages at the start, middle and end of a room of 1,000,000
    messages, through the store API (p50/p99), against OFFSET paging (a pager without the
    ``(room, seq)`` seek) at the middle.
@@ -20,19 +23,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import platform
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from roomcast.config import Config
 from roomcast.model import Draft, Kind
 from roomcast.server import Server
+from roomcast.store.base import Store, search_tokens
 from roomcast.store.sqlite import SqliteStore
 from roomcast.store.sqlite_schema import configure, migrate
 
@@ -46,6 +52,7 @@ class Sizes:
 
     group_messages: int  # appended through the store
     senders: int  # concurrent senders, each awaiting its ack before sending again
+    rounds: int  # group-commit runs of each store, in turns
     single_messages: int  # appended one COMMIT at a time (the baseline)
     big_room: int  # messages in the history room
     samples: int  # history pages timed at each position
@@ -56,6 +63,7 @@ class Sizes:
 FULL = Sizes(
     group_messages=100_000,
     senders=200,
+    rounds=3,
     single_messages=3_000,
     big_room=1_000_000,
     samples=1_000,
@@ -65,6 +73,7 @@ FULL = Sizes(
 QUICK = Sizes(
     group_messages=10_000,
     senders=100,
+    rounds=1,
     single_messages=500,
     big_room=200_000,
     samples=200,
@@ -105,9 +114,25 @@ def plain(path: Path) -> Iterator[sqlite3.Connection]:
 # --- 1. appends ---------------------------------------------------------------------------
 
 
-async def group_commit(path: Path, sizes: Sizes) -> float:
-    """Appends per second through the store, ``senders`` at a time."""
-    store = await SqliteStore.open(path)
+class Counted(Protocol):
+    """What ``statistics()`` of both durable stores tells."""
+
+    @property
+    def commits(self) -> int: ...
+    @property
+    def writes(self) -> int: ...
+    @property
+    def largest_batch(self) -> int: ...
+
+
+class Benched(Store, Protocol):
+    """A store with a group-commit writer."""
+
+    def statistics(self) -> Counted: ...
+
+
+async def group_commit(store: Benched, label: str, sizes: Sizes) -> float:
+    """Appends per second through ``store`` (closed afterwards), ``senders`` at a time."""
     per_sender = sizes.group_messages // sizes.senders
 
     async def sender(n: int) -> None:
@@ -131,7 +156,7 @@ async def group_commit(path: Path, sizes: Sizes) -> float:
     total = per_sender * sizes.senders
     rate = total / elapsed
     print(
-        f"  group commit   {rate:10,.0f} appends/s  ({total:,} messages, {sizes.senders} senders,"
+        f"  {label:<15}{rate:10,.0f} appends/s  ({total:,} messages, {sizes.senders} senders,"
         f" {stats.commits:,} commits, {stats.writes / max(stats.commits, 1):.1f} per commit,"
         f" largest {stats.largest_batch})"
     )
@@ -158,6 +183,142 @@ def one_commit_each(path: Path, sizes: Sizes) -> float:
         " plain sqlite3, same schema and pragmas)"
     )
     return rate
+
+
+# --- 1b. the same on PostgreSQL -----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def postgres_schema(url: str) -> AsyncIterator[dict[str, str] | None]:
+    """Server settings for a new schema in ``url``'s database, dropped on exit; ``None``
+    when the server cannot be reached or asyncpg is not installed."""
+    try:
+        import asyncpg
+    except ImportError as e:
+        print(f"  PostgreSQL: skipped ({e})")
+        yield None
+        return
+    try:
+        admin = await asyncpg.connect(url, timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        print(f"  PostgreSQL: skipped, {url} is unreachable ({e})")
+        yield None
+        return
+    name = f"roomcast_bench_{os.getpid()}"  # ours: letters, digits and '_'
+    try:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE; CREATE SCHEMA "{name}"')
+        yield {"search_path": name}
+    finally:
+        await admin.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await admin.close()
+
+
+async def postgres_info(url: str, settings: dict[str, str]) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, server_settings=settings)
+    try:
+        row = await conn.fetchrow(
+            "SELECT current_setting('server_version') AS version,"
+            " current_setting('fsync') AS fsync,"
+            " current_setting('synchronous_commit') AS synchronous_commit"
+        )
+    finally:
+        await conn.close()
+    return (
+        f"PostgreSQL {row['version']} (fsync={row['fsync']},"
+        f" synchronous_commit={row['synchronous_commit']})"
+    )
+
+
+async def open_postgres(url: str, settings: dict[str, str]) -> Benched:
+    """A fresh PostgreSQL store: its tables dropped, then created again."""
+    import asyncpg
+
+    from roomcast.store.postgres import PostgresStore
+
+    conn: Any = await asyncpg.connect(url, server_settings=settings)
+    try:
+        await conn.execute(
+            "DROP TABLE IF EXISTS schema_version, rooms, messages, private_messages,"
+            " memberships, accounts, counters CASCADE"
+        )
+    finally:
+        await conn.close()
+    return await PostgresStore.open(url, server_settings=settings)
+
+
+async def postgres_one_commit_each(url: str, settings: dict[str, str], sizes: Sizes) -> float:
+    """Appends per second with one INSERT statement (its own transaction) per message on a
+    plain asyncpg connection, into the store's tables (the baseline)."""
+    import asyncpg
+
+    await (await open_postgres(url, settings)).close()  # the tables, empty
+    conn: Any = await asyncpg.connect(url, server_settings=settings)
+    try:
+        start = time.perf_counter()
+        for i in range(1, sizes.single_messages + 1):
+            text = text_of(i)
+            await conn.execute(
+                "INSERT INTO messages (room, seq, id, sender, kind, text, ts, words)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, to_tsvector('simple', $8))",
+                "#room",
+                i,
+                f"s{i}",
+                "user",
+                "message",
+                text,
+                time.time(),
+                " ".join(search_tokens(text)),
+            )
+        elapsed = time.perf_counter() - start
+    finally:
+        await conn.close()
+    rate = sizes.single_messages / elapsed
+    print(
+        f"  one commit each{rate:10,.0f} appends/s  ({sizes.single_messages:,} messages,"
+        " plain asyncpg, one INSERT statement each, same tables)"
+    )
+    return rate
+
+
+async def appends(where: Path, sizes: Sizes, postgres: str | None) -> None:
+    """Section 1: group commit on SQLite and (when reachable) PostgreSQL, in turns, then
+    each against its one-commit-per-message baseline."""
+    path = where / "group.db"
+
+    async def fresh_sqlite() -> Benched:
+        for suffix in ["", "-wal", "-shm"]:
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
+        return await SqliteStore.open(path)
+
+    async with contextlib.AsyncExitStack() as stack:
+        settings = (
+            None if postgres is None else await stack.enter_async_context(postgres_schema(postgres))
+        )
+        if postgres is not None and settings is not None:
+            print(f"  ({await postgres_info(postgres, settings)})")
+        lite: list[float] = []
+        pg: list[float] = []
+        for _ in range(sizes.rounds):  # in turns, so that both see the same machine
+            lite.append(await group_commit(await fresh_sqlite(), "SQLite", sizes))
+            if postgres is not None and settings is not None:
+                store = await open_postgres(postgres, settings)
+                pg.append(await group_commit(store, "PostgreSQL", sizes))
+        single = await asyncio.to_thread(one_commit_each, where / "single.db", sizes)
+        lite_rate = statistics.median(lite)
+        print(f"  ratio          {lite_rate / single:10.1f} x  (SQLite: group commit / one each)")
+        if postgres is not None and settings is not None:
+            pg_single = await postgres_one_commit_each(postgres, settings, sizes)
+            pg_rate = statistics.median(pg)
+            print(
+                f"  ratio          {pg_rate / pg_single:10.1f} x"
+                "  (PostgreSQL: group commit / one each)"
+            )
+            print(
+                f"  ratio          {pg_rate / lite_rate:10.2f} x"
+                f"  (PostgreSQL / SQLite, group commit, medians of {sizes.rounds})"
+            )
 
 
 # --- 2. and 3. a big room -------------------------------------------------------------------
@@ -353,7 +514,7 @@ async def catch_up_through_server(path: Path, sizes: Sizes) -> None:
 # --- main ---------------------------------------------------------------------------------
 
 
-async def run(sizes: Sizes, where: Path) -> None:
+async def run(sizes: Sizes, where: Path, postgres: str | None, appends_only: bool) -> None:
     print(
         f"roomcast store benchmark: SQLite {sqlite3.sqlite_version}, Python"
         f" {platform.python_version()}, WAL + synchronous=FULL, files in {where}"
@@ -362,9 +523,9 @@ async def run(sizes: Sizes, where: Path) -> None:
         for suffix in ["", "-wal", "-shm"]:
             (where / (name + suffix)).unlink(missing_ok=True)
     print("\n1. appends (each acknowledged only once durable)")
-    grouped = await group_commit(where / "group.db", sizes)
-    single = await asyncio.to_thread(one_commit_each, where / "single.db", sizes)
-    print(f"  ratio          {grouped / single:10.1f} x  (group commit / one commit each)")
+    await appends(where, sizes, postgres)
+    if appends_only:
+        return
 
     big = where / "big.db"
     print(f"\n2. history: {PAGE}-message pages in a room of {sizes.big_room:,} messages")
@@ -383,16 +544,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
     parser.add_argument(
+        "--postgres",
+        default=os.environ.get("ROOMCAST_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1/test"),
+        help="the PostgreSQL database for section 1 (a schema is made there and dropped)",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
+    parser.add_argument(
+        "--appends-only", action="store_true", help="section 1 only (appends per second)"
+    )
+    parser.add_argument(
         "--dir", type=Path, help="where to put the database files (default: a temporary folder)"
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    postgres = None if args.no_postgres else args.postgres
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
-        asyncio.run(run(sizes, args.dir))
+        asyncio.run(run(sizes, args.dir, postgres, args.appends_only))
         return 0
     with tempfile.TemporaryDirectory(prefix="roomcast-bench-") as tmp:
-        asyncio.run(run(sizes, Path(tmp)))
+        asyncio.run(run(sizes, Path(tmp), postgres, args.appends_only))
     return 0
 
 

@@ -135,28 +135,28 @@ class HubSessions(RuleBasedStateMachine):
     @invariant()
     def the_hubs_picture_is_whole(self) -> None:
         hub = self.hub
-        online = {id(u) for u in hub._users.values()}
-        for key, user in hub._users.items():
+        online = {id(u) for u in hub.core.users.values()}
+        for key, user in hub.core.users.items():
             assert key == fold(user.name)
             assert user.sessions, f"{user.name} is online without a session"
             for s in user.sessions:
-                assert s.user is user and s.state is State.ACTIVE and s in hub._sessions
+                assert s.user is user and s.state is State.ACTIVE and s in hub.core.sessions
             for name, room in user.rooms.items():
                 assert room.members.get(fold(user.name)) is user, f"{user.name} in {name}"
-                assert hub._rooms.get(name) is room
-        for name, room in hub._rooms.items():
+                assert hub.core.rooms.get(name) is room
+        for name, room in hub.core.rooms.items():
             for user in room.members.values():
                 assert id(user) in online, f"{user.name} is a ghost in {name}"
                 assert user.rooms.get(name) is room
         for session in self.sessions:
             if session.state in (State.CLOSING, State.CLOSED):
                 assert session.user is None and not session.rooms
-                assert session not in hub._sessions, "a closed session is still held"
+                assert session not in hub.core.sessions, "a closed session is still held"
             else:
-                assert session in hub._sessions
+                assert session in hub.core.sessions
                 if session.state is State.ACTIVE:
                     assert session.user is not None
-                    assert hub._users.get(fold(session.user.name)) is session.user
+                    assert hub.core.users.get(fold(session.user.name)) is session.user
 
     def teardown(self) -> None:
         async def close() -> None:
@@ -165,7 +165,7 @@ class HubSessions(RuleBasedStateMachine):
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
                 await self.hub.close()
-                assert not self.hub._users and self.hub.online == 0
+                assert not self.hub.core.users and self.hub.online == 0
                 await self.store.close()
 
         try:

@@ -38,7 +38,7 @@ from roomcast.model import (
 from roomcast.session import Session, State
 from roomcast.store import MemoryStore
 from roomcast.store.base import Account
-from tests.test_hub import login, make_hub, named, ready, registered, texts
+from tests.helpers import login, make_hub, named, ready, registered, texts
 
 
 class Breakable(MemoryStore):

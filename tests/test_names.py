@@ -14,7 +14,7 @@ from roomcast.hub import Hub
 from roomcast.model import Error, Info, Nick, Quit, Register, SetName, Welcome
 from roomcast.names import CONFUSABLES, DECORATIONS, Lookalikes, skeleton
 from roomcast.store.base import Account
-from tests.test_hub import login, make_hub, named, registered
+from tests.helpers import login, make_hub, named, registered
 
 ALPHABET = string.ascii_letters + string.digits + DECORATIONS
 NAMES = st.text(ALPHABET, min_size=1, max_size=32)

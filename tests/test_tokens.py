@@ -1,7 +1,7 @@
 """Login tokens: signing, checking, expiry, garbage, and the signing key on disk.
 
 What a token names is checked here; whether that account still has that generation is the
-hub's check (``tests/test_hub.py``)."""
+hub's check (``tests/test_accounts.py``)."""
 
 from __future__ import annotations
 

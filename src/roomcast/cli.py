@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         run(serve(config), config.loop)
-    except (OSError, Broken) as e:  # a port in use, a store that cannot be opened or written
+    except (OSError, Broken, ValueError) as e:  # port in use; store misnamed, down, read-only
         log.error("cannot start: %s", e)
         return 1
     return 0

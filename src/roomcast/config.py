@@ -21,7 +21,7 @@ class Config:
     web_origins: str = ""  # comma-separated WebSocket origins allowed; "" = same origin only
     token_days: float = 7.0  # days a login token is valid
     data_dir: str = ""  # where the default SQLite file lives; "" = the user's data directory
-    store: str = ""  # "" = sqlite in data_dir; or memory:, sqlite:PATH
+    store: str = ""  # "" = sqlite in data_dir; or memory:, sqlite:PATH, postgresql://...
     loop: str = "auto"  # event loop: auto (uvloop when installed), uvloop or asyncio
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     max_line: int = 4096  # bytes in one line of the line protocol

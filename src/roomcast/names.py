@@ -19,8 +19,8 @@ case, and decoration:
 Two names look alike when their skeletons are equal: ``aIice``, ``a1ice``, ``ALICE_`` and
 ``alice`` all give ``allce``. The rule is one ``str.translate`` over a 64-character alphabet
 (docs/decisions.md says why a table, not a library). ``Lookalikes`` indexes the names
-online by skeleton, so that a check is a dictionary lookup; the SQLite store indexes the
-accounts' skeletons in a column.
+online by skeleton, so that a check is a dictionary lookup; the SQLite and PostgreSQL stores
+index the accounts' skeletons in a column.
 """
 
 from __future__ import annotations

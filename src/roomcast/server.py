@@ -11,7 +11,7 @@ from roomcast.config import Config
 from roomcast.hub import Hub, Limits
 from roomcast.net.tcp import LineServer, TcpLimits
 from roomcast.net.web import WebLimits, WebServer
-from roomcast.store import Storage, open_store
+from roomcast.store import Storage, open_store, public_url
 from roomcast.tokens import Tokens, load_key
 
 __all__ = ["Server"]
@@ -86,7 +86,7 @@ class Server:
             )
             await self.web.start(cfg.host, cfg.http_port)
             log.info("listening http=%s:%d", cfg.host, self.web.port)
-        log.info("listening line=%s:%d store=%s", cfg.host, self.line.port, url)
+        log.info("listening line=%s:%d store=%s", cfg.host, self.line.port, public_url(url))
 
     async def stop(self, reason: str = "server shutting down") -> None:
         """Stop accepting, tell every client, close them, then close the hub and the store."""

@@ -1,7 +1,8 @@
 """The online state of the chat core: rooms, users and sessions. No sockets, no SQL.
 
-The hub (``roomcast.hub``) holds the rules and changes this state; this module holds the
-state and the delivery side: what one connection reads.
+The hub (``roomcast.hub``) and its parts (``roomcast.core`` draws the map) hold the rules and
+change this state; this module holds the state and the delivery side: what one connection
+reads.
 
 A ``Session`` holds one receiver per joined room plus one on its user's private-message
 channel, and turns them into batches of events (``receive``, ``take``). It guarantees that
@@ -122,7 +123,8 @@ class User:
         self.private_mark = 0  # newest private message seq handed to any of its sessions
         self.dirty = False  # marks moved since they were last written
         # A guest's private history: what it sent and received under its present name, from
-        # its first such private message on (None: none yet). See Hub._private_history.
+        # its first such private message on (None: none yet). See Archive.private_history
+        # (roomcast.history).
         self.private_floor: int | None = None
         self.private_epoch = 0  # how many times the guest changed its name
 

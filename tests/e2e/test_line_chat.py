@@ -636,7 +636,7 @@ async def test_a_client_that_never_reads_costs_bounded_memory_and_is_cut_after_t
     slow.stop_reading()  # from now on, slow reads nothing
     throttle(server, "slow")
     slow_transport = transport_of(server, "slow")
-    general = server.hub._rooms["#general"].tx  # the room's broadcast channel
+    general = server.hub.core.rooms["#general"].tx  # the room's broadcast channel
 
     chunks, per_chunk, pad = 25, 100, "x" * 60  # 2 senders x 25 x 100 = 5,000 lines
     texts = {
@@ -721,7 +721,7 @@ async def test_a_client_cut_as_too_slow_is_gone_even_if_it_never_reads_again(
     if not any(line.startswith(quit_line) for line in alice.lines):  # may have come already
         await alice.expect(quit_line, within=2.0)
     assert server.hub.online == 1
-    assert set(server.hub._rooms["#general"].members) == {"alice"}  # and no ghost in the room
+    assert set(server.hub.core.rooms["#general"].members) == {"alice"}  # and no ghost in the room
 
 
 # --- the roomcast serve command ------------------------------------------------------------

@@ -149,7 +149,7 @@ async def test_a_lagging_reader_gets_all_10000_messages_once_in_order_and_nobody
     slow = await clients.connect(server, "slow")
     slow.stop_reading()
     throttle(server, "slow")
-    general = server.hub._rooms["#general"].tx  # the room's broadcast channel
+    general = server.hub.core.rooms["#general"].tx  # the room's broadcast channel
 
     per_sender, chunk = 1000, 250
 

@@ -50,7 +50,7 @@ async def sqlite_server(start_server: StartServer, tmp_path: Path, **overrides: 
 
 def members(server: Server, room: str) -> set[str]:
     """The names the hub holds as members of ``room`` (none if it is not open)."""
-    found = server.hub._rooms.get(room)
+    found = server.hub.core.rooms.get(room)
     return set() if found is None else {u.name for u in found.members.values()}
 
 
@@ -276,13 +276,13 @@ class SessionEnds(RuleBasedStateMachine):
     def presence_and_membership_match(self) -> None:
         hub = self.server.hub
         online = {fold(n) for n in self.rooms} | {OBSERVER}
-        assert set(hub._users) == online
+        assert set(hub.core.users) == online
         assert hub.online == len(online)
         for room in ROOMS:
             expected = {n for n, rooms in self.rooms.items() if room in rooms} | {OBSERVER}
             assert members(self.server, room) == expected, room
-            for user in hub._rooms[room].members.values():
-                assert user.sessions and user.rooms[room] is hub._rooms[room]
+            for user in hub.core.rooms[room].members.values():
+                assert user.sessions and user.rooms[room] is hub.core.rooms[room]
 
     @invariant()
     def who_answers_match(self) -> None:
@@ -307,8 +307,8 @@ class SessionEnds(RuleBasedStateMachine):
         """Stop the server with clients still on: nobody is left online or in a room."""
         await self.server.stop()
         hub = self.server.hub
-        assert hub.online == 0 and not hub._users
-        assert all(not room.members for room in hub._rooms.values())
+        assert hub.online == 0 and not hub.core.users
+        assert all(not room.members for room in hub.core.rooms.values())
         for client in [self.observer, *self.clients.values(), *self.closed]:
             await client.close()
 

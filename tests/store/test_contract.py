@@ -15,6 +15,7 @@ from roomcast.errors import ClientError
 from roomcast.model import Draft, Kind, PrivateDraft
 from roomcast.store import MemoryStore, Storage
 from roomcast.store.sqlite import SqliteStore
+from tests.conftest import postgres_schema
 
 _ids = itertools.count()
 
@@ -43,9 +44,15 @@ def private(
     )
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
     s: Storage
+    if request.param == "postgresql":  # in a schema of its own, dropped afterwards
+        async with postgres_schema() as schema:
+            s = await schema.open_store()
+            yield s
+            await s.close()
+        return
     if request.param == "memory":
         s = MemoryStore()
     else:

@@ -2,7 +2,7 @@
 
 The hub never sees SQL. It talks to a ``Store`` (room history and private messages) and to
 ``Accounts`` (registered names, memberships, read markers); each implementation (``memory``,
-``sqlite``, later ``postgresql``) provides both, lives in its own module, is chosen by URL
+``sqlite``, ``postgresql``) provides both, lives in its own module, is chosen by URL
 scheme (``roomcast.store.open_store``), and translates its driver's exceptions into
 ``roomcast.errors.Broken`` at this seam (``Unwritable``, a kind of ``Broken``, when what
 failed is that the storage cannot take writes: a full disk, a read-only file).
@@ -60,6 +60,8 @@ _TOKEN = re.compile(r"[^\W_]+")  # a run of letters and digits: what search can 
 def search_tokens(text: str) -> tuple[str, ...]:
     """The words search compares in ``text``: runs of letters and digits, lower case, with
     accents removed (``"Café au-lait!"`` -> ``("cafe", "au", "lait")``)."""
+    if text.isascii():  # nothing to decompose: the same tokens, ten times faster
+        return tuple(_TOKEN.findall(text.lower()))
     decomposed = unicodedata.normalize("NFD", text)
     bare = "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
     return tuple(t.lower() for t in _TOKEN.findall(bare))

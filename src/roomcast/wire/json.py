@@ -18,7 +18,7 @@ The full list of frames and bodies is in docs/protocol.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, assert_never
 
 import orjson
 
@@ -115,7 +115,8 @@ def message_object(m: Message) -> dict[str, Any]:
             return {"type": "presence", **base, "status": "offline", "reason": m.text, "ts": m.ts}
         case Kind.NICK:
             return {"type": "nick", **base, "to": m.text, "ts": m.ts}
-    raise AssertionError(m.kind)  # pragma: no cover
+        case _:
+            assert_never(m.kind)
 
 
 def private_object(p: Private) -> dict[str, Any]:
@@ -194,7 +195,8 @@ def _event_object(e: Event) -> dict[str, Any]:
             return {"type": "gap", "room": room, "from_seq": first, "to_seq": first + count - 1}
         case Error(code=code, message=message):
             return {"type": "error", "code": code, "message": message}
-    raise AssertionError(e)  # pragma: no cover
+        case _:
+            assert_never(e)
 
 
 def _encode_message(m: Message) -> bytes:

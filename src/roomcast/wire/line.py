@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from typing import assert_never
 
 from roomcast.errors import ClientError
 from roomcast.model import (
@@ -272,7 +273,8 @@ class Renderer:
                 return f"{head} <-- {m.sender} quit ({_body(m.text)})\n"
             case Kind.NICK:
                 return f"{head} -- {m.sender} is now known as {m.text}\n"
-        raise AssertionError(m.kind)  # pragma: no cover
+            case _:
+                assert_never(m.kind)
 
     def _listing(self, header: str, messages: Sequence[Message], capped: int | None) -> list[str]:
         """A header, then one line per message with its seq and UTC date and time."""
@@ -354,6 +356,8 @@ class Renderer:
 
     def _render_other(self, e: Event) -> str:
         match e:
+            case Message():  # pragma: no cover - ``render`` takes them from the cache
+                return self._render_message(e)
             case Private(sender=sender, recipient=recipient, text=text, ts=ts):
                 stamp = _clock(ts) if self.timestamps else ""
                 return f"{stamp}[pm {sender} -> {recipient}] {_body(text)}\n"
@@ -396,7 +400,8 @@ class Renderer:
                 )
             case Error(message=message):
                 return f"! {message}\n"
-        raise AssertionError(e)  # pragma: no cover
+            case _:
+                assert_never(e)
 
 
 # --- the codec ----------------------------------------------------------------------------
