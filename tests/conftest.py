@@ -6,7 +6,10 @@ Services. A test that needs PostgreSQL gets a schema of its own (``postgres_sche
 reached the test is skipped with the reason, except under ``CI=true``, where it fails: there
 every service must be up, and a skip would hide a suite that no longer runs.
 ``ROOMCAST_TEST_POSTGRES`` names the database (default: ``postgres`` on 127.0.0.1:5432,
-database ``test``); the user must be allowed to create schemas in it.
+database ``test``); the user must be allowed to create schemas in it. A test that needs
+Redis gets a channel prefix of its own (``redis_prefix``, or the ``redis_place`` fixture),
+on the same terms; ``ROOMCAST_TEST_REDIS`` names the server (default: 127.0.0.1:6379,
+database 0).
 
 Storage conditions: a disk that fills up, a folder that turns read-only. Nothing is mocked:
 the store meets what a server on a full or read-only disk meets, from the kernel. A small
@@ -35,20 +38,26 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 if TYPE_CHECKING:
+    import redis.asyncio
+
     from roomcast.store.postgres import PostgresStore
 
 __all__ = [
     "POSTGRES_URL",
+    "REDIS_URL",
     "PgSchema",
+    "RedisPlace",
     "SmallDisk",
     "PgSmallDisk",
     "in_ci",
     "postgres_schema",
     "read_only",
+    "redis_prefix",
     "service_missing",
 ]
 
 POSTGRES_URL = os.environ.get("ROOMCAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("ROOMCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
 CONNECT_TIMEOUT = 5.0  # seconds to reach a service before the test is skipped (or fails)
 DISK_SIZE = 4 * 1024 * 1024  # bytes: room for a fresh store and its write-ahead log
 
@@ -151,6 +160,71 @@ async def postgres() -> AsyncIterator[PgSchema]:
     """A PostgreSQL schema of the test's own (see ``postgres_schema``)."""
     async with postgres_schema() as schema:
         yield schema
+
+
+@dataclass(slots=True)
+class RedisPlace:
+    """A channel prefix of Redis that no other test uses, and a client of its own for
+    what a test does to the server from outside (``CLIENT KILL``, a raw ``PUBLISH``)."""
+
+    server: str  # the Redis URL, without a prefix
+    prefix: str  # unique to the test
+    admin: redis.asyncio.Redis  # closed after the test
+
+    def node(self, name: str) -> str:
+        """A node name unique to the test (``CLIENT KILL`` by name must not reach another
+        run's nodes)."""
+        return f"{name}-{self.prefix.rstrip(':').rsplit('-', 1)[-1]}"
+
+    def url(self, query: str = "", *, server: str | None = None) -> str:
+        """The bus URL for this prefix (``query``: more settings, e.g. ``timeout=1``), on
+        ``server`` if given (a relay in front of Redis) rather than Redis itself."""
+        base = server or self.server
+        joined = f"prefix={self.prefix}" + (f"&{query}" if query else "")
+        return f"{base}{'&' if '?' in base else '?'}{joined}"
+
+    async def kill(self, *client_names: str) -> int:
+        """``CLIENT KILL`` every connection with one of ``client_names``, as an operator
+        would (those listed at the call: not those that replace them); how many."""
+        ids = [c["id"] for c in await self.admin.client_list() if c.get("name") in client_names]
+        async with self.admin.pipeline(transaction=True) as kills:  # at once: MULTI ... EXEC
+            for client_id in ids:
+                kills.client_kill_filter(_id=client_id)
+            return sum(int(killed) for killed in await kills.execute())
+
+
+@contextlib.asynccontextmanager
+async def redis_prefix() -> AsyncIterator[RedisPlace]:
+    """A ``RedisPlace`` on ``REDIS_URL``; skips (fails under CI) the test when Redis or
+    redis-py is missing. Pub/sub leaves nothing behind in Redis: there is nothing to drop."""
+    service = f"Redis at {REDIS_URL}"
+    if service in _unreachable:  # tried already: don't wait for the timeout again
+        service_missing(service, _unreachable[service])
+    try:
+        import redis.asyncio
+        from redis.exceptions import RedisError
+    except ImportError as e:
+        service_missing(service, f"redis-py is not installed ({e}): pip install -e '.[dev]'")
+    admin = redis.asyncio.Redis.from_url(
+        REDIS_URL, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT
+    )
+    try:
+        try:
+            await admin.ping()
+        except (OSError, RedisError) as e:
+            service_missing(service, f"{type(e).__name__}: {e}")
+        yield RedisPlace(
+            server=REDIS_URL, prefix=f"roomcast-test-{uuid.uuid4().hex[:16]}:", admin=admin
+        )
+    finally:
+        await admin.aclose()
+
+
+@pytest.fixture
+async def redis_place() -> AsyncIterator[RedisPlace]:
+    """A Redis channel prefix of the test's own (see ``redis_prefix``)."""
+    async with redis_prefix() as place:
+        yield place
 
 
 # --- storage conditions ----------------------------------------------------------
