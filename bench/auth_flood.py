@@ -44,6 +44,9 @@ async def start(src: str, data: str) -> tuple[asyncio.subprocess.Process, int]:
         "ROOMCAST_PORT": "0",
         "ROOMCAST_HTTP_PORT": "0",
         "ROOMCAST_LOG_LEVEL": "WARNING",
+        # the flood's connections from one address are the bench's (a variable: a tree
+        # without this setting ignores it)
+        "ROOMCAST_MAX_PER_ADDRESS": "0",
     }
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "roomcast.cli", "serve", "--log-level", "INFO",

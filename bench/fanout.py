@@ -15,7 +15,9 @@ pinned to core 0 (the load generator is pinned to core 1):
   text lines; it sends ``[#general] name: text`` lines) and ``ws`` (the WebSocket JSON
   protocol: ``hello``, then ``send`` frames; it sends message objects, several at once in
   ``batch`` frames). The bench raises the limits a load test would trip and prints them:
-  ``--rate 1000000 --burst 1000000 --stall-timeout 60 --high-water 4194304``.
+  ``--rate 1000000 --burst 1000000 --stall-timeout 60 --high-water 4194304
+  --max-per-address 0 --name-timeout 0`` (every client comes from 127.0.0.1, and 10,000
+  joins at once can hold a name's answer past the deadline).
 * ``naive`` (line): asyncio streams on the default asyncio loop, one ``asyncio.Queue`` and one
   writer task per client, ``write`` + ``await drain()`` per message per client.
 * ``uvloop`` (line): a minimal uvloop ``Protocol`` whose ``data_received`` splits lines and
@@ -140,6 +142,8 @@ ROOMCAST_CHANGES = (
     ("--burst", "1000000", "30"),
     ("--stall-timeout", "60", "30 s"),
     ("--high-water", str(HIGH_WATER), "262144"),
+    ("--max-per-address", "0", "20 connections from one address (all come from 127.0.0.1)"),
+    ("--name-timeout", "0", "30 s to give a name (a join storm may hold the answer longer)"),
     ("--store", "sqlite:<tmpdir>/rc.db", "sqlite in the data dir (durable store kept on)"),
     ("--data-dir", "<tmpdir>", "~/.local/share/roomcast (token key)"),
     ("--loop", "uvloop", "auto"),
@@ -520,7 +524,7 @@ async def start_server(target: Target, tmpdir: str, tag: str, connections: int) 
             "--store", f"sqlite:{data}/rc.db", "--data-dir", data,
             "--loop", "uvloop", "--log-level", "WARNING",
             "--rate", "1000000", "--burst", "1000000", "--stall-timeout", "60",
-            "--high-water", str(HIGH_WATER),
+            "--high-water", str(HIGH_WATER), "--max-per-address", "0", "--name-timeout", "0",
         ]  # fmt: skip
         port = line_port if target.mode == "line" else http_port
     else:

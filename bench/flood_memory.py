@@ -48,6 +48,8 @@ async def start(extra: list[str]) -> tuple[asyncio.subprocess.Process, int, int]
         "1000000",
         "--burst",
         "1000000",
+        "--max-per-address",  # every client comes from 127.0.0.1
+        "0",
         *extra,
         stdin=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

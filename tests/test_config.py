@@ -84,3 +84,20 @@ def test_the_flood_hold_has_a_default_a_variable_and_a_flag() -> None:
     assert parse([], {}).flood_hold == 10.0
     assert parse([], {"ROOMCAST_FLOOD_HOLD": "2.5"}).flood_hold == 2.5
     assert parse(["--flood-hold", "3"], {"ROOMCAST_FLOOD_HOLD": "2.5"}).flood_hold == 3.0
+
+
+def test_the_connection_limits_have_defaults_flags_and_variables() -> None:
+    """Connections per address and in total, and the deadlines for a name, an HTTP head and
+    body and a WebSocket's pong, each have a default, a flag and a ROOMCAST_* variable."""
+    defaults = parse([], {})
+    assert (defaults.max_per_address, defaults.max_connections) == (20, 0)
+    assert (defaults.name_timeout, defaults.header_timeout, defaults.body_timeout) == (
+        30.0,
+        10.0,
+        30.0,
+    )
+    assert (defaults.ws_heartbeat, defaults.public_origin) == (30.0, "")
+    env = {"ROOMCAST_MAX_PER_ADDRESS": "5", "ROOMCAST_HEADER_TIMEOUT": "2.5"}
+    config = parse(["--max-connections", "100", "--name-timeout", "0", "--public-origin", "x"], env)
+    assert (config.max_per_address, config.header_timeout) == (5, 2.5)
+    assert (config.max_connections, config.name_timeout, config.public_origin) == (100, 0.0, "x")

@@ -164,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         run(serve(config), config.loop)
-    except (OSError, Broken, ValueError) as e:  # port in use; store misnamed, down, read-only
+    # a port in use, a store that cannot be opened or written, a setting that makes no sense
+    except (OSError, Broken, ValueError) as e:
         log.error("cannot start: %s", e)
         return 1
     return 0

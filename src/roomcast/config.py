@@ -18,7 +18,7 @@ class Config:
     host: str = "127.0.0.1"  # address the listeners bind
     port: int = 7777  # line-protocol (nc, telnet) port
     http_port: int = 8080  # web page, HTTP API and WebSocket port; -1 = no HTTP listener
-    web_origins: str = ""  # comma-separated WebSocket origins allowed; "" = same origin only
+    public_origin: str = ""  # comma-separated origins the web client is served at; "" = own
     token_days: float = 7.0  # days a login token is valid
     data_dir: str = ""  # where the default SQLite file lives; "" = the user's data directory
     store: str = ""  # "" = sqlite in data_dir; or memory:, sqlite:PATH, postgresql://...
@@ -43,6 +43,12 @@ class Config:
     hash_workers: int = 2  # argon2 hashes computed at once (each takes 64 MiB)
     hash_queue: int = 16  # hashes that may wait for a worker; beyond, clients are told busy
     cache_bytes: int = 4194304  # bytes each cache of encoded messages keeps (wire/cache.py)
+    max_per_address: int = 20  # connections at once from one address (IPv6: a /64); 0 = no cap
+    max_connections: int = 0  # connections at once, both listeners; 0 = from the files limit
+    name_timeout: float = 30.0  # seconds a line connection may take to give a name; 0 = none
+    header_timeout: float = 10.0  # seconds an HTTP client has to send a request's headers
+    body_timeout: float = 30.0  # seconds an HTTP client has to send a request's body
+    ws_heartbeat: float = 30.0  # seconds of WebSocket silence before a ping (pong: half that)
 
     def store_url(self, environ: Mapping[str, str] = os.environ) -> str:
         """The store to open: ``store`` if set, else ``roomcast.db`` in the data directory."""
@@ -80,7 +86,8 @@ FLAG_HELP: Mapping[str, str] = {
     "host": "address the listeners bind to",
     "port": "port of the line protocol (nc, telnet); 0 picks a free one",
     "http_port": "port of the web page, HTTP API and WebSocket; -1: no HTTP listener",
-    "web_origins": "comma-separated origins allowed to open a WebSocket; '': same origin only",
+    "public_origin": "origins the web page is served at, comma-separated, e.g."
+    " https://chat.example.org; '': its own",
     "token_days": "days a login token stays valid",
     "data_dir": "directory of the SQLite file and the token key; '': the user's data directory",
     "store": "where history and accounts live: sqlite:PATH or memory:; '': SQLite in data-dir",
@@ -105,6 +112,12 @@ FLAG_HELP: Mapping[str, str] = {
     "hash_workers": "password hashes computed at once (argon2id: 64 MiB each)",
     "hash_queue": "password hashes that may wait for a worker; beyond: 'busy, try again'",
     "cache_bytes": "bytes each cache of encoded messages keeps (memory under floods)",
+    "max_per_address": "connections at once from one address (IPv6: a /64), both ports; 0: no cap",
+    "max_connections": "connections at once, both ports; 0: what the open-files limit allows",
+    "name_timeout": "seconds a line connection may take to give a name, then closed; 0: no limit",
+    "header_timeout": "seconds an HTTP client has to send a request's headers; idle keep-alive too",
+    "body_timeout": "seconds an HTTP client has to send a request's body, then 408",
+    "ws_heartbeat": "seconds of WebSocket silence before a ping; no answer in half that: closed",
 }
 
 # The settings ``roomcast user`` needs: where the store is (and how much to log).

@@ -257,10 +257,14 @@ class Clients:
     def __init__(self) -> None:
         self._open: list[Client] = []  # every client opened, closed at teardown
 
-    async def connect(self, to: Server | int, name: str | None = None) -> Client:
-        """A client connected to a server (or a port), logged in as ``name`` if given."""
+    async def connect(
+        self, to: Server | int, name: str | None = None, *, source: str | None = None
+    ) -> Client:
+        """A client connected to a server (or a port), logged in as ``name`` if given, from
+        the loopback address ``source`` if given (127.0.0.2, ...: another client address)."""
         port = to if isinstance(to, int) else to.line.port
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        local = None if source is None else (source, 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
         client = Client(reader, writer)
         self._open.append(client)
         if name is not None:

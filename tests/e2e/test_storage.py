@@ -274,3 +274,35 @@ async def test_a_read_only_data_directory_fails_to_start_with_a_clear_message(
     assert not [line for line in said if "Traceback" in line], said
     [fatal] = [line for line in said if "cannot start" in line]
     assert "the SQLite store" in fatal and "is not writable" in fatal, said
+
+
+async def test_an_http_post_the_store_cannot_write_is_told_why_in_one_log_line(
+    start_server: StartServer,
+    http: aiohttp.ClientSession,
+    log_watch: LogWatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """A post the store cannot take (its file deleted) is 503 'unavailable' with the words
+    the other transports use (storage not writable), logged in one line, no traceback."""
+    folder = tmp_path / "data"
+    server = await on_disk(start_server, folder)
+    assert server.web is not None
+    base = f"http://127.0.0.1:{server.web.port}"
+    credentials = {"name": "poster", "password": PASSWORD}
+    async with http.post(f"{base}/api/register", json=credentials) as resp:
+        assert resp.status == 201
+        token = (await resp.json())["token"]
+    os.remove(folder / "roomcast.db")
+    async with http.post(
+        f"{base}/api/rooms/general/messages",
+        json={"text": "into a deleted file"},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        assert resp.status == 503
+        error = (await resp.json())["error"]
+    assert error == {"code": "unavailable", "message": REFUSED.removeprefix("! ")}
+    await log_watch.wait_for(lambda said: any("/api/rooms/general/messages" in m for m in said))
+    said = [r for r in caplog.records if "/api/rooms/general/messages" in r.getMessage()]
+    assert len(said) == 1 and said[0].exc_info is None, said
+    assert "not writable" in said[0].getMessage()

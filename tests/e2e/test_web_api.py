@@ -32,6 +32,7 @@ from websockets.typing import Origin
 from roomcast import __version__
 from roomcast.auth import Cost, Passwords
 from roomcast.net.conn import Connection
+from roomcast.net.gate import Gate
 from roomcast.net.web import _Socket
 from roomcast.server import Server
 from tests.e2e.conftest import LogWatch
@@ -386,6 +387,7 @@ async def test_health_reports_the_version_and_the_counts(
     """GET /health is 200 with the version and how many users, rooms, sockets, streams."""
     status, body = await fetch(http, server, "GET", "/health")
     assert status == 200
+    refused = body.pop("refused")
     assert body == {
         "status": "ok",
         "version": __version__,
@@ -393,7 +395,9 @@ async def test_health_reports_the_version_and_the_counts(
         "rooms": 0,
         "websockets": 0,
         "streams": 0,
+        "connections": 1,  # this request's
     }
+    assert refused == dict.fromkeys(refused, 0) and "max_per_address" in refused
     await sockets.ws(server, "alice")
     await sockets.ws(server)  # connected, not named: a socket but not a user
     stream = await open_stream(http, server, "rust")
@@ -1212,8 +1216,8 @@ async def test_a_foreign_origin_is_refused_with_403_and_the_own_origin_is_accept
 async def test_configured_origins_replace_the_same_origin_rule(
     start_server: StartServer, sockets: Sockets
 ) -> None:
-    """With web_origins set, only those origins (and none) may connect."""
-    server = await start_server(web_origins="https://chat.example, https://other.example")
+    """With public_origin set, only those origins (and none) may connect."""
+    server = await start_server(public_origin="https://chat.example, https://other.example")
     assert server.web is not None
     await sockets.ws(server, "a", origin="https://chat.example")
     await sockets.ws(server, "b", origin="https://other.example")
@@ -1383,19 +1387,19 @@ async def test_a_websocket_client_that_stops_reading_is_cut_after_the_stall_and_
 async def test_a_websocket_connection_stays_between_the_transport_and_aiohttp(
     start_server: StartServer, sockets: Sockets
 ) -> None:
-    """After the upgrade the connection is the transport's protocol with aiohttp's behind it:
-    what the client sends reaches aiohttp (a ping is answered), and the transport's flow
-    control reaches the connection (it stops pulling for a client that does not read, and
-    goes on once it reads). That aiohttp keeps its transport and protocol after the upgrade
-    is not its API (pyproject.toml pins the versions checked): a release that changed it
-    fails here instead of silently losing flow control."""
+    """After the upgrade the connection is the transport's protocol with aiohttp's behind it
+    (through the gate that counted it): what the client sends reaches aiohttp (a ping is
+    answered), and the transport's flow control reaches the connection (it stops pulling for
+    a client that does not read, and goes on once it reads). That aiohttp keeps its transport
+    and protocol after the upgrade is not its API (pyproject.toml pins the versions checked):
+    a release that changed it fails here instead of silently losing flow control."""
     server = await start_server(high_water=16384, **FAST)
     speaker = await sockets.ws(server, "speaker")
     slow = await sockets.ws(server, "slow")
     sock = cast(_Socket, ws_socket_of(server, "slow"))
     transport = ws_transport_of(server, "slow")
     assert transport.get_protocol() is sock
-    assert isinstance(sock._inner, RequestHandler)
+    assert isinstance(sock._inner, Gate) and isinstance(sock._inner._inner, RequestHandler)
     await slow.reply(await slow.request({"type": "ping"}), "pong")
 
     stop_reading(slow)
@@ -1447,7 +1451,7 @@ async def test_stop_with_websocket_clients_that_never_read_closes_them_all_and_r
 ) -> None:
     """Stopping the server while clients sit on unread frames closes every connection: they get
     ``close_grace`` to take what is buffered, then they are cut, and stop returns."""
-    server = await start_server(high_water=16384, stall_timeout=300.0, **FAST)
+    server = await start_server(high_water=16384, stall_timeout=300.0, max_per_address=0, **FAST)
     assert server.web is not None
     speaker = await sockets.ws(server, "speaker")
     names = [f"slow{i}" for i in range(20)]

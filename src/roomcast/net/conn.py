@@ -56,6 +56,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from roomcast.errors import ClientError
 from roomcast.hub import Hub
 from roomcast.model import Action, Command, Event, Say
+from roomcast.net.admission import Admission
 from roomcast.net.flush import Flusher
 from roomcast.session import Session
 
@@ -124,10 +125,17 @@ class Connections:
     ``Flusher`` that pumps them, and the background tasks they start (``stop`` waits for
     those)."""
 
-    def __init__(self, hub: Hub, limits: DeliveryLimits, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        limits: DeliveryLimits,
+        log: logging.Logger,
+        admission: Admission | None = None,
+    ) -> None:
         self.hub = hub  # the chat core every connection talks to
         self.limits = limits  # given to each connection as it opens
         self.log = log  # the listener's logger: connects, disconnects, cuts
+        self.admission = admission or Admission()  # open connections, and the cuts counted
         self.open: set[Connection[Any]] = set()  # open connections
         self._flusher = Flusher[Connection[Any]](limits.flush_gap, self._failed)
         self._background: set[asyncio.Task[None]] = set()  # readers, disconnects in progress
@@ -469,7 +477,7 @@ class Connection(Generic[In]):
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport is closed: nothing more is written; the input is over."""
         lost = "connection lost" if exc else "connection closed"
-        self._owner.lost(self, self._reason or lost)
+        self._owner.lost(self, self._reason or self._over or lost)
         self._closing = True
         for timer in (self._stall, self._cut):
             if timer is not None:
@@ -489,6 +497,7 @@ class Connection(Generic[In]):
         self._stall = None
         stall = self._limits.stall_timeout
         self._owner.log.warning("too slow peer=%s name=%s", self.session.peer, self.session.name)
+        self._owner.admission.note("stall_timeout")
         # The notice goes after what is buffered, above the mark: the client sees it once it
         # reads again, if it does within another stall_timeout (it holds no more than before).
         self.close(Code.POLICY, f"too slow: not reading for {stall:g} s", grace=stall)

@@ -6,6 +6,10 @@ the hub tells the connection (``named``). Everything else (the reader, runs of l
 one write, flood control that delays, delivery without a task, flow control, the stall
 cut-off, closing with a reason) is ``roomcast.net.conn``'s, shared with the WebSocket listener.
 
+Each connection takes its place among the open ones at accept (``net/admission.py``: caps
+per address and in total, shared with the HTTP listener); one refused is told why in one
+line (unless far over), and closed. A connection must give a name within ``name_timeout``.
+
 The end: every line that came before the end of the input (a close, a half-close, a reset) is
 handled, in order, and answered while the socket still takes it; then the session leaves the
 hub, what is left for it is written, and the connection closes. Only when the server closes
@@ -22,6 +26,7 @@ from typing import cast
 
 from roomcast.hub import Hub
 from roomcast.model import Action, Error, Event, Info, Say
+from roomcast.net.admission import Admission, Ticket
 from roomcast.net.conn import Code, Connection, Connections, Step
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES
 from roomcast.wire.line import LineCodec, Renderer
@@ -43,27 +48,45 @@ class TcpLimits:
     flush_gap: float = 0.005  # most seconds between two flushes, as long as the last one took
     close_grace: float = 2.0  # seconds a closing client gets to take what is buffered
     cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of rendered lines (and runs) per renderer
+    name_timeout: float = 30.0  # seconds a connection may take to give a name; 0 = no limit
 
 
 class _LineConnection(Connection[str | Error], asyncio.Protocol):
     """One line-protocol connection: the codec's side of the connection core."""
 
-    __slots__ = ("_codec",)
+    __slots__ = ("_codec", "_naming", "_ticket")
 
     def __init__(self, server: LineServer) -> None:
         super().__init__(server.connections)
         self._codec = LineCodec(
             plain=server.plain, stamped=server.stamped, max_line=server.limits.max_line
         )
+        self._ticket: Ticket | None = None  # its place among the open connections
+        self._naming: asyncio.TimerHandle | None = None  # closes it if it gives no name in time
 
     # -- asyncio.Protocol callbacks (the write side's and connection_lost: the core's) --
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
         host, port, *_ = transport.get_extra_info("peername") or ("?", 0)
-        session = self.open(transport, f"{host}:{port}")
-        log.info("connect peer=%s", session.peer)
+        peer = f"{host}:{port}"
+        ticket = self._owner.admission.admit(str(host), peer, "line")
+        if ticket.refusal is not None:  # one line saying why (unless far over), then closed
+            transport.set_protocol(_Refused(ticket))  # no session: only the ticket to give back
+            if not ticket.told:
+                transport.abort()
+                return
+            refusal = Error(code=ticket.refusal.code, message=ticket.refusal.message)
+            transport.write(self._codec.encode([refusal]))
+            transport.close()
+            return
+        self._ticket = ticket
+        self.open(transport, peer)
+        log.info("connect peer=%s", peer)
         transport.write(self._codec.greeting())
+        timeout = cast(TcpLimits, self._limits).name_timeout  # the line listener's own
+        if timeout > 0:
+            self._naming = asyncio.get_running_loop().call_later(timeout, self._unnamed)
 
     def data_received(self, data: bytes) -> None:
         self.received(self._codec.receive_data(data))
@@ -73,11 +96,28 @@ class _LineConnection(Connection[str | Error], asyncio.Protocol):
         self.input_over("connection closed")
         return True  # keep our side open: what came before the end is answered first
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._ticket is not None:
+            self._ticket.release()
+        if self._naming is not None:
+            self._naming.cancel()
+        super().connection_lost(exc)
+
+    def _unnamed(self) -> None:
+        self._naming = None
+        timeout = cast(TcpLimits, self._limits).name_timeout  # the line listener's own
+        log.info("no name peer=%s within %g s: closing", self.session.peer, timeout)
+        self._owner.admission.note("name_timeout")
+        self.close(Code.POLICY, f"no name given within {timeout:g} s")
+
     # -- the codec's side --
 
     def named(self, named: bool) -> None:
         super().named(named)
         self._codec.named = named
+        if named and self._naming is not None:  # named: no deadline for it any more
+            self._naming.cancel()
+            self._naming = None
 
     def parse(self, item: str | Error) -> Sequence[Step]:
         parsed = [item] if isinstance(item, Error) else self._codec.parse(item)
@@ -111,16 +151,32 @@ class _LineConnection(Connection[str | Error], asyncio.Protocol):
         return self._codec.encode([Error(code="closed", message=f"closing: {reason}")])
 
 
+class _Refused(asyncio.Protocol):
+    """A connection refused at accept, closing: it holds its ticket until it is gone."""
+
+    __slots__ = ("_ticket",)
+
+    def __init__(self, ticket: Ticket) -> None:
+        self._ticket = ticket  # counted until the socket is closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ticket.release()
+
+
 class LineServer:
     """Listens for line-protocol clients and connects each to the hub."""
 
-    def __init__(self, hub: Hub, *, limits: TcpLimits | None = None) -> None:
+    def __init__(
+        self, hub: Hub, *, limits: TcpLimits | None = None, admission: Admission | None = None
+    ) -> None:
         self.hub = hub  # the chat core every connection talks to
         self.limits = limits or TcpLimits()
+        self.admission = admission or Admission()  # open connections (shared with HTTP's)
         cache = self.limits.cache_bytes
         self.plain = Renderer(cache_bytes=cache)  # shared by all: one render per message
         self.stamped = Renderer(timestamps=True, cache_bytes=cache)  # the same, with times
-        self.connections = Connections(hub, self.limits, log)  # the open ones, what they share
+        # the open connections and what they share
+        self.connections = Connections(hub, self.limits, log, self.admission)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:

@@ -30,6 +30,10 @@ together). Closes use the WebSocket codes: 1008 for a client too slow or held ba
 1003 for a binary frame, 1011 for an internal error, 1001 when the server stops, 1000 after
 the session's goodbye. ``stop`` closes every connection at once and cuts, after
 ``close_grace``, those that do not take their close.
+
+Connections come in through ``net/gate.py``: each is counted (``net/admission.py``) and handed
+to aiohttp's protocol for the application, or, refused, to a small aiohttp server that answers
+the refusal (``protocol``); the gate also keeps the deadline for the first request's head.
 """
 
 from __future__ import annotations
@@ -41,22 +45,22 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit
 
 from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, web
 
 from roomcast import __version__
-from roomcast.errors import Broken, ClientError, Closed, Unwritable
-from roomcast.hub import Hub
+from roomcast.errors import Broken, ClientError, Unwritable
+from roomcast.hub import NOT_WRITABLE, Hub
 from roomcast.model import Action, Command, Event, FetchHistory, Say, room_name, seq_text
+from roomcast.net import origin
+from roomcast.net.admission import Admission
 from roomcast.net.conn import Code, Connection, Connections, Step
-from roomcast.session import Session
+from roomcast.net.gate import Gatekeeper
+from roomcast.net.sse import EventStreams
 from roomcast.store.base import Account
 from roomcast.tokens import Tokens
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES
 from roomcast.wire.json import (
-    KEEPALIVE,
-    RETRY,
     JsonCodec,
     Reply,
     RequestId,
@@ -69,7 +73,6 @@ from roomcast.wire.json import (
     api_message,
     api_rooms,
     encoded_messages,
-    event_stream,
 )
 from roomcast.wire.websocket import Frames, close_frame, text_frame
 
@@ -92,6 +95,9 @@ _STATUS = {  # HTTP status of a client error, by code; 400 otherwise
     "not_found": 404,
     "no_such_room": 404,
     "bad_method": 405,
+    "timeout": 408,
+    "too_many_connections": 429,
+    "server_full": 503,
 }
 
 
@@ -100,7 +106,7 @@ class WebLimits:
     """Limits of the HTTP listener."""
 
     max_frame: int = 65536  # bytes in one WebSocket frame or API request body
-    origins: tuple[str, ...] = ()  # allowed WebSocket origins; () = the page's own origin
+    origins: str = ""  # comma-separated public origins (net/origin.py); "" = the listener's own
     high_water: int = 256 * 1024  # WebSocket write-buffer bytes above which we stop pulling
     stall_timeout: float = 30.0  # seconds a WebSocket client may stay above high_water
     batch: int = 512  # events per frame
@@ -110,6 +116,8 @@ class WebLimits:
     heartbeat: float = 30.0  # seconds between WebSocket pings (aiohttp's heartbeat)
     close_grace: float = 2.0  # seconds a closing WebSocket client gets to take what is buffered
     cache_bytes: int = DEFAULT_CACHE_BYTES  # bytes of encoded messages, runs, frames (each)
+    header_timeout: float = 10.0  # seconds to send a request's headers (and idle keep-alive)
+    body_timeout: float = 30.0  # seconds to send a request's body
 
 
 def _respond(body: bytes, status: int = 200) -> web.Response:
@@ -120,7 +128,30 @@ def _error(e: ClientError) -> web.Response:
     response = _respond(api_error(e.code, e.message), _STATUS.get(e.code, 400))
     if e.retry_after is not None:
         response.headers["Retry-After"] = str(e.retry_after)
+    if e.code == "timeout":  # the rest of a body that did not come is not waited for either
+        response.force_close()
     return response
+
+
+def _field(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise ClientError("bad_request", f"{key!r} is required, as a string")
+    return value
+
+
+def _room(request: web.Request) -> str:
+    return room_name(request.match_info["room"])
+
+
+def _seq(request: web.Request, key: str) -> int | None:
+    value = request.query.get(key)
+    if value is None or value == "":
+        return None
+    n = seq_text(value)  # bad_seq past MAX_SEQ, its length checked before converting
+    if n is None:
+        raise ClientError("bad_request", f"{key!r} must be a whole number")
+    return n
 
 
 def _static_dir() -> Path:
@@ -130,19 +161,31 @@ def _static_dir() -> Path:
 class WebServer:
     """Serves the web client, the JSON API, event streams and WebSocket sessions."""
 
-    def __init__(self, hub: Hub, tokens: Tokens, *, limits: WebLimits | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        tokens: Tokens,
+        *,
+        limits: WebLimits | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self.hub = hub  # the chat core
         self.tokens = tokens  # signs and checks login tokens
         self.limits = limits or WebLimits()
+        self.admission = admission or Admission()  # open connections (shared with the line's)
+        self._public = origin.parse_origins(self.limits.origins)  # ValueError for a bad one
+        self._host = ""  # the host the listener binds, once started: one of its names
         cache = self.limits.cache_bytes
         self.messages = encoded_messages(max_bytes=cache)  # each message encoded once for all
         # one codec for every WebSocket connection: it holds no per-connection state
         self.codec = JsonCodec(messages=self.messages, verify_token=self.tokens.verify)
         self.frames = Frames(self.codec, self.messages, max_bytes=cache)  # a run framed once
-        self.connections = Connections(hub, self.limits, log)  # open WebSocket connections
-        self.streams: set[Session] = set()  # open event streams
+        # open WebSocket connections, and what they share
+        self.connections = Connections(hub, self.limits, log, self.admission)
+        self.streams = EventStreams(hub, self.limits, self.messages, self.admission)
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._listener: asyncio.Server | None = None  # accepts through net/gate.py
+        self._refusers: dict[str, web.Server] = {}  # per refusal: answers it to every request
         # aiohttp refuses sizes >= its limit; ours are the largest accepted. No middleware:
         # each API handler is wrapped instead (``_guard``), so that an open WebSocket's
         # suspended stack holds no middleware frames.
@@ -171,16 +214,30 @@ class WebServer:
 
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (0 picks a free port: see ``port``)."""
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._host = host
+        # aiohttp's keep-alive timer runs from the connection's start (or its last response)
+        # and is not restarted by the bytes of a request head: it is a deadline for the
+        # headers of every request after the first (whose deadline is the gate's), and closes
+        # connections idle for as long. After a response to a request whose body was not
+        # read whole (too large, too slow), aiohttp reads on for lingering_time before it
+        # closes (so that the client reads the answer, not a reset): close_grace, not 10 s.
+        self._runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.limits.header_timeout,
+            lingering_time=self.limits.close_grace,
+        )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await self._site.start()
+        loop = asyncio.get_running_loop()
+        gatekeeper = Gatekeeper(self.admission, self.protocol, self.limits.header_timeout)
+        self._listener = await loop.create_server(gatekeeper, host, port, reuse_address=True)
 
     @property
     def port(self) -> int:
         """The port listened on."""
-        assert self._runner is not None, "not started"
-        port: int = self._runner.addresses[0][1]
+        assert self._listener is not None, "not started"
+        port: int = self._listener.sockets[0].getsockname()[1]
         return port
 
     @property
@@ -194,13 +251,39 @@ class WebServer:
         A WebSocket client gets ``limits.close_grace`` seconds to take what is buffered for
         it; then it is cut. Its session leaves the hub at once either way.
         """
-        for session in list(self.streams):
-            self.hub.unwatch(session)
+        if self._listener is not None:
+            self._listener.close()  # no new connections
+        self.streams.close_all()
         await self.connections.stop(reason, grace=self.limits.close_grace + 1.0)
+        for refuser in self._refusers.values():
+            refuser.pre_shutdown()
+            await refuser.shutdown(self.limits.close_grace)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._listener is not None:
+            await self._listener.wait_closed()
 
     # -- plumbing --
+
+    def protocol(self, refusal: ClientError | None) -> asyncio.Protocol:
+        """aiohttp's protocol for a new connection: the application's, or, for a refused
+        one, one that answers every request with ``refusal`` and closes."""
+        if refusal is None:
+            assert self._runner is not None and self._runner.server is not None
+            return self._runner.server()
+        refuser = self._refusers.get(refusal.code)
+        if refuser is None:
+
+            async def refuse(request: web.BaseRequest) -> web.StreamResponse:
+                response = _error(refusal)
+                response.force_close()
+                return response
+
+            refuser = web.Server(
+                refuse, access_log=None, keepalive_timeout=self.limits.header_timeout
+            )
+            self._refusers[refusal.code] = refuser
+        return refuser()
 
     def _guard(self, handler: Handler) -> Handler:
         """``handler`` with client errors and store failures answered as JSON errors."""
@@ -215,6 +298,9 @@ class WebServer:
                 log.info("client error %s %s code=too_large", request.method, request.path)
                 message = f"the body is over {self.limits.max_frame} bytes"
                 return _respond(api_error("too_large", message), 413)
+            except Unwritable as e:  # the store logged why, once: one line per request here
+                log.warning("store not writable for %s %s: %s", request.method, request.path, e)
+                return _respond(api_error(NOT_WRITABLE.code, NOT_WRITABLE.message), 503)
             except Broken:
                 log.exception("store failure on %s %s", request.method, request.path)
                 return _respond(api_error("unavailable", "try again later"), 503)
@@ -222,14 +308,22 @@ class WebServer:
         return guarded
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        return api_body(await request.read())
-
-    @staticmethod
-    def _field(body: dict[str, Any], key: str) -> str:
-        value = body.get(key)
-        if not isinstance(value, str):
-            raise ClientError("bad_request", f"{key!r} is required, as a string")
-        return value
+        limit = self.limits.body_timeout
+        try:
+            async with asyncio.timeout(limit):  # a body sent a byte at a time holds nothing
+                raw = await request.read()
+        except TimeoutError:
+            log.info(
+                "http request body not received within %g s peer=%s path=%s",
+                limit,
+                request.remote,
+                request.path,
+            )
+            self.admission.note("body_timeout")
+            raise ClientError(
+                "timeout", f"the request body did not come within {limit:g} s"
+            ) from None
+        return api_body(raw)
 
     async def _bearer(self, request: web.Request) -> Account:
         """The account the request's bearer token names, checked on this use: signed,
@@ -240,20 +334,6 @@ class WebServer:
             raise ClientError("no_token", "this needs 'Authorization: Bearer <token>'")
         claims = self.tokens.verify(token.strip())
         return await self.hub.authenticate(claims.account, claims.generation)
-
-    @staticmethod
-    def _room(request: web.Request) -> str:
-        return room_name(request.match_info["room"])
-
-    @staticmethod
-    def _seq(request: web.Request, key: str) -> int | None:
-        value = request.query.get(key)
-        if value is None or value == "":
-            return None
-        n = seq_text(value)  # bad_seq past MAX_SEQ, its length checked before converting
-        if n is None:
-            raise ClientError("bad_request", f"{key!r} must be a whole number")
-        return n
 
     # -- pages and API --
 
@@ -268,7 +348,9 @@ class WebServer:
             "online": self.hub.online,
             "rooms": len(self.hub.room_list().rooms),
             "websockets": len(self.connections.open),
-            "streams": len(self.streams),
+            "streams": len(self.streams.open),
+            "connections": self.admission.open,  # both listeners, refused ones being told too
+            "refused": dict(self.admission.refused),  # per limit, since the start
         }
         try:
             await self.hub.check_store()
@@ -285,7 +367,7 @@ class WebServer:
     async def _register(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         account = await self.hub.create_account(
-            self._field(body, "name"), self._field(body, "password"), request.remote or "?"
+            _field(body, "name"), _field(body, "password"), request.remote or "?"
         )
         return self._issued(account, 201)
 
@@ -293,7 +375,7 @@ class WebServer:
         body = await self._body(request)
         address = request.remote or "?"
         account = await self.hub.verify_login(
-            self._field(body, "name"), self._field(body, "password"), address
+            _field(body, "name"), _field(body, "password"), address
         )
         return self._issued(account)
 
@@ -307,12 +389,12 @@ class WebServer:
         return _respond(api_rooms(await self.hub.all_rooms()))
 
     async def _history(self, request: web.Request) -> web.Response:
-        limit = self._seq(request, "limit")
+        limit = _seq(request, "limit")
         page = await self.hub.history(
-            self._room(request),
+            _room(request),
             FetchHistory(
-                before=self._seq(request, "before"),
-                after=self._seq(request, "after"),
+                before=_seq(request, "before"),
+                after=_seq(request, "after"),
                 limit=50 if limit is None else limit,
             ),
         )
@@ -321,7 +403,7 @@ class WebServer:
     async def _post(self, request: web.Request) -> web.Response:
         account = await self._bearer(request)
         body = await self._body(request)
-        message = await self.hub.post(account.name, self._room(request), self._field(body, "text"))
+        message = await self.hub.post(account.name, _room(request), _field(body, "text"))
         return _respond(api_message(message), 201)
 
     async def _no_route(self, request: web.Request) -> web.Response:
@@ -344,49 +426,26 @@ class WebServer:
     # -- Server-Sent Events --
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        """A room's messages as Server-Sent Events, read with the session's own delivery
-        (``Session.receive``: every message once, in order, lags refilled from the store);
-        aiohttp's writer waits while the client is slow."""
-        room = self._room(request)
+        room = _room(request)
         since = seq_text(request.headers.get("Last-Event-ID", "").strip())
         if since is None:  # absent or not a number: the query may say where to resume
-            since = self._seq(request, "since")
-        session = await self.hub.watch(request.remote or "?", room, since)
-        self.streams.add(session)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        try:
-            await response.prepare(request)
-            await response.write(RETRY)
-            while True:  # until the stream ends: Closed, or the client goes
-                try:
-                    async with asyncio.timeout(self.limits.keepalive):
-                        events = await session.receive(self.limits.batch)
-                except TimeoutError:
-                    await response.write(KEEPALIVE)
-                    continue
-                await response.write(event_stream(events, self.messages))
-        except (Closed, ConnectionError):
-            pass
-        finally:
-            self.streams.discard(session)
-            self.hub.unwatch(session)
-        return response
+            since = _seq(request, "since")
+        return await self.streams.serve(request, room, since)
 
     # -- WebSocket --
 
     def _origin_allowed(self, request: web.Request) -> bool:
-        origin = request.headers.get("Origin")
-        if origin is None:  # not a browser: scripts and bots may connect
-            return True
-        if self.limits.origins:
-            return origin in self.limits.origins
-        return urlsplit(origin).netloc == request.host
+        """Whether the page behind this handshake is one of ours (``roomcast.net.origin``)."""
+        transport = request.transport
+        sockname = transport.get_extra_info("sockname") if transport is not None else None
+        local = sockname[0] if isinstance(sockname, tuple) and sockname else None
+        return origin.allowed(
+            request.headers.get("Origin"),
+            request.headers.get("Host", ""),
+            public=self._public,
+            names=origin.local_names(self._host, local),
+            port=self.port,
+        )
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         """Upgrade, then read the client's frames until the connection ends.
@@ -394,7 +453,12 @@ class WebServer:
         This handler's task (aiohttp's) is the connection's reader; deliveries need no task.
         """
         if not self._origin_allowed(request):
-            log.warning("websocket origin refused origin=%s", request.headers.get("Origin"))
+            log.warning(
+                "websocket origin refused origin=%s host=%s peer=%s",
+                request.headers.get("Origin"),
+                request.headers.get("Host"),
+                request.remote,
+            )
             return _respond(api_error("bad_origin", "origin not allowed"), 403)
         limits = self.limits
         ws = web.WebSocketResponse(
@@ -404,7 +468,7 @@ class WebServer:
         transport = request.transport
         if transport is None:  # gone during the handshake
             return ws
-        sock = _Socket(self, transport)
+        sock = _Socket(self, transport, ws)
         log.info("connect peer=%s transport=websocket", sock.session.peer)
         try:
             try:
@@ -416,6 +480,7 @@ class WebServer:
                         await sock.gate
                         continue
                     reason = sock.take(await ws.receive())  # parked in aiohttp while idle
+                sock.heartbeat_failed()  # if so, that is why it ended
             except Exception:  # a bug must cost this connection only, and be seen
                 log.exception("internal error peer=%s", sock.session.peer)
                 sock.close(Code.INTERNAL, "internal error")
@@ -443,7 +508,7 @@ def _why(error: object) -> str:
     """Why a connection whose read failed with ``error`` ended: the quit reason."""
     if isinstance(error, WebSocketError):  # aiohttp's parser refused a frame, and closed
         return "frame too large" if error.code == WSCloseCode.MESSAGE_TOO_BIG else "protocol error"
-    return "connection lost"  # reset, or no answer to the heartbeat's ping
+    return "connection lost"  # reset (a heartbeat without answer: see heartbeat_failed)
 
 
 class _Socket(Connection[Frame], asyncio.Protocol):
@@ -458,12 +523,16 @@ class _Socket(Connection[Frame], asyncio.Protocol):
     holds no task of its own: these slots, and aiohttp's handler parked in ``receive``.
     """
 
-    __slots__ = ("_done", "_gate", "_inner", "_web")
+    __slots__ = ("_done", "_gate", "_inner", "_web", "_ws")
 
-    def __init__(self, server: WebServer, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, server: WebServer, transport: asyncio.Transport, ws: web.WebSocketResponse
+    ) -> None:
         super().__init__(server.connections)
         self._web = server  # the shared codec and frames
-        # aiohttp's protocol: reads frames, answers pings, keeps the heartbeat
+        self._ws = ws  # aiohttp's side of it: says whether its heartbeat gave up
+        # the gate (net/gate.py) with aiohttp's protocol behind it: reads frames, answers
+        # pings, keeps the heartbeat
         self._inner = cast(asyncio.Protocol, transport.get_protocol())
         self._gate: asyncio.Future[None] | None = None  # while reading is paused: set to resume
         self._done: asyncio.Future[None] | None = None  # set when the session ends, if awaited
@@ -487,9 +556,18 @@ class _Socket(Connection[Frame], asyncio.Protocol):
         super().resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.heartbeat_failed()  # aiohttp closed it for want of a pong: that is the reason
         super().connection_lost(exc)
         self.resume_input()  # the reader goes on, to read the end
         self._inner.connection_lost(exc)
+
+    def heartbeat_failed(self) -> None:
+        """If aiohttp's heartbeat gave up on the client (no pong in time), say so once: a
+        log line, the count, and the end of the input with that reason."""
+        if self._over is None and isinstance(self._ws.exception(), TimeoutError):
+            log.info("no answer to ping peer=%s", self.session.peer)
+            self._owner.admission.note("ws_heartbeat")
+            self.input_over("no answer to ping")
 
     # -- the read side: aiohttp's handler task hands each frame to the core --
 
