@@ -165,6 +165,71 @@ class _Refill:
         self.header = header  # an event to emit before the first message (a Summary)
 
 
+class _Privates:
+    """A session's private messages: its receiver on its user's channel, and the range it
+    must read from the store first (after a login or a lag). Made when first needed: most
+    sessions never have one."""
+
+    __slots__ = ("gap", "held", "rx", "seen")
+
+    def __init__(self) -> None:
+        self.rx: Receiver[Private] | None = None  # on the user's private-message channel
+        self.seen = 0  # newest private message seq delivered (or read before)
+        # to fetch from the store first: (after seq, before seq or None)
+        self.gap: tuple[int, int | None] | None = None
+        self.held: Sequence[Private] = ()  # read from the ring, waiting for the gap
+
+    def take(self, user: User | None, out: list[Event], max_count: int) -> None:
+        """Append what the receiver has ready (``rx`` is set), or note a lag to refill."""
+        assert self.rx is not None
+        try:
+            _, privates = self.rx.try_recv_many(max_count - len(out))
+        except Lagged as lag:
+            if user is None or not user.registered:  # a guest's are not kept for it
+                out.append(Missed(room=None, first_seq=lag.first_missed_seq, count=lag.count))
+                return
+            with contextlib.suppress(Empty, ChannelClosed):
+                self.held = self.rx.try_recv_many(len(self.rx) or 1)[1]
+            self.gap = (self.seen, self.held[0].seq if self.held else None)
+            return
+        except (Empty, ChannelClosed):
+            return
+        self.emit(user, out, privates)
+
+    def emit(self, user: User | None, out: list[Event], privates: Sequence[Private]) -> None:
+        """Append ``privates`` that were not delivered yet, and move the read marker."""
+        seen = self.seen
+        if seen and privates and privates[0].seq <= seen and user is not None:
+            # A store replay delivered those sent to this user up to seq ``seen``; it never
+            # holds the copies of what the user sent, which may come with lower numbers.
+            me = fold(user.name)
+            privates = [p for p in privates if p.seq > seen or fold(p.recipient) != me]
+        if privates:
+            out += privates
+            newest = max(seen, privates[-1].seq)
+            self.seen = newest
+            if user is not None and user.registered:
+                user.mark_private(newest)
+
+    async def read_store(self, store: Store, user: User, out: list[Event], limit: int) -> None:
+        """Append the next page (``limit`` at most) of the private messages to ``user`` that
+        the store holds in the gap; once it is read, what was held back from the ring."""
+        gap = self.gap
+        assert gap is not None
+        after, before = gap
+        page = await store.privates(user.name, after=after, limit=limit)
+        if self.gap is not gap:  # detached while the store answered
+            return
+        found = [p for p in page if before is None or p.seq < before]
+        self.emit(user, out, found)
+        if len(found) == limit:
+            self.gap = (found[-1].seq, before)
+            return
+        self.gap = None
+        held, self.held = self.held, ()
+        self.emit(user, out, held)
+
+
 class Session:
     """One connection's view of the hub: its state, its receivers, and what it has to read.
 
@@ -173,12 +238,9 @@ class Session:
 
     __slots__ = (
         "_delivering",
-        "_inbox",
         "_listener",
         "_pending",
-        "_private_gap",
-        "_private_held",
-        "_private_seen",
+        "_privates",
         "_refill",
         "_refill_page",
         "_rooms",
@@ -206,11 +268,7 @@ class Session:
         self._store = store  # where lagged and replayed ranges are read from
         self._refill_page = refill_page  # messages fetched per store read
         self._rooms: dict[str, Receiver[Message]] = {}  # room name -> receiver
-        self._inbox: Receiver[Private] | None = None  # the user's private messages
-        self._private_seen = 0  # newest private message seq delivered (or read before)
-        # private messages to fetch from the store first: (after seq, before seq or None)
-        self._private_gap: tuple[int, int | None] | None = None
-        self._private_held: Sequence[Private] = ()  # read from the ring, waiting for the gap
+        self._privates: _Privates | None = None  # the user's private messages, once any
         self._refill: dict[str, _Refill] = {}  # room -> range still to read from the store
         # to deliver before anything else, in order; made when first needed (an idle
         # connection holds no empty list)
@@ -257,8 +315,8 @@ class Session:
             return
         for rx in self._rooms.values():
             rx.notify(callback)
-        if self._inbox is not None:
-            self._inbox.notify(callback)
+        if self._privates is not None and self._privates.rx is not None:
+            self._privates.rx.notify(callback)
 
     async def receive(self, max_count: int = 512) -> list[Event]:
         """Wait until something is ready for this session, then return up to ``max_count``.
@@ -290,8 +348,11 @@ class Session:
                     break
                 if room in self._refill:
                     await self._read_store(room, out, max_count)
-            if self._private_gap is not None and len(out) < max_count:
-                await self._read_private_store(out, max_count)
+            privates, user = self._privates, self.user
+            limit = min(max_count - len(out), self._refill_page)
+            if privates is not None and privates.gap is not None and limit > 0:
+                assert user is not None  # a session with no user has no gap (detach)
+                await privates.read_store(self._store, user, out, limit)
         return out
 
     def take_ready(self, max_count: int = 512) -> list[Event]:
@@ -323,10 +384,10 @@ class Session:
                 out += values
                 if user is not None and user.registered:
                     user.mark(room, values[-1].seq)
-        inbox = self._inbox
-        if inbox is not None and self._private_gap is None and len(out) < max_count:
-            if inbox.ready():
-                self._take_private(out, max_count)
+        privates = self._privates
+        if privates is not None and privates.gap is None and len(out) < max_count:
+            if privates.rx is not None and privates.rx.ready():
+                privates.take(user, out, max_count)
         return out
 
     def _pend(self, events: Sequence[Event]) -> None:
@@ -338,7 +399,7 @@ class Session:
 
     def needs_store(self) -> bool:
         """Whether something is waiting to be read from the store (a lag, a replay)."""
-        return bool(self._refill) or self._private_gap is not None
+        return bool(self._refill) or (self._privates is not None and self._privates.gap is not None)
 
     def delivered(self, room: str) -> int | None:
         """The seq of the newest message of ``room`` this session has handed out; ``None``
@@ -349,58 +410,6 @@ class Session:
             return None
         refill = self._refill.get(room)
         return rx.next_seq - 1 if refill is None else refill.first - 1
-
-    def _take_private(self, out: list[Event], max_count: int) -> None:
-        assert self._inbox is not None
-        try:
-            _, privates = self._inbox.try_recv_many(max_count - len(out))
-        except Lagged as lag:
-            user = self.user
-            if user is None or not user.registered:  # a guest's are not kept for it
-                out.append(Missed(room=None, first_seq=lag.first_missed_seq, count=lag.count))
-                return
-            with contextlib.suppress(Empty, ChannelClosed):
-                self._private_held = self._inbox.try_recv_many(len(self._inbox) or 1)[1]
-            held = self._private_held
-            self._private_gap = (self._private_seen, held[0].seq if held else None)
-            return
-        except (Empty, ChannelClosed):
-            return
-        self._emit_privates(out, privates)
-
-    def _emit_privates(self, out: list[Event], privates: Sequence[Private]) -> None:
-        seen = self._private_seen
-        if seen and privates and privates[0].seq <= seen and self.user is not None:
-            # A store replay delivered those sent to this user up to seq ``seen``; it never
-            # holds the copies of what the user sent, which may come with lower numbers.
-            me = fold(self.user.name)
-            privates = [p for p in privates if p.seq > seen or fold(p.recipient) != me]
-        if privates:
-            out += privates
-            newest = max(seen, privates[-1].seq)
-            self._private_seen = newest
-            if self.user is not None and self.user.registered:
-                self.user.mark_private(newest)
-
-    async def _read_private_store(self, out: list[Event], max_count: int) -> None:
-        """The next page of private messages to this user from the store (login, lag)."""
-        gap = self._private_gap
-        assert gap is not None and self.user is not None
-        after, before = gap
-        limit = min(max_count - len(out), self._refill_page)
-        if limit <= 0:
-            return
-        page = await self._store.privates(self.user.name, after=after, limit=limit)
-        if self._private_gap is not gap:  # detached while the store answered
-            return
-        found = [p for p in page if before is None or p.seq < before]
-        self._emit_privates(out, found)
-        if len(found) == limit:
-            self._private_gap = (found[-1].seq, before)
-            return
-        self._private_gap = None
-        held, self._private_held = self._private_held, ()
-        self._emit_privates(out, held)
 
     async def _read_store(self, room: str, out: list[Event], max_count: int) -> None:
         """Append the next page of ``room``'s refill range to ``out``."""
@@ -464,13 +473,20 @@ class Session:
     def replay_privates(self, after: int) -> None:
         """Deliver the private messages to this user stored after seq ``after`` before the
         live ones (a login). Every one comes, oldest first, in pages."""
-        self._private_seen = after
-        self._private_gap = (after, None)
+        privates = self._privates_made()
+        privates.seen = after
+        privates.gap = (after, None)
         self._wake()
 
     def note_private_read(self, seq: int) -> None:
         """Private messages up to ``seq`` are not this session's to deliver (a new account)."""
-        self._private_seen = max(self._private_seen, seq)
+        privates = self._privates_made()
+        privates.seen = max(privates.seen, seq)
+
+    def _privates_made(self) -> _Privates:
+        if self._privates is None:
+            self._privates = _Privates()
+        return self._privates
 
     def tell(self, event: Event) -> None:
         """Deliver ``event`` (news from the hub about this session) before what its rooms
@@ -503,14 +519,15 @@ class Session:
         self.state = State.ACTIVE
         user.sessions.append(self)
         if user.inbox is not None:
-            self._inbox = user.inbox.subscribe()
+            self._privates_made().rx = user.inbox.subscribe()
         if self._listener is not None:
             self._listener.named(True)
 
     def open_inbox(self, inbox: Sender[Private]) -> None:
         """Start receiving the user's private-message channel, just made."""
-        if self._inbox is None:
-            self._inbox = inbox.subscribe()
+        privates = self._privates_made()
+        if privates.rx is None:
+            privates.rx = inbox.subscribe()
             self._wake()  # the writer re-arms on the new receiver
 
     def detach(self, *, keep: bool = True) -> None:
@@ -521,21 +538,22 @@ class Session:
         """
         for room in list(self._rooms):
             self.unsubscribe(room, keep=keep)
-        if self._inbox is not None:
-            with contextlib.suppress(Lagged, Empty, ChannelClosed):
-                if keep:
-                    self._pend(self._inbox.try_recv_many(len(self._inbox) or 1)[1])
-            self._inbox.close()
-            self._inbox = None
+        privates, self._privates = self._privates, None
+        if privates is not None:
+            rx = privates.rx
+            if rx is not None:
+                with contextlib.suppress(Lagged, Empty, ChannelClosed):
+                    if keep:
+                        self._pend(rx.try_recv_many(len(rx) or 1)[1])
+                rx.close()
+            privates.gap = None  # a store read in flight for it finds it gone
+            privates.held = ()
         if self.user is not None:
             self.last_name = self.user.name
             self.user.sessions.remove(self)
             self.user = None
             if self._listener is not None:
                 self._listener.named(False)
-        self._private_seen = 0
-        self._private_gap = None
-        self._private_held = ()
         self.current = None
         self.state = State.NEW
         self._wake()
