@@ -1,7 +1,8 @@
 """The session (``roomcast.session``): what one connection reads, every room message once and
 in order. ``take_ready`` takes ring slices; a lag, a replay and a login's private messages are
-refilled from the store; what the store no longer holds is reported exactly. Driven by hand
-(a channel, a memory store, no hub) and through the hub; no sleeps, no sockets."""
+refilled from the store; what the store no longer holds is reported exactly. And what the
+session's listener (a connection) is told of its life. Driven by hand (a channel, a memory
+store, no hub) and through the hub; no sleeps, no sockets."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import pytest
 
 from roomcast.broadcast import Sender, channel
 from roomcast.errors import Closed
-from roomcast.hub import GENERAL
+from roomcast.hub import GENERAL, Hub
 from roomcast.model import (
     Draft,
     Event,
     Info,
     Kind,
+    Logout,
     Message,
     Missed,
     Private,
@@ -26,6 +28,7 @@ from roomcast.model import (
     PrivateMessage,
     Quit,
     Say,
+    SetName,
     Summary,
 )
 from roomcast.session import Session, User
@@ -489,3 +492,70 @@ async def test_a_registered_users_read_markers_follow_what_is_handed_out() -> No
     assert member.user.marks == {"#a": 8}
     await drain(guest)
     assert guest.user is not None and guest.user.marks == {} and not guest.user.dirty
+
+
+# --- the listener: what the hub tells a connection ------------------------------------------
+
+
+class Heard:
+    """A listener that writes down what it is told, in order."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, object]] = []
+
+    def ready(self) -> None:
+        self.told.append(("ready", None))
+
+    def named(self, named: bool) -> None:
+        self.told.append(("named", named))
+
+    def ended(self, reason: str) -> None:
+        self.told.append(("ended", reason))
+
+
+def listened() -> tuple[Hub, Session, Heard]:
+    hub, _ = make_hub()
+    heard = Heard()
+    return hub, hub.connect("127.0.0.1:1", heard), heard
+
+
+async def test_a_session_is_delivered_to_only_once_its_name_was_answered() -> None:
+    """Nothing is said to be ready while a session is being named (its join, its room list):
+    delivery starts as the answer is returned, after the name was told."""
+    hub, session, heard = listened()
+    assert not session.delivering
+    await hub.handle(session, Say(text="too early"))  # refused: no name yet
+    assert heard.told == []
+    await hub.handle(session, SetName(name="alice"))
+    assert heard.told == [("named", True), ("ready", None)]
+    assert session.delivering
+
+
+async def test_a_logout_says_the_session_has_no_name_and_delivery_goes_on() -> None:
+    """After a logout the listener is told the session has no name, and still hears what is
+    ready (the notice that it logged out)."""
+    hub, session, heard = listened()
+    await hub.handle(session, SetName(name="alice"))
+    heard.told.clear()
+    await hub.handle(session, Logout())
+    assert ("named", False) in heard.told
+    assert heard.told[-1] == ("ready", None)
+    last = session.take_ready()[-1]
+    assert isinstance(last, Info) and last.text.startswith("logged out")
+
+
+async def test_the_end_is_told_once_with_its_reason() -> None:
+    """A quit ends the session: the listener hears it once, with the quit's reason."""
+    hub, session, heard = listened()
+    await hub.handle(session, SetName(name="alice"))
+    await hub.handle(session, Quit(reason="bye"))
+    await hub.disconnect(session, "connection closed")  # too late: it has ended
+    assert [t for t in heard.told if t[0] == "ended"] == [("ended", "bye")]
+    assert ("named", False) in heard.told
+
+
+async def test_a_session_that_never_had_a_name_hears_only_its_end() -> None:
+    """A connection that closes before choosing a name is told the end, and nothing else."""
+    hub, session, heard = listened()
+    await hub.disconnect(session, "connection closed")
+    assert heard.told == [("ended", "connection closed")]

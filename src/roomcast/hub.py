@@ -75,7 +75,7 @@ from roomcast.model import (
     fold,
 )
 from roomcast.rooms import Membership
-from roomcast.session import Room, Session, State, User
+from roomcast.session import Listener, Room, Session, State, User
 from roomcast.store.base import Storage
 from roomcast.upkeep import Upkeep
 
@@ -149,6 +149,7 @@ class Hub:
         self.spend = flood.spend  # counts what a transport answers by itself
         self.room_list = membership.room_list  # the rooms open now; no store read
         self.rooms = membership.rooms  # every room, with member and unread counts
+        self.all_rooms = membership.all_rooms  # every room, with members: not for a session
         self.watch = membership.watch  # a session that only reads a room (event streams)
         self.unwatch = membership.unwatch  # closes it
         self.history = self._archive.history  # a page of a room's history
@@ -178,12 +179,19 @@ class Hub:
 
     # -- sessions --
 
-    def connect(self, peer: str) -> Session:
-        """Open a session for a new connection from ``peer`` ("host:port")."""
-        session = Session(peer, self.store, refill_page=self.limits.refill_page)
+    def connect(self, peer: str, listener: Listener | None = None) -> Session:
+        """Open a session for a new connection from ``peer`` ("host:port"); ``listener`` (the
+        connection) hears when something is ready for it, when it is named and when it ends
+        (``roomcast.session.Listener``)."""
+        session = Session(peer, self.store, refill_page=self.limits.refill_page, listener=listener)
         self.core.sessions.add(session)
         self._flood.open(session)
         return session
+
+    async def check_store(self) -> None:
+        """Raise ``Broken`` (``Unwritable`` when it cannot take writes) if the store is not
+        fit to serve now; return if it is (a health check: ``Storage.check``)."""
+        await self.store.check()
 
     # -- commands --
 
@@ -193,6 +201,10 @@ class Hub:
         A client's mistake comes back as an ``Error`` event (and a log line), never raised.
         A store failure comes back as ``unavailable`` with nothing half done: each command
         stores first or undoes what it changed, and a name or login is undone whole.
+
+        The first command that takes the session out of NEW (its name, its login, a quit)
+        starts its delivery as this returns: the caller writes the replies (the welcome) in
+        the same loop step, and the listener pumps on a later one, so they come first.
         """
         unnamed = session.user is None
         try:
@@ -208,6 +220,9 @@ class Hub:
             if unnamed and session.user is not None:  # named or logged in, then the store failed
                 self._unname(session, session.user)
             return [_failed(session, e)]
+        finally:  # no await after this: the replies are written before the first delivery
+            if not session.delivering and session.state is not State.NEW:
+                session.start_delivery()
 
     async def say(self, session: Session, commands: Sequence[Say | Action]) -> list[Event]:
         """Carry out a run of ``Say``/``Action`` commands from ``session`` with one store write;

@@ -271,6 +271,16 @@ class Membership:
             entries.append(RoomEntry(name=name, members=len(room.members), unread=unread))
         return RoomList(rooms=tuple(entries), current=session.current)
 
+    async def all_rooms(self) -> RoomList:
+        """Every room, sorted: those open now and those only the store knows, with how many
+        members each has online. The list a client that is not a session reads (HTTP)."""
+        open_rooms = self._core.rooms
+        entries = []
+        for name in sorted({*await self._core.store.rooms(), *open_rooms}):
+            room = open_rooms.get(name)
+            entries.append(RoomEntry(name=name, members=0 if room is None else len(room.members)))
+        return RoomList(rooms=tuple(entries))
+
     # -- watchers --
 
     async def watch(self, peer: str, room: str, since: int | None) -> Session:

@@ -17,6 +17,11 @@ every room message reaches it once and in order:
 
 For a registered user the session also advances the user's read markers as messages are
 handed to the transport; the hub writes them to the store in batches.
+
+A connection hears from its session through a ``Listener`` it gives ``Hub.connect``: the
+session tells it when something is ready (once the hub has started its delivery: after the
+welcome), when it gets or loses a name, and when it has ended. The connection never reads the
+session's state: the hub decides its life.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Sequence
 from enum import Enum
+from typing import Protocol
 
 from roomcast.broadcast import Closed as ChannelClosed
 from roomcast.broadcast import Empty, Lagged, Receiver, Sender
@@ -32,7 +38,7 @@ from roomcast.errors import Broken, Closed
 from roomcast.model import Event, Message, Missed, Private, fold
 from roomcast.store.base import Store
 
-__all__ = ["Room", "Session", "State", "User"]
+__all__ = ["Listener", "Room", "Session", "State", "User"]
 
 
 class State(Enum):
@@ -42,6 +48,25 @@ class State(Enum):
     ACTIVE = "active"  # named (guest) or logged in; may chat
     CLOSING = "closing"  # ending: out of the hub already, its quits being stored; accepts nothing
     CLOSED = "closed"  # ended; accepts nothing
+
+
+class Listener(Protocol):
+    """What a connection hears from its session. The hub and the session call these, on the
+    event loop, never from inside a transport callback; each returns at once."""
+
+    def ready(self) -> None:
+        """Something is ready for the session (``Session.take_ready``, ``take``). Called
+        only once the hub has started the session's delivery (after its welcome)."""
+        ...
+
+    def named(self, named: bool) -> None:
+        """The session has a name now (``True``: its plain text is said) or has none."""
+        ...
+
+    def ended(self, reason: str) -> None:
+        """The session has ended (``reason`` is why): what is ready for it is its last, and
+        it accepts nothing more."""
+        ...
 
 
 class Room:
@@ -140,6 +165,71 @@ class _Refill:
         self.header = header  # an event to emit before the first message (a Summary)
 
 
+class _Privates:
+    """A session's private messages: its receiver on its user's channel, and the range it
+    must read from the store first (after a login or a lag). Made when first needed: most
+    sessions never have one."""
+
+    __slots__ = ("gap", "held", "rx", "seen")
+
+    def __init__(self) -> None:
+        self.rx: Receiver[Private] | None = None  # on the user's private-message channel
+        self.seen = 0  # newest private message seq delivered (or read before)
+        # to fetch from the store first: (after seq, before seq or None)
+        self.gap: tuple[int, int | None] | None = None
+        self.held: Sequence[Private] = ()  # read from the ring, waiting for the gap
+
+    def take(self, user: User | None, out: list[Event], max_count: int) -> None:
+        """Append what the receiver has ready (``rx`` is set), or note a lag to refill."""
+        assert self.rx is not None
+        try:
+            _, privates = self.rx.try_recv_many(max_count - len(out))
+        except Lagged as lag:
+            if user is None or not user.registered:  # a guest's are not kept for it
+                out.append(Missed(room=None, first_seq=lag.first_missed_seq, count=lag.count))
+                return
+            with contextlib.suppress(Empty, ChannelClosed):
+                self.held = self.rx.try_recv_many(len(self.rx) or 1)[1]
+            self.gap = (self.seen, self.held[0].seq if self.held else None)
+            return
+        except (Empty, ChannelClosed):
+            return
+        self.emit(user, out, privates)
+
+    def emit(self, user: User | None, out: list[Event], privates: Sequence[Private]) -> None:
+        """Append ``privates`` that were not delivered yet, and move the read marker."""
+        seen = self.seen
+        if seen and privates and privates[0].seq <= seen and user is not None:
+            # A store replay delivered those sent to this user up to seq ``seen``; it never
+            # holds the copies of what the user sent, which may come with lower numbers.
+            me = fold(user.name)
+            privates = [p for p in privates if p.seq > seen or fold(p.recipient) != me]
+        if privates:
+            out += privates
+            newest = max(seen, privates[-1].seq)
+            self.seen = newest
+            if user is not None and user.registered:
+                user.mark_private(newest)
+
+    async def read_store(self, store: Store, user: User, out: list[Event], limit: int) -> None:
+        """Append the next page (``limit`` at most) of the private messages to ``user`` that
+        the store holds in the gap; once it is read, what was held back from the ring."""
+        gap = self.gap
+        assert gap is not None
+        after, before = gap
+        page = await store.privates(user.name, after=after, limit=limit)
+        if self.gap is not gap:  # detached while the store answered
+            return
+        found = [p for p in page if before is None or p.seq < before]
+        self.emit(user, out, found)
+        if len(found) == limit:
+            self.gap = (found[-1].seq, before)
+            return
+        self.gap = None
+        held, self.held = self.held, ()
+        self.emit(user, out, held)
+
+
 class Session:
     """One connection's view of the hub: its state, its receivers, and what it has to read.
 
@@ -147,11 +237,10 @@ class Session:
     """
 
     __slots__ = (
-        "_inbox",
+        "_delivering",
+        "_listener",
         "_pending",
-        "_private_gap",
-        "_private_held",
-        "_private_seen",
+        "_privates",
         "_refill",
         "_refill_page",
         "_rooms",
@@ -161,13 +250,14 @@ class Session:
         "close_reason",
         "current",
         "last_name",
-        "on_wake",
         "peer",
         "state",
         "user",
     )
 
-    def __init__(self, peer: str, store: Store, *, refill_page: int) -> None:
+    def __init__(
+        self, peer: str, store: Store, *, refill_page: int, listener: Listener | None = None
+    ) -> None:
         self.peer = peer  # the remote address, "host:port", for logs
         self.address = peer.rpartition(":")[0] or peer  # the remote host, for throttling
         self.state = State.NEW
@@ -178,17 +268,14 @@ class Session:
         self._store = store  # where lagged and replayed ranges are read from
         self._refill_page = refill_page  # messages fetched per store read
         self._rooms: dict[str, Receiver[Message]] = {}  # room name -> receiver
-        self._inbox: Receiver[Private] | None = None  # the user's private messages
-        self._private_seen = 0  # newest private message seq delivered (or read before)
-        # private messages to fetch from the store first: (after seq, before seq or None)
-        self._private_gap: tuple[int, int | None] | None = None
-        self._private_held: Sequence[Private] = ()  # read from the ring, waiting for the gap
+        self._privates: _Privates | None = None  # the user's private messages, once any
         self._refill: dict[str, _Refill] = {}  # room -> range still to read from the store
         # to deliver before anything else, in order; made when first needed (an idle
         # connection holds no empty list)
         self._pending: list[Event] | None = None
         self._wakeup: asyncio.Event | None = None  # made by the first receive()
-        self.on_wake: Callable[[], None] | None = None  # a transport's "pull me" callback
+        self._listener = listener  # the connection told of what changes (see Listener)
+        self._delivering = False  # the hub started delivery: the listener hears of what is ready
 
     @property
     def name(self) -> str | None:
@@ -205,8 +292,21 @@ class Session:
     def _wake(self) -> None:
         if self._wakeup is not None:
             self._wakeup.set()
-        if self.on_wake is not None:
-            self.on_wake()
+        if self._delivering and self._listener is not None:
+            self._listener.ready()
+
+    @property
+    def delivering(self) -> bool:
+        """Whether the hub has started this session's delivery (``start_delivery``)."""
+        return self._delivering
+
+    def start_delivery(self) -> None:
+        """From now on, tell the listener whenever something is ready; tell it once now. The
+        hub calls this after the reply that welcomed the session was returned, so that the
+        welcome is written before anything the session receives."""
+        self._delivering = True
+        if self._listener is not None:
+            self._listener.ready()
 
     def arm(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once something is ready (at once if something is)."""
@@ -215,8 +315,8 @@ class Session:
             return
         for rx in self._rooms.values():
             rx.notify(callback)
-        if self._inbox is not None:
-            self._inbox.notify(callback)
+        if self._privates is not None and self._privates.rx is not None:
+            self._privates.rx.notify(callback)
 
     async def receive(self, max_count: int = 512) -> list[Event]:
         """Wait until something is ready for this session, then return up to ``max_count``.
@@ -248,8 +348,11 @@ class Session:
                     break
                 if room in self._refill:
                     await self._read_store(room, out, max_count)
-            if self._private_gap is not None and len(out) < max_count:
-                await self._read_private_store(out, max_count)
+            privates, user = self._privates, self.user
+            limit = min(max_count - len(out), self._refill_page)
+            if privates is not None and privates.gap is not None and limit > 0:
+                assert user is not None  # a session with no user has no gap (detach)
+                await privates.read_store(self._store, user, out, limit)
         return out
 
     def take_ready(self, max_count: int = 512) -> list[Event]:
@@ -281,10 +384,10 @@ class Session:
                 out += values
                 if user is not None and user.registered:
                     user.mark(room, values[-1].seq)
-        inbox = self._inbox
-        if inbox is not None and self._private_gap is None and len(out) < max_count:
-            if inbox.ready():
-                self._take_private(out, max_count)
+        privates = self._privates
+        if privates is not None and privates.gap is None and len(out) < max_count:
+            if privates.rx is not None and privates.rx.ready():
+                privates.take(user, out, max_count)
         return out
 
     def _pend(self, events: Sequence[Event]) -> None:
@@ -296,7 +399,7 @@ class Session:
 
     def needs_store(self) -> bool:
         """Whether something is waiting to be read from the store (a lag, a replay)."""
-        return bool(self._refill) or self._private_gap is not None
+        return bool(self._refill) or (self._privates is not None and self._privates.gap is not None)
 
     def delivered(self, room: str) -> int | None:
         """The seq of the newest message of ``room`` this session has handed out; ``None``
@@ -307,58 +410,6 @@ class Session:
             return None
         refill = self._refill.get(room)
         return rx.next_seq - 1 if refill is None else refill.first - 1
-
-    def _take_private(self, out: list[Event], max_count: int) -> None:
-        assert self._inbox is not None
-        try:
-            _, privates = self._inbox.try_recv_many(max_count - len(out))
-        except Lagged as lag:
-            user = self.user
-            if user is None or not user.registered:  # a guest's are not kept for it
-                out.append(Missed(room=None, first_seq=lag.first_missed_seq, count=lag.count))
-                return
-            with contextlib.suppress(Empty, ChannelClosed):
-                self._private_held = self._inbox.try_recv_many(len(self._inbox) or 1)[1]
-            held = self._private_held
-            self._private_gap = (self._private_seen, held[0].seq if held else None)
-            return
-        except (Empty, ChannelClosed):
-            return
-        self._emit_privates(out, privates)
-
-    def _emit_privates(self, out: list[Event], privates: Sequence[Private]) -> None:
-        seen = self._private_seen
-        if seen and privates and privates[0].seq <= seen and self.user is not None:
-            # A store replay delivered those sent to this user up to seq ``seen``; it never
-            # holds the copies of what the user sent, which may come with lower numbers.
-            me = fold(self.user.name)
-            privates = [p for p in privates if p.seq > seen or fold(p.recipient) != me]
-        if privates:
-            out += privates
-            newest = max(seen, privates[-1].seq)
-            self._private_seen = newest
-            if self.user is not None and self.user.registered:
-                self.user.mark_private(newest)
-
-    async def _read_private_store(self, out: list[Event], max_count: int) -> None:
-        """The next page of private messages to this user from the store (login, lag)."""
-        gap = self._private_gap
-        assert gap is not None and self.user is not None
-        after, before = gap
-        limit = min(max_count - len(out), self._refill_page)
-        if limit <= 0:
-            return
-        page = await self._store.privates(self.user.name, after=after, limit=limit)
-        if self._private_gap is not gap:  # detached while the store answered
-            return
-        found = [p for p in page if before is None or p.seq < before]
-        self._emit_privates(out, found)
-        if len(found) == limit:
-            self._private_gap = (found[-1].seq, before)
-            return
-        self._private_gap = None
-        held, self._private_held = self._private_held, ()
-        self._emit_privates(out, held)
 
     async def _read_store(self, room: str, out: list[Event], max_count: int) -> None:
         """Append the next page of ``room``'s refill range to ``out``."""
@@ -422,13 +473,20 @@ class Session:
     def replay_privates(self, after: int) -> None:
         """Deliver the private messages to this user stored after seq ``after`` before the
         live ones (a login). Every one comes, oldest first, in pages."""
-        self._private_seen = after
-        self._private_gap = (after, None)
+        privates = self._privates_made()
+        privates.seen = after
+        privates.gap = (after, None)
         self._wake()
 
     def note_private_read(self, seq: int) -> None:
         """Private messages up to ``seq`` are not this session's to deliver (a new account)."""
-        self._private_seen = max(self._private_seen, seq)
+        privates = self._privates_made()
+        privates.seen = max(privates.seen, seq)
+
+    def _privates_made(self) -> _Privates:
+        if self._privates is None:
+            self._privates = _Privates()
+        return self._privates
 
     def tell(self, event: Event) -> None:
         """Deliver ``event`` (news from the hub about this session) before what its rooms
@@ -461,12 +519,15 @@ class Session:
         self.state = State.ACTIVE
         user.sessions.append(self)
         if user.inbox is not None:
-            self._inbox = user.inbox.subscribe()
+            self._privates_made().rx = user.inbox.subscribe()
+        if self._listener is not None:
+            self._listener.named(True)
 
     def open_inbox(self, inbox: Sender[Private]) -> None:
         """Start receiving the user's private-message channel, just made."""
-        if self._inbox is None:
-            self._inbox = inbox.subscribe()
+        privates = self._privates_made()
+        if privates.rx is None:
+            privates.rx = inbox.subscribe()
             self._wake()  # the writer re-arms on the new receiver
 
     def detach(self, *, keep: bool = True) -> None:
@@ -477,19 +538,22 @@ class Session:
         """
         for room in list(self._rooms):
             self.unsubscribe(room, keep=keep)
-        if self._inbox is not None:
-            with contextlib.suppress(Lagged, Empty, ChannelClosed):
-                if keep:
-                    self._pend(self._inbox.try_recv_many(len(self._inbox) or 1)[1])
-            self._inbox.close()
-            self._inbox = None
+        privates, self._privates = self._privates, None
+        if privates is not None:
+            rx = privates.rx
+            if rx is not None:
+                with contextlib.suppress(Lagged, Empty, ChannelClosed):
+                    if keep:
+                        self._pend(rx.try_recv_many(len(rx) or 1)[1])
+                rx.close()
+            privates.gap = None  # a store read in flight for it finds it gone
+            privates.held = ()
         if self.user is not None:
             self.last_name = self.user.name
             self.user.sessions.remove(self)
             self.user = None
-        self._private_seen = 0
-        self._private_gap = None
-        self._private_held = ()
+            if self._listener is not None:
+                self._listener.named(False)
         self.current = None
         self.state = State.NEW
         self._wake()
@@ -507,9 +571,12 @@ class Session:
         self.detach()
         if farewell is not None:
             self._pend([farewell])
+        ended = self.state is not State.CLOSED
         self.state = State.CLOSED
         self.close_reason = reason
-        self._wake()  # whoever waits for more (a transport's pump) learns of the end
+        self._wake()  # whoever waits for more (a reader of receive) learns of the end
+        if ended and self._listener is not None:
+            self._listener.ended(reason)
 
     def __repr__(self) -> str:
         return f"<Session {self.peer} {self.state.value} {self.name or '-'}>"

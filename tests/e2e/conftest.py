@@ -25,7 +25,7 @@ from typing import Any, cast
 import pytest
 
 from roomcast.config import Config
-from roomcast.net.tcp import _Connection
+from roomcast.net.conn import Connection
 from roomcast.server import Server
 from roomcast.wire.line import GREETING
 
@@ -324,19 +324,17 @@ def log_watch(caplog: pytest.LogCaptureFixture) -> Iterator[LogWatch]:
     logger.removeHandler(watch)
 
 
-def connection_of(server: Server, name: str) -> _Connection:
+def connection_of(server: Server, name: str) -> Connection[Any]:
     """The server's connection object for the user ``name``."""
-    for conn in server.line.connections:
-        if conn._session is not None and conn._session.name == name:
+    for conn in server.line.connections.open:
+        if conn.session.name == name:
             return conn
     raise AssertionError(f"no connection for {name!r}")
 
 
 def transport_of(server: Server, name: str) -> asyncio.Transport:
     """The server-side transport of the user ``name``."""
-    transport = connection_of(server, name)._transport
-    assert transport is not None
-    return transport
+    return cast(asyncio.Transport, connection_of(server, name).transport)
 
 
 # --- a slow network path -------------------------------------------------------------------------

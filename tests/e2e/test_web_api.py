@@ -19,17 +19,20 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp.web_protocol import RequestHandler
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
 from roomcast import __version__
 from roomcast.auth import Cost, Passwords
+from roomcast.net.conn import Connection
+from roomcast.net.gate import Gate
 from roomcast.net.web import _Socket
 from roomcast.server import Server
 from tests.e2e.conftest import LogWatch
@@ -1286,7 +1289,7 @@ async def test_a_server_shutdown_closes_websockets_with_1001(
 # --- slow WebSocket clients, the heartbeat and shutdown -------------------------------------
 
 
-def ws_socket_of(server: Server, name: str) -> _Socket:
+def ws_socket_of(server: Server, name: str) -> Connection[Any]:
     """The server's WebSocket connection object for the user ``name``."""
     assert server.web is not None
     for sock in server.web.sockets:
@@ -1297,7 +1300,7 @@ def ws_socket_of(server: Server, name: str) -> _Socket:
 
 def ws_transport_of(server: Server, name: str) -> asyncio.Transport:
     """The server-side transport of the WebSocket user ``name``."""
-    return ws_socket_of(server, name)._transport
+    return cast(asyncio.Transport, ws_socket_of(server, name).transport)
 
 
 def throttle_ws(server: Server, name: str) -> None:
@@ -1379,6 +1382,43 @@ async def test_a_websocket_client_that_stops_reading_is_cut_after_the_stall_and_
     assert got == texts[: len(got)]  # what it got before the cut is the chat's start, in order
     quit_ = await witness.expect(lambda e: e["type"] == "presence" and e["from"] == "slow")
     assert quit_["reason"] == reason
+
+
+async def test_a_websocket_connection_stays_between_the_transport_and_aiohttp(
+    start_server: StartServer, sockets: Sockets
+) -> None:
+    """After the upgrade the connection is the transport's protocol with aiohttp's behind it
+    (through the gate that counted it): what the client sends reaches aiohttp (a ping is
+    answered), and the transport's flow control reaches the connection (it stops pulling for
+    a client that does not read, and goes on once it reads). That aiohttp keeps its transport
+    and protocol after the upgrade is not its API (pyproject.toml pins the versions checked):
+    a release that changed it fails here instead of silently losing flow control."""
+    server = await start_server(high_water=16384, **FAST)
+    speaker = await sockets.ws(server, "speaker")
+    slow = await sockets.ws(server, "slow")
+    sock = cast(_Socket, ws_socket_of(server, "slow"))
+    transport = ws_transport_of(server, "slow")
+    assert transport.get_protocol() is sock
+    assert isinstance(sock._inner, Gate) and isinstance(sock._inner._inner, RequestHandler)
+    await slow.reply(await slow.request({"type": "ping"}), "pong")
+
+    stop_reading(slow)
+    throttle_ws(server, "slow")
+    pad = "x" * 80
+    texts: list[str] = []
+    for chunk in range(40):  # until the slow client's buffer passes the mark: far fewer
+        texts += [f"n {chunk:02d}{i:02d} {pad}" for i in range(50)]
+        for text in texts[-50:]:
+            await speaker.send({"type": "send", "text": text})
+        await speaker.said(texts[-1])
+        if sock._resumed is not None:  # pause_writing reached the connection
+            break
+    assert sock._resumed is not None, "the transport's pause_writing never reached us"
+    assert transport.get_protocol() is sock
+    slow.conn.transport.resume_reading()
+    await slow.said(texts[-1], within=2 * TIMEOUT)
+    assert texts_from(slow, "speaker") == texts
+    assert sock._resumed is None
 
 
 async def test_a_websocket_client_cut_as_too_slow_gets_1008_and_the_reason_when_it_reads_again(
@@ -1467,9 +1507,6 @@ async def test_a_dead_client_with_frames_unsent_is_dropped_by_the_heartbeat(
     server = await start_server(high_water=4 * 2**20, stall_timeout=300.0, **FAST)
     assert server.web is not None
     server.web.limits = replace(server.web.limits, heartbeat=0.5)
-    assert server.web._sweeper is not None
-    server.web._sweeper.cancel()
-    server.web._sweep()  # from now on, once per (new) heartbeat
     witness = await sockets.ws(server, "witness")
     mute = await sockets.ws(server, "mute")
     stop_reading(mute)

@@ -47,7 +47,18 @@ from roomcast.model import (
     WhoList,
 )
 from roomcast.tokens import Claims
-from roomcast.wire.json import PROTOCOL_VERSION, JsonCodec, Reply, encoded_messages
+from roomcast.wire.json import (
+    PROTOCOL_VERSION,
+    JsonCodec,
+    Reply,
+    api_body,
+    api_error,
+    api_health,
+    api_history,
+    api_rooms,
+    encoded_messages,
+    event_stream,
+)
 
 TS = 1_700_000_000.5  # 2023-11-14 22:13:20.5 UTC
 
@@ -692,3 +703,56 @@ def test_search_results_encode_to_the_documented_fields() -> None:
     event = SearchResults(room="#general", words="hello", messages=(message(3),), capped=None)
     obj = decoded(codec().encode([event]))
     assert set(obj) == {"type", "room", "words", "messages", "capped"}
+
+
+# --- the HTTP API's bodies and the event stream ------------------------------------------------
+
+
+def test_an_api_body_must_be_a_json_object() -> None:
+    """A request body that is not JSON, or not an object, is refused as bad_json."""
+    assert api_body(b'{"name": "alice"}') == {"name": "alice"}
+    for bad in (b"{nope", b"[1, 2]", b'"text"'):
+        with pytest.raises(ClientError) as refused:
+            api_body(bad)
+        assert refused.value.code == "bad_json"
+
+
+def test_api_bodies_have_the_documented_shapes() -> None:
+    """Errors, health, rooms and history pages encode to the fields docs/protocol.md names."""
+    assert orjson.loads(api_error("no_token", "log in")) == {
+        "error": {"code": "no_token", "message": "log in"}
+    }
+    counts = {"version": __version__, "online": 2}
+    assert orjson.loads(api_health("ok", counts)) == {"status": "ok", **counts}
+    assert list(orjson.loads(api_health("unavailable", counts, "disk full"))) == [
+        "status",
+        "problem",
+        "version",
+        "online",
+    ]
+    rooms = RoomList(rooms=(RoomEntry(name="#a", members=0), RoomEntry(name="#b", members=3)))
+    assert orjson.loads(api_rooms(rooms)) == {
+        "rooms": [{"name": "#a", "members": 0}, {"name": "#b", "members": 3}]
+    }
+    page = History(room="#general", messages=(message(4),), oldest_seq=1, latest_seq=9)
+    body = orjson.loads(api_history(page))
+    assert body["room"] == "#general" and body["latest_seq"] == 9
+    assert [m["seq"] for m in body["messages"]] == [4]
+
+
+def test_the_event_stream_sends_messages_with_their_seq_and_gaps() -> None:
+    """A room message is an SSE ``message`` event whose id is its seq and whose data is its
+    shared encoding; a range the store lost is a ``gap``; other events are not sent."""
+    messages = encoded_messages()
+    events: list[Event] = [
+        message(7),
+        Missed(room="#general", first_seq=8, count=3),
+        Info(text="not for streams"),
+    ]
+    stream = event_stream(events, messages).decode()
+    first, second, rest = stream.split("\n\n", 2)
+    assert first == f"id: 7\nevent: message\ndata: {messages(message(7)).decode()}"
+    assert second.splitlines()[0] == "event: gap"
+    gap = orjson.loads(second.splitlines()[1].removeprefix("data: "))
+    assert gap == {"room": "#general", "from_seq": 8, "to_seq": 10}
+    assert rest == ""

@@ -23,10 +23,9 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-import orjson
-
 from roomcast.errors import ClientError
 from roomcast.net.admission import Admission, Ticket
+from roomcast.wire.json import api_error
 
 __all__ = ["Gate", "Gatekeeper"]
 
@@ -47,8 +46,8 @@ class Gatekeeper:
         self.protocol = protocol  # aiohttp's protocol for an admitted (None) or refused one
         self.header_timeout = header_timeout  # seconds to send the first request's head
         message = f"the request headers did not come within {header_timeout:g} s"
-        body = orjson.dumps({"error": {"code": "timeout", "message": message}})
-        # by hand: aiohttp has no request to answer (its head never ended)
+        body = api_error("timeout", message)
+        # the response by hand: aiohttp has no request to answer (its head never ended)
         self.late = (
             b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)

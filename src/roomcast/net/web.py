@@ -1,7 +1,7 @@
 """The HTTP listener (aiohttp): the web page, the JSON API, Server-Sent Events and WebSocket.
 
 No chat rules here: every route hands the request to the hub (or to its history and
-resume API) and encodes what comes back with ``wire.json``.
+resume API) and answers with what ``wire.json`` encodes of what comes back.
 
 Routes (docs/protocol.md has the details):
 
@@ -18,23 +18,18 @@ Routes (docs/protocol.md has the details):
 
 A room in a URL has no '#': ``/api/rooms/general`` is ``#general``.
 
-A WebSocket connection, once upgraded, is delivered to like a line connection (``net/tcp.py``):
-no writer task. Its session calls it back when something is ready, the connection is marked,
-and once per loop turn ``WebServer`` pumps every marked connection: what is ready, in one
-frame, in one ``transport.write``. A run of room messages is framed once for every member
-(``wire.websocket.Frames``): frames from a server are not masked, so the bytes are the same.
-aiohttp still parses the client's frames and keeps the heartbeat; its handler task reads
-them once bytes came (a run of sends goes to the hub together, one store write) and, while
-none come, waits on one future, not inside a read. Our writes go straight to the transport,
-whole frames only, so replies and deliveries interleave frame by frame, never inside one.
-Flow control is the line listener's: above ``high_water`` buffered bytes the connection stops
-pulling (its receivers fall behind in the rings and are refilled from the store later) and
-stops reading requests; ``stall_timeout`` seconds there and it is closed with 1008 and a
-reason, after what is buffered, and given ``stall_timeout`` again to read up to it. Flood
-control delays requests instead of refusing them (``Hub.pace``); a client the hub says was
-held back too long is closed with 1008 and the hub's reason.
-``stop`` closes every connection at once and cuts, after ``close_grace``, those that do not
-take their close.
+A WebSocket connection, once upgraded, is a thin adapter over the connection core
+(``net/conn.py``), like a line connection: the same reader, runs of sends stored in one
+write, flood control, delivery without a task, flow control, stall cut-off and closing.
+Deliveries are written to the transport as whole frames, a room's run of messages framed
+once for every member (``wire.websocket.Frames``: server frames are not masked, so the bytes
+are the same). aiohttp parses the client's frames, answers pings and keeps the heartbeat; its
+handler task is the reader, taking each frame with ``receive`` and handing it to the core
+(the core's reader starts on the next loop turn, so the frames that came together are handled
+together). Closes use the WebSocket codes: 1008 for a client too slow or held back too long,
+1003 for a binary frame, 1011 for an internal error, 1001 when the server stops, 1000 after
+the session's goodbye. ``stop`` closes every connection at once and cuts, after
+``close_grace``, those that do not take their close.
 
 Connections come in through ``net/gate.py``: each is counted (``net/admission.py``) and handed
 to aiohttp's protocol for the application, or, refused, to a small aiohttp server that answers
@@ -44,40 +39,41 @@ the refusal (``protocol``); the gate also keeps the deadline for the first reque
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
-import orjson
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, web
 
 from roomcast import __version__
-from roomcast.errors import Broken, ClientError, Closed, Unwritable
+from roomcast.errors import Broken, ClientError, Unwritable
 from roomcast.hub import NOT_WRITABLE, Hub
-from roomcast.model import (
-    Action,
-    Command,
-    FetchHistory,
-    Message,
-    Missed,
-    Say,
-    room_name,
-    seq_text,
-)
+from roomcast.model import Action, Command, Event, FetchHistory, Say, room_name, seq_text
 from roomcast.net import origin
 from roomcast.net.admission import Admission
-from roomcast.net.flush import Flusher
+from roomcast.net.conn import Code, Connection, Connections, Step
 from roomcast.net.gate import Gatekeeper
-from roomcast.session import Session, State
+from roomcast.net.sse import EventStreams
 from roomcast.store.base import Account
 from roomcast.tokens import Tokens
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES
-from roomcast.wire.json import JsonCodec, Reply, RequestId, encoded_messages, message_object
+from roomcast.wire.json import (
+    JsonCodec,
+    Reply,
+    RequestId,
+    api_account,
+    api_body,
+    api_error,
+    api_health,
+    api_history,
+    api_logged_out,
+    api_message,
+    api_rooms,
+    encoded_messages,
+)
 from roomcast.wire.websocket import Frames, close_frame, text_frame
 
 __all__ = ["WebLimits", "WebServer"]
@@ -124,17 +120,38 @@ class WebLimits:
     body_timeout: float = 30.0  # seconds to send a request's body
 
 
-def _json(obj: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type="application/json")
+def _respond(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def _error(e: ClientError) -> web.Response:
-    response = _json({"error": {"code": e.code, "message": e.message}}, _STATUS.get(e.code, 400))
+    response = _respond(api_error(e.code, e.message), _STATUS.get(e.code, 400))
     if e.retry_after is not None:
         response.headers["Retry-After"] = str(e.retry_after)
     if e.code == "timeout":  # the rest of a body that did not come is not waited for either
         response.force_close()
     return response
+
+
+def _field(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str):
+        raise ClientError("bad_request", f"{key!r} is required, as a string")
+    return value
+
+
+def _room(request: web.Request) -> str:
+    return room_name(request.match_info["room"])
+
+
+def _seq(request: web.Request, key: str) -> int | None:
+    value = request.query.get(key)
+    if value is None or value == "":
+        return None
+    n = seq_text(value)  # bad_seq past MAX_SEQ, its length checked before converting
+    if n is None:
+        raise ClientError("bad_request", f"{key!r} must be a whole number")
+    return n
 
 
 def _static_dir() -> Path:
@@ -163,15 +180,12 @@ class WebServer:
         # one codec for every WebSocket connection: it holds no per-connection state
         self.codec = JsonCodec(messages=self.messages, verify_token=self.tokens.verify)
         self.frames = Frames(self.codec, self.messages, max_bytes=cache)  # a run framed once
-        self.sockets: set[_Socket] = set()  # open WebSocket connections
-        self.streams: set[Session] = set()  # open event streams
+        # open WebSocket connections, and what they share
+        self.connections = Connections(hub, self.limits, log, self.admission)
+        self.streams = EventStreams(hub, self.limits, self.messages, self.admission)
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None  # accepts through net/gate.py
         self._refusers: dict[str, web.Server] = {}  # per refusal: answers it to every request
-        self._flusher = Flusher[_Socket](self.limits.flush_gap, self._failed)
-        self._background: set[asyncio.Task[None]] = set()  # disconnects in progress
-        self._all_closed = asyncio.Event()  # set when no WebSocket connection is open
-        self._sweeper: asyncio.TimerHandle | None = None  # runs _sweep once per heartbeat
         # aiohttp refuses sizes >= its limit; ours are the largest accepted. No middleware:
         # each API handler is wrapped instead (``_guard``), so that an open WebSocket's
         # suspended stack holds no middleware frames.
@@ -218,7 +232,6 @@ class WebServer:
         loop = asyncio.get_running_loop()
         gatekeeper = Gatekeeper(self.admission, self.protocol, self.limits.header_timeout)
         self._listener = await loop.create_server(gatekeeper, host, port, reuse_address=True)
-        self._sweeper = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._sweep)
 
     @property
     def port(self) -> int:
@@ -226,6 +239,11 @@ class WebServer:
         assert self._listener is not None, "not started"
         port: int = self._listener.sockets[0].getsockname()[1]
         return port
+
+    @property
+    def sockets(self) -> set[Connection[Any]]:
+        """The open WebSocket connections."""
+        return self.connections.open
 
     async def stop(self, reason: str = "server shutting down") -> None:
         """Close every WebSocket with 1001 and ``reason``, end the streams, stop listening.
@@ -235,20 +253,8 @@ class WebServer:
         """
         if self._listener is not None:
             self._listener.close()  # no new connections
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        for sock in list(self.sockets):
-            sock.close(1001, reason)
-        for session in list(self.streams):
-            self.hub.unwatch(session)
-        if self.sockets:
-            await self._closed(within=self.limits.close_grace + 1.0)
-            for sock in list(self.sockets):
-                sock.abort()
-            await self._closed(within=1.0)
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        self.streams.close_all()
+        await self.connections.stop(reason, grace=self.limits.close_grace + 1.0)
         for refuser in self._refusers.values():
             refuser.pre_shutdown()
             await refuser.shutdown(self.limits.close_grace)
@@ -256,15 +262,6 @@ class WebServer:
             await self._runner.cleanup()
         if self._listener is not None:
             await self._listener.wait_closed()
-
-    async def _closed(self, *, within: float) -> None:
-        """Wait until every WebSocket handler has ended, or ``within`` seconds."""
-        if not self.sockets:
-            return
-        self._all_closed.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                await self._all_closed.wait()
 
     # -- plumbing --
 
@@ -299,24 +296,16 @@ class WebServer:
                 return _error(e)
             except web.HTTPRequestEntityTooLarge:
                 log.info("client error %s %s code=too_large", request.method, request.path)
-                limit = self.limits.max_frame
-                message = f"the body is over {limit} bytes"
-                return _json({"error": {"code": "too_large", "message": message}}, 413)
+                message = f"the body is over {self.limits.max_frame} bytes"
+                return _respond(api_error("too_large", message), 413)
             except Unwritable as e:  # the store logged why, once: one line per request here
                 log.warning("store not writable for %s %s: %s", request.method, request.path, e)
-                error = {"code": NOT_WRITABLE.code, "message": NOT_WRITABLE.message}
-                return _json({"error": error}, 503)
+                return _respond(api_error(NOT_WRITABLE.code, NOT_WRITABLE.message), 503)
             except Broken:
                 log.exception("store failure on %s %s", request.method, request.path)
-                return _json({"error": {"code": "unavailable", "message": "try again later"}}, 503)
+                return _respond(api_error("unavailable", "try again later"), 503)
 
         return guarded
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the background, keeping a reference until it finishes."""
-        task = asyncio.create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         limit = self.limits.body_timeout
@@ -334,20 +323,7 @@ class WebServer:
             raise ClientError(
                 "timeout", f"the request body did not come within {limit:g} s"
             ) from None
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise ClientError("bad_json", "the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ClientError("bad_json", "the body must be a JSON object")
-        return body
-
-    @staticmethod
-    def _field(body: dict[str, Any], key: str) -> str:
-        value = body.get(key)
-        if not isinstance(value, str):
-            raise ClientError("bad_request", f"{key!r} is required, as a string")
-        return value
+        return api_body(raw)
 
     async def _bearer(self, request: web.Request) -> Account:
         """The account the request's bearer token names, checked on this use: signed,
@@ -358,20 +334,6 @@ class WebServer:
             raise ClientError("no_token", "this needs 'Authorization: Bearer <token>'")
         claims = self.tokens.verify(token.strip())
         return await self.hub.authenticate(claims.account, claims.generation)
-
-    @staticmethod
-    def _room(request: web.Request) -> str:
-        return room_name(request.match_info["room"])
-
-    @staticmethod
-    def _seq(request: web.Request, key: str) -> int | None:
-        value = request.query.get(key)
-        if value is None or value == "":
-            return None
-        n = seq_text(value)  # bad_seq past MAX_SEQ, its length checked before converting
-        if n is None:
-            raise ClientError("bad_request", f"{key!r} must be a whole number")
-        return n
 
     # -- pages and API --
 
@@ -385,27 +347,27 @@ class WebServer:
             "version": __version__,
             "online": self.hub.online,
             "rooms": len(self.hub.room_list().rooms),
-            "websockets": len(self.sockets),
-            "streams": len(self.streams),
+            "websockets": len(self.connections.open),
+            "streams": len(self.streams.open),
             "connections": self.admission.open,  # both listeners, refused ones being told too
             "refused": dict(self.admission.refused),  # per limit, since the start
         }
         try:
-            await self.hub.store.check()
+            await self.hub.check_store()
         except Broken as e:
             if not isinstance(e, Unwritable):  # not one the store logs itself
                 log.warning("health: the store failed its check: %s", e)
-            return _json({"status": "unavailable", "problem": str(e), **counts}, 503)
-        return _json({"status": "ok", **counts})
+            return _respond(api_health("unavailable", counts, str(e)), 503)
+        return _respond(api_health("ok", counts))
 
     def _issued(self, account: Account, status: int = 200) -> web.Response:
         token = self.tokens.issue(account.id, account.generation)
-        return _json({"name": account.name, "token": token}, status)
+        return _respond(api_account(account.name, token), status)
 
     async def _register(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         account = await self.hub.create_account(
-            self._field(body, "name"), self._field(body, "password"), request.remote or "?"
+            _field(body, "name"), _field(body, "password"), request.remote or "?"
         )
         return self._issued(account, 201)
 
@@ -413,7 +375,7 @@ class WebServer:
         body = await self._body(request)
         address = request.remote or "?"
         account = await self.hub.verify_login(
-            self._field(body, "name"), self._field(body, "password"), address
+            _field(body, "name"), _field(body, "password"), address
         )
         return self._issued(account)
 
@@ -421,38 +383,28 @@ class WebServer:
         """Log the token's account out everywhere: this token and every other one issued
         to it are refused from now on, and its open sessions end."""
         account = await self.hub.revoke((await self._bearer(request)).id)
-        return _json({"name": account.name, "logged_out": "everywhere"})
+        return _respond(api_logged_out(account.name))
 
     async def _rooms(self, request: web.Request) -> web.Response:
-        online = {r.name: r.members for r in self.hub.room_list().rooms}
-        names = sorted(set(online) | set(await self.hub.store.rooms()))
-        return _json({"rooms": [{"name": n, "members": online.get(n, 0)} for n in names]})
+        return _respond(api_rooms(await self.hub.all_rooms()))
 
     async def _history(self, request: web.Request) -> web.Response:
-        limit = self._seq(request, "limit")
+        limit = _seq(request, "limit")
         page = await self.hub.history(
-            self._room(request),
+            _room(request),
             FetchHistory(
-                before=self._seq(request, "before"),
-                after=self._seq(request, "after"),
+                before=_seq(request, "before"),
+                after=_seq(request, "after"),
                 limit=50 if limit is None else limit,
             ),
         )
-        return _json(
-            {
-                "room": page.room,
-                "messages": [message_object(m) for m in page.messages],
-                "oldest_seq": page.oldest_seq,
-                "latest_seq": page.latest_seq,
-                "capped": page.capped,
-            }
-        )
+        return _respond(api_history(page))
 
     async def _post(self, request: web.Request) -> web.Response:
         account = await self._bearer(request)
         body = await self._body(request)
-        message = await self.hub.post(account.name, self._room(request), self._field(body, "text"))
-        return _json(message_object(message), 201)
+        message = await self.hub.post(account.name, _room(request), _field(body, "text"))
+        return _respond(api_message(message), 201)
 
     async def _no_route(self, request: web.Request) -> web.Response:
         """A path under /api that no route serves: 405 if it exists for other methods (with
@@ -466,79 +418,19 @@ class WebServer:
             raise ClientError("not_found", f"there is no {path} in the API: see docs/protocol.md")
         methods = ", ".join(sorted(allowed))
         log.info("client error %s %s code=bad_method", request.method, request.path)
-        error = {"code": "bad_method", "message": f"{path} takes {methods}, not {request.method}"}
-        response = _json({"error": error}, 405)
+        message = f"{path} takes {methods}, not {request.method}"
+        response = _respond(api_error("bad_method", message), 405)
         response.headers["Allow"] = ",".join(sorted(allowed))
         return response
 
     # -- Server-Sent Events --
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        room = self._room(request)
+        room = _room(request)
         since = seq_text(request.headers.get("Last-Event-ID", "").strip())
         if since is None:  # absent or not a number: the query may say where to resume
-            since = self._seq(request, "since")
-        session = await self.hub.watch(request.remote or "?", room, since)
-        self.streams.add(session)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        # the write deadline (stall_timeout) cuts a client that does not read; the kernel, one
-        # that vanished: later, so that a client merely slow is cut by the deadline, with a
-        # reason in the log
-        _give_up_unacknowledged(request.transport, 2 * self.limits.stall_timeout)
-        try:
-            await response.prepare(request)
-            if not await self._stream_write(request, response, b"retry: 2000\n\n"):
-                return response
-            while True:
-                try:
-                    async with asyncio.timeout(self.limits.keepalive):
-                        events = await session.receive(self.limits.batch)
-                except TimeoutError:
-                    if not await self._stream_write(request, response, b": keepalive\n\n"):
-                        break
-                    continue
-                chunks = []
-                for e in events:
-                    if isinstance(e, Message):
-                        data = self.messages(e)
-                        chunks.append(b"id: %d\nevent: message\ndata: %s\n\n" % (e.seq, data))
-                    elif isinstance(e, Missed):
-                        last = e.first_seq + e.count - 1
-                        gap = {"room": e.room, "from_seq": e.first_seq, "to_seq": last}
-                        chunks.append(b"event: gap\ndata: %s\n\n" % orjson.dumps(gap))
-                if not await self._stream_write(request, response, b"".join(chunks)):
-                    break
-        except (Closed, ConnectionError):
-            pass
-        finally:
-            self.streams.discard(session)
-            self.hub.unwatch(session)
-        return response
-
-    async def _stream_write(
-        self, request: web.Request, response: web.StreamResponse, data: bytes
-    ) -> bool:
-        """Write to an event stream; ``False`` if the client took nothing for
-        ``stall_timeout`` seconds: then it is cut, its buffer dropped."""
-        stall = self.limits.stall_timeout
-        try:
-            async with asyncio.timeout(stall):  # aiohttp waits for the buffer to drain
-                await response.write(data)
-        except TimeoutError:
-            transport = request.transport
-            peer = "?" if transport is None else _peer(transport)
-            log.warning("too slow peer=%s transport=sse: not reading for %g s", peer, stall)
-            self.admission.note("stall_timeout")
-            if transport is not None:
-                transport.abort()
-            return False
-        return True
+            since = _seq(request, "since")
+        return await self.streams.serve(request, room, since)
 
     # -- WebSocket --
 
@@ -567,7 +459,7 @@ class WebServer:
                 request.headers.get("Host"),
                 request.remote,
             )
-            return _json({"error": {"code": "bad_origin", "message": "origin not allowed"}}, 403)
+            return _respond(api_error("bad_origin", "origin not allowed"), 403)
         limits = self.limits
         ws = web.WebSocketResponse(
             max_msg_size=limits.max_frame + 1, heartbeat=limits.heartbeat, compress=False
@@ -576,168 +468,32 @@ class WebServer:
         transport = request.transport
         if transport is None:  # gone during the handshake
             return ws
-        sock = _Socket(self, transport, self.hub.connect(_peer(transport)))
-        session = sock.session
-        self.sockets.add(sock)
-        log.info("connect peer=%s transport=websocket", session.peer)
-        reason: str | None = None
+        sock = _Socket(self, transport, ws)
+        log.info("connect peer=%s transport=websocket", sock.session.peer)
         try:
-            while reason is None:
-                arrival = sock.arrival()  # None: bytes came since we last looked
-                if arrival is not None:  # idle: parked on one future, no read in progress
-                    await arrival
-                reason = await self._ws_read(ws, sock)
-        except Exception:  # a bug must cost this connection only, and be seen
-            log.exception("internal error peer=%s", session.peer)
-            reason = "internal error"
-            sock.close(1011, reason)
+            try:
+                # The reader, here rather than in a method of _Socket: an idle connection's
+                # parked stack is one coroutine shorter (bench/idle.py).
+                reason = None
+                while reason is None:  # one frame per turn, until the connection ends
+                    if sock.gate is not None:  # the core has enough in hand, or it is slow
+                        await sock.gate
+                        continue
+                    reason = sock.take(await ws.receive())  # parked in aiohttp while idle
+                sock.heartbeat_failed()  # if so, that is why it ended
+            except Exception:  # a bug must cost this connection only, and be seen
+                log.exception("internal error peer=%s", sock.session.peer)
+                sock.close(Code.INTERNAL, "internal error")
+                reason = "internal error"
+            sock.input_over(reason)  # what came is handled, then the session ends
+            await sock.finished()
         finally:
-            sock.detach()
-            self._forget(sock)
-            reason = reason or "connection closed"
-            if sock.quit_reason is None:
-                await self.hub.disconnect(session, reason)
-            reason = sock.quit_reason or session.close_reason or reason
-            log.info(
-                "disconnect peer=%s name=%s reason=%s", session.peer, session.last_name, reason
-            )
+            sock.input_over("connection closed")  # cancelled: the session ends all the same
+            self.connections.forget(sock)
         return ws
 
-    async def _ws_read(self, ws: web.WebSocketResponse, sock: _Socket) -> str | None:
-        """Handle every frame that has come, then return ``None``; or, once the connection
-        is over, why."""
-        most = self.limits.max_pending
-        while True:
-            texts: list[str] = []
-            end: WSMessage | None = None
-            while len(texts) < most:
-                try:  # a frame now, or none: aiohttp's queue has nothing more for us
-                    msg = await ws.receive(timeout=_POLL)
-                except TimeoutError:
-                    break
-                if msg.type is not WSMsgType.TEXT:
-                    end = msg
-                    break
-                texts.append(msg.data)
-            if texts:
-                await self._ws_requests(sock, texts)
-                if sock.resumed is not None:  # the client is not reading what we write
-                    await sock.resumed
-            if end is not None:
-                if isinstance(ws.exception(), TimeoutError):  # aiohttp's heartbeat: no pong
-                    log.info("no answer to ping peer=%s", sock.session.peer)
-                    self.admission.note("ws_heartbeat")
-                    return "no answer to ping"
-                if end.type is WSMsgType.BINARY:
-                    sock.close(1003, "send JSON text frames", quit_reason="binary frame")
-                    return "binary frame"
-                if end.type is WSMsgType.ERROR:
-                    error = ws.exception()
-                    too_large = "exceeds limit" in str(error) or ws.close_code == 1009
-                    return "frame too large" if too_large else "protocol error"
-                return "connection closed"  # the client closed, or the connection is gone
-            if len(texts) < most:
-                return None
 
-    async def _ws_requests(self, sock: _Socket, texts: list[str]) -> None:
-        """Handle the frames read, in order. A run of sends without an ``id`` (nothing to
-        answer but errors) is handed to the hub together: one store write for the run, as for
-        a run of lines on the line protocol."""
-        hub, codec, session = self.hub, self.codec, sock.session
-        parsed = [codec.parse(text) for text in texts]
-        i = 0
-        while i < len(parsed):
-            if session.state is State.CLOSED or sock.closing:  # quit: the rest is not read
-                return
-            try:
-                wait = hub.pace(session)
-                while wait > 0.0:  # bounded: the hub refuses a hold longer than flood_hold
-                    await asyncio.sleep(wait)  # the time the hub said, at most 1/rate
-                    wait = hub.pace(session)
-            except ClientError as e:
-                sock.close(1008, e.message)
-                return
-            if sock.closing:  # closed meanwhile
-                return
-            item = parsed[i]
-            i += 1
-            if isinstance(item, Reply):
-                flood = hub.spend(session)
-                sock.send(text_frame(item.frame if flood is None else codec.encode([flood])))
-                continue
-            request_id, command = item
-            if request_id is None and isinstance(command, Say | Action):
-                if session.state is State.ACTIVE:
-                    says = [command]
-                    most = hub.allowance(session)  # the rest waits for the flood limit
-                    while (
-                        len(says) < most
-                        and i < len(parsed)
-                        and (said := _said(parsed[i])) is not None
-                    ):
-                        says.append(said)
-                        i += 1
-                    errors = await hub.say(session, says)
-                    if errors:
-                        sock.send(text_frame(codec.encode(errors)))
-                    continue
-            replies = codec.replies(await hub.handle(session, command), request_id)
-            if replies:
-                sock.send(self.frames.replies(replies))
-            if session.on_wake is None and session.state is not State.NEW:
-                # after the welcome went out: what the session receives comes next
-                session.on_wake = sock.ready
-                sock.ready()
-
-    # -- WebSocket delivery: pulled once per loop turn, no task switch per message --
-
-    def schedule(self, sock: _Socket) -> None:
-        """Pump ``sock`` at the next flush (see ``roomcast.net.flush``)."""
-        self._flusher.mark(sock)
-
-    def _failed(self, sock: _Socket, error: Exception) -> None:
-        log.error("internal error peer=%s", sock.session.peer, exc_info=error)
-        sock.close(1011, "internal error")
-
-    def _sweep(self) -> None:
-        """Once per heartbeat: end the connections aiohttp closed on its own (its heartbeat
-        got no pong) while their reader was parked and no delivery noticed."""
-        self._sweeper = asyncio.get_running_loop().call_later(self.limits.heartbeat, self._sweep)
-        for sock in list(self.sockets):
-            sock.check()
-
-    def _forget(self, sock: _Socket) -> None:
-        """Drop an ended WebSocket connection from the open set."""
-        self.sockets.discard(sock)
-        self._flusher.forget(sock)
-        if not self.sockets:
-            self._all_closed.set()
-
-
-# The reader's receive timeout: a deadline already due, so that ``receive`` returns a frame
-# aiohttp has queued and times out (at the next loop turn) when there is none. aiohttp parses
-# each chunk of bytes as it arrives; the reader takes every frame queued, then parks on one
-# future until the next chunk (an idle connection holds no read in progress: bench/idle.py).
-_POLL = 1e-6
-
-
-def _said(item: Reply | tuple[RequestId, Command]) -> Say | Action | None:
-    """The ``send`` or ``action`` request ``item`` is, if it has no ``id``; else ``None``."""
-    if isinstance(item, Reply) or item[0] is not None:
-        return None
-    command = item[1]
-    return command if isinstance(command, Say | Action) else None
-
-
-def _give_up_unacknowledged(transport: asyncio.Transport | None, seconds: float) -> None:
-    """Have the kernel drop the connection when what it sent stays unacknowledged for
-    ``seconds`` (``TCP_USER_TIMEOUT``, Linux): a client that vanished without a word is
-    otherwise retried for about 15 minutes, and an event stream never hears from it."""
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    sock = None if transport is None else transport.get_extra_info("socket")
-    if option is not None and sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, option, round(seconds * 1000))
+Frame = Reply | tuple[RequestId, Command]  # one frame from the client, decoded
 
 
 def _peer(transport: asyncio.Transport) -> str:
@@ -748,239 +504,127 @@ def _peer(transport: asyncio.Transport) -> str:
     return "?"
 
 
-class _Socket(asyncio.Protocol):
-    """One WebSocket connection after its handshake: its session, its flow control, its writes.
+def _why(error: object) -> str:
+    """Why a connection whose read failed with ``error`` ended: the quit reason."""
+    if isinstance(error, WebSocketError):  # aiohttp's parser refused a frame, and closed
+        return "frame too large" if error.code == WSCloseCode.MESSAGE_TOO_BIG else "protocol error"
+    return "connection lost"  # reset (a heartbeat without answer: see heartbeat_failed)
+
+
+class _Socket(Connection[Frame], asyncio.Protocol):
+    """One WebSocket connection after its handshake: the JSON codec's side of the core.
 
     It stands between the transport and aiohttp's protocol (``transport.set_protocol``): every
-    callback goes on to aiohttp, which reads the client's frames and keeps the heartbeat, and
-    the write-side ones (``pause_writing``, ``resume_writing``, ``connection_lost``) drive this
-    connection's flow control as in the line listener. An idle connection holds no task and
-    no timer of its own: these slots, and the one future its reader (aiohttp's handler task)
-    waits on until bytes come.
+    callback goes on to aiohttp, which parses the client's frames, answers pings and keeps the
+    heartbeat; the write-side ones (``pause_writing``, ``resume_writing``, ``connection_lost``)
+    also drive the core's flow control. That aiohttp keeps the transport and its protocol
+    after the upgrade is its implementation, not its API: pyproject.toml pins the versions
+    checked, and tests/e2e/test_web_api.py fails if this stops holding. An idle connection
+    holds no task of its own: these slots, and aiohttp's handler parked in ``receive``.
     """
 
-    __slots__ = (
-        "_arrived",
-        "_arrival",
-        "_closing",
-        "_cut",
-        "_inner",
-        "_refiller",
-        "_server",
-        "_stall",
-        "_transport",
-        "quit_reason",
-        "ready",
-        "resumed",
-        "session",
-    )
+    __slots__ = ("_done", "_gate", "_inner", "_web", "_ws")
 
-    def __init__(self, server: WebServer, transport: asyncio.Transport, session: Session) -> None:
-        self._server = server  # shared hub, frames, limits and the flush
-        self._transport = transport
-        self.session = session
-        # aiohttp's protocol: reads frames, answers pings, keeps the heartbeat
+    def __init__(
+        self, server: WebServer, transport: asyncio.Transport, ws: web.WebSocketResponse
+    ) -> None:
+        super().__init__(server.connections)
+        self._web = server  # the shared codec and frames
+        self._ws = ws  # aiohttp's side of it: says whether its heartbeat gave up
+        # the gate (net/gate.py) with aiohttp's protocol behind it: reads frames, answers
+        # pings, keeps the heartbeat
         self._inner = cast(asyncio.Protocol, transport.get_protocol())
-        self.resumed: asyncio.Future[None] | None = None  # set when writing may go on
-        # "something is ready: pump me": one bound method, made once, that the session and
-        # its receivers keep (on_wake, arm) instead of one apiece
-        self.ready: Callable[[], None] = self._pump_soon
-        self.quit_reason: str | None = None  # why we closed it, once we did
-        self._refiller: asyncio.Task[None] | None = None  # reads the store for the session
-        self._stall: asyncio.TimerHandle | None = None  # cuts a client above high_water too long
-        self._cut: asyncio.TimerHandle | None = None  # aborts a closing client that never reads
-        self._closing = False  # closed by us or gone: nothing more is written
-        self._arrived = True  # bytes came that the reader has not looked at (the upgrade's)
-        self._arrival: asyncio.Future[None] | None = None  # the parked reader's wake-up
+        self._gate: asyncio.Future[None] | None = None  # while reading is paused: set to resume
+        self._done: asyncio.Future[None] | None = None  # set when the session ends, if awaited
         transport.set_protocol(self)
-        transport.set_write_buffer_limits(high=server.limits.high_water)
+        self.open(transport, _peer(transport))
 
     # -- asyncio.Protocol callbacks: aiohttp's, and flow control --
 
     def data_received(self, data: bytes) -> None:
         self._inner.data_received(data)  # aiohttp parses: complete frames are queued now
-        self._wake_reader()
 
     def eof_received(self) -> bool | None:
         return self._inner.eof_received()
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()
-        loop = asyncio.get_running_loop()
-        if self.resumed is None:
-            self.resumed = loop.create_future()
-        if self._stall is None and not self._closing:
-            self._stall = loop.call_later(self._server.limits.stall_timeout, self._too_slow)
+        super().pause_writing()
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
-        self._set_resumed()
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-        if not self._closing:
-            self.ready()
+        super().resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        for timer in (self._stall, self._cut):
-            if timer is not None:
-                timer.cancel()
-        self._stall = self._cut = None
-        self._set_resumed()
-        if self._refiller is not None:
-            self._refiller.cancel()
-        self.session.on_wake = None
+        self.heartbeat_failed()  # aiohttp closed it for want of a pong: that is the reason
+        super().connection_lost(exc)
+        self.resume_input()  # the reader goes on, to read the end
         self._inner.connection_lost(exc)
-        self._wake_reader()  # it reads the end of the connection
 
-    # -- the read side: the reader parks while no byte comes --
+    def heartbeat_failed(self) -> None:
+        """If aiohttp's heartbeat gave up on the client (no pong in time), say so once: a
+        log line, the count, and the end of the input with that reason."""
+        if self._over is None and isinstance(self._ws.exception(), TimeoutError):
+            log.info("no answer to ping peer=%s", self.session.peer)
+            self._owner.admission.note("ws_heartbeat")
+            self.input_over("no answer to ping")
 
-    def arrival(self) -> asyncio.Future[None] | None:
-        """``None`` if bytes came since the last call; else a future set when some come."""
-        if self._arrived:
-            self._arrived = False
+    # -- the read side: aiohttp's handler task hands each frame to the core --
+
+    def take(self, msg: WSMessage) -> str | None:
+        """Hand a text frame from the client to the core; or return why the connection
+        is over (``msg`` is its end)."""
+        if msg.type is WSMsgType.TEXT:
+            self.received([self._web.codec.parse(msg.data)])
             return None
-        arrival = self._arrival = asyncio.get_running_loop().create_future()
-        return arrival
-
-    def _wake_reader(self) -> None:
-        arrival, self._arrival = self._arrival, None
-        if arrival is None:
-            self._arrived = True
-        elif not arrival.done():
-            arrival.set_result(None)
+        if msg.type is WSMsgType.BINARY:
+            self.close(Code.UNSUPPORTED, "send JSON text frames", quit_reason="binary frame")
+            return "binary frame"
+        if msg.type is WSMsgType.ERROR:
+            return _why(msg.data)
+        return "connection closed"  # a close frame, or the connection closed
 
     @property
-    def closing(self) -> bool:
-        """Whether it is closed or closing: nothing more is read or written."""
-        return self._closing
+    def gate(self) -> asyncio.Future[None] | None:
+        """While reading is paused: a future set when it may go on."""
+        return self._gate
 
-    # -- the write side --
+    async def finished(self) -> None:
+        """Return once the session has ended."""
+        if not self._ended:
+            self._done = asyncio.get_running_loop().create_future()
+            await self._done
 
-    def _pump_soon(self) -> None:
-        """Something is ready for the session: pump this connection at the next flush."""
-        self._server.schedule(self)
+    def ended(self, reason: str) -> None:
+        super().ended(reason)
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
 
-    def pump(self) -> None:
-        """Write every event ready for the session in one frame, then wait for more.
+    def pause_input(self) -> None:
+        if self._gate is None:
+            self._gate = asyncio.get_running_loop().create_future()
 
-        Called once per loop turn at most (by the ``Flusher``). A lag or a replay that needs
-        the store is served by a task until it is done; the fast path never leaves this call.
-        """
-        if self._closing or self._refiller is not None or self.resumed is not None:
-            return  # closed; or a refill, or resume_writing, pumps again
-        if self._transport.is_closing():  # closed by aiohttp (heartbeat): nothing to write
-            self.check()
-            return
-        session, server = self.session, self._server
-        batch = server.limits.batch
-        events = session.take_ready(batch)
-        if events:
-            self._transport.write(server.frames(events))
-        if session.needs_store():
-            self._refiller = asyncio.create_task(self._refill())
-        elif len(events) >= batch:
-            self.ready()  # more may be ready: next turn, after the others had theirs
-        elif events or session.state is not State.CLOSED:
-            session.arm(self.ready)
-        else:  # it quit and has had everything
-            self.close(1000, "goodbye")
+    def resume_input(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None and not gate.done():
+            gate.set_result(None)
 
-    async def _refill(self) -> None:
-        session, server = self.session, self._server
-        try:
-            while session.needs_store() and not self._closing:
-                if self.resumed is not None:
-                    await self.resumed
-                    continue
-                events = await session.take(server.limits.batch)
-                if events and not self._closing:
-                    self._transport.write(server.frames(events))
-        except Exception:  # a store failure: this connection cannot be served in order
-            log.exception("refill failed peer=%s", session.peer)
-            self.close(1011, "internal error")
-        finally:
-            self._refiller = None
-            if not self._closing:
-                self.ready()
+    # -- the codec's side --
 
-    def send(self, data: bytes) -> None:
-        """Write whole frames (replies to a request) unless the connection is closing."""
-        if not self._closing and not self._transport.is_closing():
-            self._transport.write(data)
+    def parse(self, item: Frame) -> Sequence[Step]:
+        return [text_frame(item.frame)] if isinstance(item, Reply) else [item]
 
-    def _set_resumed(self) -> None:
-        resumed, self.resumed = self.resumed, None
-        if resumed is not None and not resumed.done():
-            resumed.set_result(None)
+    def plain(self, item: Frame) -> Sequence[Say | Action | bytes] | None:
+        if isinstance(item, Reply) or item[0] is not None:  # answered, or has an id to echo
+            return None
+        command = item[1]
+        return [command] if isinstance(command, Say | Action) else None
 
-    def _too_slow(self) -> None:
-        self._stall = None
-        stall = self._server.limits.stall_timeout
-        log.warning("too slow peer=%s name=%s", self.session.peer, self.session.name)
-        self._server.admission.note("stall_timeout")
-        # The close frame goes after what is buffered, above the mark: the client gets it once
-        # it reads again, if it does within another stall_timeout (it holds no more than before).
-        self.close(1008, f"too slow: not reading for {stall:g} s", grace=stall)
+    def encode(self, events: Sequence[Event]) -> bytes:
+        return self._web.frames(events)
 
-    # -- closing --
+    def reply(self, events: Sequence[Event], request_id: RequestId) -> bytes:
+        return self._web.frames.replies(self._web.codec.replies(events, request_id))
 
-    def close(
-        self,
-        code: int,
-        reason: str,
-        *,
-        quit_reason: str | None = None,
-        grace: float | None = None,
-    ) -> None:
-        """Send a close frame with ``code`` and ``reason`` after what is buffered, and close.
-
-        The session leaves the hub at once (its rooms see it quit with ``quit_reason``, by
-        default ``reason``), whatever the socket does; a client that does not take what is
-        buffered within ``grace`` seconds (by default ``close_grace``) is cut.
-        """
-        if self._closing:
-            return
-        self._closing = True
-        server, session = self._server, self.session
-        if session.state is not State.CLOSED:
-            self.quit_reason = quit_reason or reason
-            server.spawn(server.hub.disconnect(session, self.quit_reason))
-        transport = self._transport
-        if not transport.is_closing():
-            transport.write(close_frame(code, reason))
-            transport.close()
-        self._cut_later(grace)
-
-    def check(self) -> None:
-        """If aiohttp closed the transport (its heartbeat got no pong), end this connection:
-        nothing more is written, what is buffered gets ``close_grace`` seconds, and the reader
-        wakes up to read the end."""
-        if not self._closing and self._transport.is_closing():
-            self._closing = True
-            self._cut_later()
-            self._wake_reader()
-
-    def abort(self) -> None:
-        """Close at once, dropping what is buffered."""
-        self._transport.abort()
-
-    def detach(self) -> None:
-        """The reader has ended: stop delivering; what is still buffered gets ``close_grace``
-        seconds to go out before the connection is cut."""
-        self._closing = True
-        self.session.on_wake = None
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-        if self._refiller is not None:
-            self._refiller.cancel()
-        self._cut_later()
-
-    def _cut_later(self, grace: float | None = None) -> None:
-        transport = self._transport
-        if self._cut is None and transport.get_write_buffer_size():
-            loop = asyncio.get_running_loop()
-            grace = self._server.limits.close_grace if grace is None else grace
-            self._cut = loop.call_later(grace, transport.abort)
+    def notice(self, code: Code, reason: str) -> bytes:
+        return close_frame(code, reason)

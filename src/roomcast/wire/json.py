@@ -9,12 +9,15 @@ Room events are encoded once per message (``EncodedMessages``) and the same byte
 member. Several ready events go out as one ``{"type": "batch", "events": [...]}`` frame,
 built by joining the already-encoded objects: nothing is encoded twice.
 
-The full list of frames is in docs/protocol.md.
+The HTTP API's bodies (``api_*``) and the Server-Sent Events stream (``event_stream``) are
+built here too, from the same objects: no JSON is written anywhere else.
+
+The full list of frames and bodies is in docs/protocol.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, assert_never
 
 import orjson
@@ -59,10 +62,21 @@ from roomcast.tokens import Claims
 from roomcast.wire.cache import DEFAULT_CACHE_BYTES, EncodedMessages
 
 __all__ = [
+    "KEEPALIVE",
     "PROTOCOL_VERSION",
+    "RETRY",
     "JsonCodec",
     "Reply",
+    "api_account",
+    "api_body",
+    "api_error",
+    "api_health",
+    "api_history",
+    "api_logged_out",
+    "api_message",
+    "api_rooms",
     "encoded_messages",
+    "event_stream",
     "message_object",
     "private_object",
 ]
@@ -366,3 +380,82 @@ def encoded_messages(size: int = 4096, max_bytes: int = DEFAULT_CACHE_BYTES) -> 
     """A cache of JSON-encoded room messages, to share between connections (at most ``size``
     messages and ``max_bytes`` bytes of them, and as many bytes of runs)."""
     return EncodedMessages(_encode_message, size=size, max_bytes=max_bytes, join=_frame)
+
+
+# --- the HTTP API and its event stream ----------------------------------------------------
+
+
+def api_body(data: bytes) -> dict[str, Any]:
+    """A request body: one JSON object (``ClientError`` "bad_json" otherwise)."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ClientError("bad_json", "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ClientError("bad_json", "the body must be a JSON object")
+    return body
+
+
+def api_error(code: str, message: str) -> bytes:
+    """An error's body: ``{"error": {"code", "message"}}``."""
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+def api_health(status: str, counts: Mapping[str, object], problem: str | None = None) -> bytes:
+    """``/health``: its status, what is wrong (if anything), and the server's counts."""
+    head: dict[str, object] = {"status": status}
+    if problem is not None:
+        head["problem"] = problem
+    return orjson.dumps(head | dict(counts))
+
+
+def api_account(name: str, token: str) -> bytes:
+    """A registration's or a login's body: the account's name and a token for it."""
+    return orjson.dumps({"name": name, "token": token})
+
+
+def api_logged_out(name: str) -> bytes:
+    """A logout's body: every token of ``name`` is revoked."""
+    return orjson.dumps({"name": name, "logged_out": "everywhere"})
+
+
+def api_rooms(rooms: RoomList) -> bytes:
+    """The rooms with their members online: ``{"rooms": [{"name", "members"}]}``."""
+    return orjson.dumps({"rooms": [{"name": r.name, "members": r.members} for r in rooms.rooms]})
+
+
+def api_history(page: History) -> bytes:
+    """A page of a room's history."""
+    return orjson.dumps(
+        {
+            "room": page.room,
+            "messages": [message_object(m) for m in page.messages],
+            "oldest_seq": page.oldest_seq,
+            "latest_seq": page.latest_seq,
+            "capped": page.capped,
+        }
+    )
+
+
+def api_message(m: Message) -> bytes:
+    """A posted message, as stored."""
+    return orjson.dumps(message_object(m))
+
+
+RETRY = b"retry: 2000\n\n"  # an event stream's first words: reconnect after 2 s
+KEEPALIVE = b": keepalive\n\n"  # a comment that keeps an idle stream open through proxies
+
+
+def event_stream(events: Sequence[Event], messages: EncodedMessages) -> bytes:
+    """Server-Sent Events for ``events``: a room message is a ``message`` event whose id is
+    its seq (a client resumes with ``Last-Event-ID``) and whose data is its shared encoding;
+    what the store no longer holds is a ``gap`` event; anything else is not sent."""
+    chunks = []
+    for e in events:
+        if isinstance(e, Message):
+            chunks.append(b"id: %d\nevent: message\ndata: %s\n\n" % (e.seq, messages(e)))
+        elif isinstance(e, Missed):
+            last = e.first_seq + e.count - 1
+            gap = orjson.dumps({"room": e.room, "from_seq": e.first_seq, "to_seq": last})
+            chunks.append(b"event: gap\ndata: %s\n\n" % gap)
+    return b"".join(chunks)
