@@ -98,28 +98,28 @@ async def user_command(
     return await asyncio.to_thread(main, argv)
 
 
+async def _token(
+    http: aiohttp.ClientSession, server: Server, path: str, status: int, name: str, password: str
+) -> str:
+    """POST ``name`` and ``password`` to ``path``, expecting ``status``; the token."""
+    got, body = await fetch(http, server, "POST", path, json={"name": name, "password": password})
+    assert got == status, body
+    token: str = body["token"]
+    return token
+
+
 async def register(
     http: aiohttp.ClientSession, server: Server, name: str, password: str = PASSWORD
 ) -> str:
     """Register ``name`` over HTTP; its token."""
-    status, body = await fetch(
-        http, server, "POST", "/api/register", json={"name": name, "password": password}
-    )
-    assert status == 201, body
-    token: str = body["token"]
-    return token
+    return await _token(http, server, "/api/register", 201, name, password)
 
 
 async def log_in(
     http: aiohttp.ClientSession, server: Server, name: str, password: str = PASSWORD
 ) -> str:
     """Log ``name`` in over HTTP; its token."""
-    status, body = await fetch(
-        http, server, "POST", "/api/login", json={"name": name, "password": password}
-    )
-    assert status == 200, body
-    token: str = body["token"]
-    return token
+    return await _token(http, server, "/api/login", 200, name, password)
 
 
 async def post_as(
